@@ -1,0 +1,642 @@
+//! Semantic checks and compilation of typed config into the immutable [`Policy`].
+//!
+//! Checks: exactly one `server` file and one `default` route; unique channel ids and rule
+//! names; rules name known channels that can serve the rule's methods and currencies; amounts
+//! exact in each currency's exponent; no rule that can never match (disjoint methods and
+//! categories, min > max) or is shadowed by an earlier rule; secrets and keys load.
+
+use super::diag::{suggest, Diagnostic};
+use super::raw::*;
+use super::{secret_ref, Overrides, Parsed};
+use crate::connector::{self, antom::Antom, stripe::Stripe, transport::Transport, Connector};
+use crate::domain::{Currency, Method};
+use crate::policy::routing::{AmountRange, MethodSet, Router, Rule, Target};
+use crate::policy::{ApiKey, Channel, Policy, ServerSettings, SourceFile};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Files that passed the schema, deserialized.
+#[derive(Default)]
+pub struct Typed {
+    server: Vec<(Parsed, RawServer)>,
+    channels: Vec<(Parsed, RawChannels)>,
+    routing: Vec<(Parsed, RawRouting)>,
+}
+
+impl Typed {
+    /// Adds a schema-valid document of `kind`.
+    pub fn add(&mut self, kind: &str, p: Parsed) -> Result<(), Diagnostic> {
+        let err = |p: &Parsed, e: serde_json::Error| p.diag("", format!("invalid {kind} file: {e}"));
+        match kind {
+            "server" => match serde_json::from_value(p.doc.clone()) {
+                Ok(r) => self.server.push((p, r)),
+                Err(e) => return Err(err(&p, e)),
+            },
+            "channels" => match serde_json::from_value(p.doc.clone()) {
+                Ok(r) => self.channels.push((p, r)),
+                Err(e) => return Err(err(&p, e)),
+            },
+            "routing" => match serde_json::from_value(p.doc.clone()) {
+                Ok(r) => self.routing.push((p, r)),
+                Err(e) => return Err(err(&p, e)),
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// What compilation binds besides validating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Validate only: secret references and host names are checked for form, not resolved, so
+    /// a config can be checked on a machine without the production secrets (CI, a laptop).
+    Check,
+    /// Also read secrets, load keys and resolve provider host names: what `serve` needs.
+    Serve,
+}
+
+/// What a rule check needs to know about a channel.
+struct Spec {
+    id: String,
+    methods: MethodSet,
+    currencies: Option<Vec<Currency>>,
+}
+
+/// Compiles typed files into a policy, collecting every semantic error. In `Mode::Check` the
+/// result is `Ok(None)` when the config is valid.
+pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Option<Policy>, Vec<Diagnostic>> {
+    let mut d = Vec::new();
+    let dir_diag =
+        |m: &str| Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message: m.into(), help: None };
+
+    // --- server
+    if t.server.is_empty() {
+        d.push(dir_diag("no file of kind `server`").with_help("add a server.yaml (see examples/)"));
+    }
+    for (p, _) in t.server.iter().skip(1) {
+        d.push(p.diag("/kind", format!("a second `server` file; the first is {}", t.server[0].0.file)));
+    }
+    let server = t.server.first().map(|(p, r)| server_settings(p, r, dir, ov, &mut d));
+
+    // --- channels
+    let public_base = server.as_ref().map(|s| s.public_base_url.clone()).unwrap_or_default();
+    let mut channels: Vec<Arc<Channel>> = Vec::new();
+    let mut specs: Vec<Spec> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut first_def: HashMap<String, String> = HashMap::new();
+    for (p, raw) in &t.channels {
+        for (i, c) in raw.channels.iter().enumerate() {
+            let base = format!("/channels/{i}");
+            if let Some(prev) = first_def.get(&c.id) {
+                d.push(p.diag_value(
+                    &format!("{base}/id"),
+                    format!("duplicate channel id `{}` (first defined at {prev})", c.id),
+                ));
+                continue;
+            }
+            let pos = p.spans.locate_value(&format!("{base}/id"));
+            first_def.insert(c.id.clone(), format!("{}:{}:{}", p.file, pos.line, pos.col));
+            if let Some((spec, ch)) = build_channel(p, &base, c, &public_base, mode, &mut d) {
+                index.insert(c.id.clone(), specs.len());
+                specs.push(spec);
+                if let Some(ch) = ch {
+                    channels.push(Arc::new(ch));
+                }
+            }
+        }
+    }
+    if t.channels.is_empty() {
+        d.push(dir_diag("no file of kind `channels`"));
+    }
+
+    // --- routing
+    let mut rules: Vec<(Rule, &Parsed, String)> = Vec::new();
+    let mut default: Option<Target> = None;
+    let mut default_at: Option<String> = None;
+    let mut names: HashMap<String, String> = HashMap::new();
+    let known: Vec<&str> = first_def.keys().map(String::as_str).collect();
+    for (p, raw) in &t.routing {
+        if let Some(def) = &raw.default {
+            if let Some(prev) = &default_at {
+                d.push(p.diag("/default", format!("a second `default` route (first at {prev})")));
+            } else {
+                let pos = p.spans.locate("/default");
+                default_at = Some(format!("{}:{}:{}", p.file, pos.line, pos.col));
+                default = target(p, "/default", def, &index, &known, &mut d);
+            }
+        }
+        for (i, r) in raw.rules.iter().enumerate() {
+            let base = format!("/rules/{i}");
+            if let Some(prev) = names.get(&r.name) {
+                d.push(p.diag_value(
+                    &format!("{base}/name"),
+                    format!("duplicate rule name `{}` (first at {prev})", r.name),
+                ));
+                continue;
+            }
+            let pos = p.spans.locate_value(&format!("{base}/name"));
+            names.insert(r.name.clone(), format!("{}:{}:{}", p.file, pos.line, pos.col));
+            if let Some(rule) = build_rule(p, &base, r, &specs, &index, &known, &mut d) {
+                rules.push((rule, p, base));
+            }
+        }
+    }
+    if default_at.is_none() {
+        match t.routing.first() {
+            Some((p, _)) => d.push(
+                p.diag("", "no `default` route in any routing file")
+                    .with_help("add `default: { channels: [...] }` to catch payments no rule matches"),
+            ),
+            None => d.push(dir_diag("no file of kind `routing`")),
+        }
+    }
+
+    // Shadowed rules: an earlier rule that matches everything a later one matches.
+    for j in 0..rules.len() {
+        if let Some(i) = (0..j).find(|&i| rules[i].0.covers(&rules[j].0)) {
+            let (rj, pj, bj) = &rules[j];
+            let (ri, _, _) = &rules[i];
+            d.push(
+                pj.diag_value(
+                    &format!("{bj}/name"),
+                    format!(
+                        "rule `{}` is shadowed by earlier rule `{}`: every payment it matches is matched first by `{}`",
+                        rj.name, ri.name, ri.name
+                    ),
+                )
+                .with_help(format!("move `{}` above `{}`, or narrow `{}`", rj.name, ri.name, ri.name)),
+            );
+        }
+    }
+
+    if !d.is_empty() {
+        return Err(d);
+    }
+    let Some(server) = server else { return Err(d) };
+    if mode == Mode::Check {
+        return Ok(None);
+    }
+    let mut sources: Vec<SourceFile> = t
+        .server
+        .iter()
+        .map(|(p, _)| p)
+        .chain(t.channels.iter().map(|(p, _)| p))
+        .chain(t.routing.iter().map(|(p, _)| p))
+        .map(|p| SourceFile { path: p.file.clone(), sha256: p.sha256.clone() })
+        .collect();
+    sources.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut h = String::new();
+    for s in &sources {
+        h.push_str(&s.path);
+        h.push('\0');
+        h.push_str(&s.sha256);
+        h.push('\n');
+    }
+    let version = crate::crypto::sha256_hex(h.as_bytes())[..16].to_string();
+    let api_keys = t.server[0]
+        .1
+        .api_keys
+        .iter()
+        .filter_map(|k| {
+            let b = crate::crypto::unhex(&k.sha256)?;
+            Some(ApiKey { id: k.id.clone(), sha256: b.try_into().ok()? })
+        })
+        .collect();
+    Ok(Some(Policy {
+        version,
+        loaded_at: time::OffsetDateTime::now_utc(),
+        sources,
+        server,
+        channels,
+        channel_index: index,
+        router: Router::new(rules.into_iter().map(|(r, _, _)| r).collect(), default),
+        api_keys,
+    }))
+}
+
+fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mut Vec<Diagnostic>) -> ServerSettings {
+    let rel = |s: &str| {
+        let pb = Path::new(s);
+        if pb.is_absolute() {
+            pb.to_path_buf()
+        } else {
+            dir.join(pb)
+        }
+    };
+    let mut seen = HashMap::new();
+    for (i, k) in r.api_keys.iter().enumerate() {
+        if seen.insert(k.id.clone(), i).is_some() {
+            d.push(p.diag_value(&format!("/api_keys/{i}/id"), format!("duplicate api key id `{}`", k.id)));
+        }
+    }
+    let tls = r.tls.as_ref().map(|t| (rel(&t.cert_file), rel(&t.key_file)));
+    if let Some((c, k)) = &tls {
+        for (f, ptr) in [(c, "/tls/cert_file"), (k, "/tls/key_file")] {
+            if !f.is_file() {
+                d.push(p.diag_value(ptr, format!("file `{}` does not exist", f.display())));
+            }
+        }
+    }
+    let retention_hours = r.idempotency.retention_hours.unwrap_or(24);
+    ServerSettings {
+        listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
+        admin_listen: ov.admin_listen.clone().unwrap_or_else(|| r.admin_listen.clone()),
+        public_base_url: r.public_base_url.trim_end_matches('/').to_string(),
+        data_dir: ov.data_dir.clone().unwrap_or_else(|| rel(r.data_dir.as_deref().unwrap_or("data"))),
+        tls,
+        max_body_bytes: r.limits.max_body_bytes.unwrap_or(65536) as usize,
+        request_deadline: Duration::from_millis(u64::from(r.limits.request_deadline_ms.unwrap_or(10_000))),
+        idempotency_retention: Duration::from_secs(u64::from(retention_hours) * 3600),
+        synchronous_full: r.store.synchronous.as_deref() == Some("full"),
+        reconcile_interval: Duration::from_millis(u64::from(r.reconciler.interval_ms.unwrap_or(1000))),
+        reconcile_initial_backoff: Duration::from_millis(u64::from(r.reconciler.initial_backoff_ms.unwrap_or(500))),
+        reconcile_max_backoff: Duration::from_millis(u64::from(r.reconciler.max_backoff_ms.unwrap_or(60_000))),
+    }
+}
+
+fn parse_currency(p: &Parsed, ptr: &str, code: &str, d: &mut Vec<Diagnostic>) -> Option<Currency> {
+    match Currency::parse(code) {
+        Ok(c) => Some(c),
+        Err(_) => {
+            let all: Vec<String> = Currency::all().map(|c| c.code().to_string()).collect();
+            let mut dg =
+                p.diag_value(ptr, format!("unknown currency `{code}`: not an ISO 4217 code with a minor unit"));
+            if let Some(s) = suggest(code, all.iter().map(String::as_str)) {
+                dg = dg.with_help(format!("did you mean `{s}`?"));
+            }
+            d.push(dg);
+            None
+        }
+    }
+}
+
+fn build_channel(
+    p: &Parsed,
+    base: &str,
+    c: &RawChannel,
+    public_base: &str,
+    mode: Mode,
+    d: &mut Vec<Diagnostic>,
+) -> Option<(Spec, Option<Channel>)> {
+    let before = d.len();
+    let carriable = connector::kind_methods(&c.connector);
+    let mut methods = Vec::new();
+    for (j, m) in c.methods.iter().enumerate() {
+        let Some(m) = Method::parse(m) else { continue };
+        if !carriable.contains(&m) {
+            let names: Vec<&str> = carriable.iter().map(|m| m.as_str()).collect();
+            d.push(
+                p.diag_value(&format!("{base}/methods/{j}"), format!("connector `{}` cannot carry `{m}`", c.connector))
+                    .with_help(format!("`{}` carries: {}", c.connector, names.join(", "))),
+            );
+        }
+        methods.push(m);
+    }
+    let currencies = c.currencies.as_ref().map(|cs| {
+        let mut v: Vec<Currency> = cs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| parse_currency(p, &format!("{base}/currencies/{j}"), s, d))
+            .collect();
+        v.sort();
+        v
+    });
+    if mode == Mode::Check {
+        if reqwest::Url::parse(&c.base_url).is_err() {
+            d.push(p.diag_value(&format!("{base}/base_url"), "unusable base URL"));
+        }
+        if d.len() > before {
+            return None;
+        }
+        return Some((Spec { id: c.id.clone(), methods: MethodSet::of(methods), currencies }, None));
+    }
+    let connect = Duration::from_millis(u64::from(c.timeouts.connect_ms.unwrap_or(1000)));
+    let attempt = Duration::from_millis(u64::from(c.timeouts.attempt_ms.unwrap_or(3000)));
+    let secret = |ptr: &str, r: &str, d: &mut Vec<Diagnostic>| match secret_ref::resolve(r, &p.dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            d.push(p.diag_value(ptr, e));
+            None
+        }
+    };
+    let conn: Option<Arc<dyn Connector>> = match c.connector.as_str() {
+        "stripe" => {
+            let s = c.stripe.as_ref()?;
+            let key = secret(&format!("{base}/stripe/api_key"), &s.api_key, d);
+            let wh = secret(&format!("{base}/stripe/webhook_secret"), &s.webhook_secret, d);
+            match (key, wh) {
+                (Some(k), Some(w)) => Some(Arc::new(Stripe::new(
+                    k,
+                    w,
+                    s.webhook_tolerance_secs.unwrap_or(300),
+                    s.search_consistency_ms.unwrap_or(60_000),
+                ))),
+                _ => None,
+            }
+        }
+        "antom" => {
+            let a = c.antom.as_ref()?;
+            let pk = secret(&format!("{base}/antom/private_key"), &a.private_key, d);
+            let pubk = secret(&format!("{base}/antom/provider_public_key"), &a.provider_public_key, d);
+            if let Some(sc) = &a.settlement_currency {
+                parse_currency(p, &format!("{base}/antom/settlement_currency"), sc, d);
+            }
+            match (pk, pubk) {
+                (Some(pk), Some(pubk)) => match Antom::new(
+                    a.client_id.clone(),
+                    pk.expose(),
+                    pubk.expose(),
+                    a.key_version.unwrap_or(1),
+                    a.settlement_currency.clone(),
+                ) {
+                    Ok(x) => Some(Arc::new(x)),
+                    Err(e) => {
+                        let ptr = if matches!(e, crate::crypto::KeyError::PublicKey) {
+                            "provider_public_key"
+                        } else {
+                            "private_key"
+                        };
+                        d.push(p.diag_value(&format!("{base}/antom/{ptr}"), format!("key does not load: {e}")));
+                        None
+                    }
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let transport = match Transport::new(&c.base_url, connect, attempt) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            d.push(p.diag_value(&format!("{base}/base_url"), format!("unusable base URL: {e}")));
+            None
+        }
+    };
+    if d.len() > before {
+        return None;
+    }
+    let notify_url = format!("{public_base}/v1/webhooks/{}", c.id);
+    let notify_path = reqwest::Url::parse(&notify_url)
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| format!("/v1/webhooks/{}", c.id));
+    let kind = conn.as_ref()?.kind();
+    let spec =
+        Spec { id: c.id.clone(), methods: MethodSet::of(methods.iter().copied()), currencies: currencies.clone() };
+    Some((
+        spec,
+        Some(Channel {
+            id: c.id.clone(),
+            kind,
+            methods: MethodSet::of(methods),
+            currencies,
+            connector: conn?,
+            transport: transport?,
+            notify_url,
+            notify_path,
+        }),
+    ))
+}
+
+fn channel_ref(
+    p: &Parsed,
+    ptr: &str,
+    id: &str,
+    index: &HashMap<String, usize>,
+    known: &[&str],
+    d: &mut Vec<Diagnostic>,
+) -> Option<usize> {
+    match index.get(id) {
+        Some(i) => Some(*i),
+        None => {
+            // A channel that exists but failed to build already has its own error.
+            if !known.contains(&id) {
+                let mut dg = p.diag_value(ptr, format!("unknown channel `{id}`"));
+                if let Some(s) = suggest(id, known.iter().copied()) {
+                    dg = dg.with_help(format!("did you mean `{s}`?"));
+                }
+                d.push(dg);
+            }
+            None
+        }
+    }
+}
+
+fn target(
+    p: &Parsed,
+    base: &str,
+    t: &RawTarget,
+    index: &HashMap<String, usize>,
+    known: &[&str],
+    d: &mut Vec<Diagnostic>,
+) -> Option<Target> {
+    let before = d.len();
+    let t = if let Some(chs) = &t.channels {
+        Target::Ordered(
+            chs.iter()
+                .enumerate()
+                .filter_map(|(i, c)| channel_ref(p, &format!("{base}/channels/{i}"), c, index, known, d))
+                .collect(),
+        )
+    } else {
+        let split = t.split.as_ref()?;
+        let weighted: Vec<(usize, u32)> = split
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                channel_ref(p, &format!("{base}/split/{i}/channel"), &s.channel, index, known, d).map(|c| (c, s.weight))
+            })
+            .collect();
+        let backups: Vec<usize> = t
+            .backups
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, c)| channel_ref(p, &format!("{base}/backups/{i}"), c, index, known, d))
+            .collect();
+        let mut all: Vec<usize> = weighted.iter().map(|(c, _)| *c).chain(backups.iter().copied()).collect();
+        all.sort();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            d.push(p.diag(base, "a channel appears twice in `split` and `backups`"));
+        }
+        Target::Split { weighted, backups }
+    };
+    (d.len() == before).then_some(t)
+}
+
+/// Parses a major-unit decimal into minor units of `c`; `None` when it has more non-zero
+/// decimal places than the currency's exponent.
+pub fn decimal_to_minor(s: &str, c: Currency) -> Option<i64> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let e = c.exponent() as usize;
+    let frac_trimmed = frac.trim_end_matches('0');
+    if frac_trimmed.len() > e {
+        return None;
+    }
+    let mut digits = String::from(int);
+    digits.push_str(frac_trimmed);
+    digits.extend(std::iter::repeat_n('0', e - frac_trimmed.len()));
+    digits.parse::<i64>().ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_rule(
+    p: &Parsed,
+    base: &str,
+    r: &RawRule,
+    channels: &[Spec],
+    index: &HashMap<String, usize>,
+    known: &[&str],
+    d: &mut Vec<Diagnostic>,
+) -> Option<Rule> {
+    let before = d.len();
+    let m = &r.matches;
+    let mut methods =
+        m.methods.as_ref().map_or(MethodSet::ALL, |ms| MethodSet::of(ms.iter().filter_map(|s| Method::parse(s))));
+    if let Some(cats) = &m.categories {
+        let cats: Vec<&str> = cats.iter().map(String::as_str).collect();
+        let in_cats = MethodSet::of(Method::ALL.into_iter().filter(|x| cats.contains(&x.category().as_str())));
+        methods = methods.and(in_cats);
+        if methods.is_empty() {
+            d.push(p.diag(
+                &format!("{base}/match/categories"),
+                format!("rule `{}` can never match: none of its methods is in these categories", r.name),
+            ));
+        }
+    }
+    let currencies: Option<Vec<Currency>> = m.currencies.as_ref().map(|cs| {
+        let mut v: Vec<Currency> = cs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| parse_currency(p, &format!("{base}/match/currencies/{j}"), s, d))
+            .collect();
+        v.sort();
+        v
+    });
+    let amount = match (&m.amount, &currencies) {
+        (None, _) => None,
+        (Some(_), None) => {
+            d.push(p.diag(
+                &format!("{base}/match/amount"),
+                "an amount range needs `currencies`: amounts are exact only within a currency",
+            ));
+            None
+        }
+        (Some(a), Some(cs)) => {
+            let mut ranges = Vec::new();
+            for c in cs {
+                let mut bound = |s: &Option<String>, key: &str| -> Option<i64> {
+                    let s = s.as_ref()?;
+                    match decimal_to_minor(s, *c) {
+                        Some(v) => Some(v),
+                        None => {
+                            d.push(p.diag_value(
+                                &format!("{base}/match/amount/{key}"),
+                                format!(
+                                    "amount `{s}` is impossible in {c}, which has {} decimal place(s)",
+                                    c.exponent()
+                                ),
+                            ));
+                            None
+                        }
+                    }
+                };
+                let (min, max) = (bound(&a.min, "min"), bound(&a.max, "max"));
+                if let (Some(lo), Some(hi)) = (min, max) {
+                    if lo > hi {
+                        d.push(p.diag(
+                            &format!("{base}/match/amount"),
+                            format!("rule `{}` can never match: `min` is greater than `max`", r.name),
+                        ));
+                    }
+                }
+                ranges.push(AmountRange { currency: *c, min, max });
+            }
+            Some(ranges)
+        }
+    };
+    let t = target(p, &format!("{base}/route"), &r.route, index, known, d);
+    if let Some(t) = &t {
+        // Every channel must be able to serve every method (and currency) the rule names.
+        if m.methods.is_some() || m.categories.is_some() {
+            for (k, ci) in t.channels().into_iter().enumerate() {
+                let ch = &channels[ci];
+                let missing: Vec<&str> =
+                    methods.iter().filter(|x| !ch.methods.contains(*x)).map(|x| x.as_str()).collect();
+                if !missing.is_empty() {
+                    d.push(p.diag_value(
+                        &route_ptr(base, &r.route, k),
+                        format!("channel `{}` cannot serve {} named by rule `{}`", ch.id, missing.join(", "), r.name),
+                    ));
+                }
+            }
+        }
+        if let (Some(cs), true) = (&currencies, d.len() == before) {
+            for (k, ci) in t.channels().into_iter().enumerate() {
+                let ch = &channels[ci];
+                if let Some(chc) = &ch.currencies {
+                    let missing: Vec<&str> = cs.iter().filter(|c| !chc.contains(c)).map(|c| c.code()).collect();
+                    if !missing.is_empty() {
+                        d.push(p.diag_value(
+                            &route_ptr(base, &r.route, k),
+                            format!(
+                                "channel `{}` does not accept {} named by rule `{}`",
+                                ch.id,
+                                missing.join(", "),
+                                r.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if d.len() > before {
+        return None;
+    }
+    let mut countries = m.customer_countries.clone();
+    if let Some(c) = countries.as_mut() {
+        c.sort();
+    }
+    Some(Rule {
+        name: r.name.clone(),
+        methods,
+        currencies,
+        amount,
+        countries,
+        metadata: m.metadata.clone().unwrap_or_default().into_iter().collect(),
+        rollout_percent: m.rollout_percent,
+        target: t?,
+    })
+}
+
+/// Pointer to the k-th channel of a route as written (channels, split, then backups).
+fn route_ptr(base: &str, t: &RawTarget, k: usize) -> String {
+    if t.channels.is_some() {
+        return format!("{base}/route/channels/{k}");
+    }
+    let n = t.split.as_ref().map_or(0, Vec::len);
+    if k < n {
+        format!("{base}/route/split/{k}/channel")
+    } else {
+        format!("{base}/route/backups/{}", k - n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_respect_exponent() {
+        let hkd = Currency::parse("HKD").unwrap();
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(decimal_to_minor("100.5", hkd), Some(10050));
+        assert_eq!(decimal_to_minor("100", hkd), Some(10000));
+        assert_eq!(decimal_to_minor("100.00", jpy), Some(100));
+        assert_eq!(decimal_to_minor("100.5", jpy), None);
+        assert_eq!(decimal_to_minor("0.001", hkd), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Config loading: one pipeline for startup, `paymux check` and hot reload.
+//!
+//! YAML text → `serde_json::Value` (serde_yaml) → JSON Schema (every error mapped back to
+//! `file:line:col` by [`spans`]) → typed raw structs ([`raw`], `deny_unknown_fields`) →
+//! semantic checks and compilation ([`compile`]) → an immutable [`Policy`]. Every error of every
+//! file is collected; nothing is published unless the whole directory is valid.
+//!
+//! Only this module knows YAML or the file format.
+
+pub mod compile;
+pub mod diag;
+pub mod raw;
+pub mod schema;
+pub mod secret_ref;
+pub mod spans;
+
+pub use diag::Diagnostic;
+
+use crate::policy::Policy;
+use serde_json::Value;
+use spans::SpanMap;
+use std::path::{Path, PathBuf};
+
+/// Largest config file accepted (guards against YAML alias bombs and mistakes).
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Command-line settings that override the `server` file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One parsed file with what diagnostics need.
+pub struct Parsed {
+    pub file: String,
+    pub dir: PathBuf,
+    pub spans: SpanMap,
+    pub doc: Value,
+    pub sha256: String,
+}
+
+impl Parsed {
+    /// A diagnostic at `pointer` in this file.
+    pub fn diag(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
+        let p = self.spans.locate(pointer);
+        Diagnostic { file: self.file.clone(), line: p.line, col: p.col, message: message.into(), help: None }
+    }
+
+    /// A diagnostic at the value (not the key) at `pointer`.
+    pub fn diag_value(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
+        let p = self.spans.locate_value(pointer);
+        Diagnostic { file: self.file.clone(), line: p.line, col: p.col, message: message.into(), help: None }
+    }
+}
+
+/// The YAML files of a config directory, in file-name order.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Diagnostic {
+        file: dir.display().to_string(),
+        line: 1,
+        col: 1,
+        message: format!("cannot read config directory: {e}"),
+        help: None,
+    })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Loads, validates and compiles a config directory into a servable policy (secrets read,
+/// keys loaded, host names resolved).
+pub fn load_dir(dir: &Path, overrides: &Overrides) -> Result<Policy, Vec<Diagnostic>> {
+    match load(dir, overrides, compile::Mode::Serve)? {
+        Some(p) => Ok(p),
+        None => Err(vec![]),
+    }
+}
+
+/// Validates a config directory without reading secrets or resolving hosts (`paymux check`).
+pub fn check_dir(dir: &Path) -> Result<(), Vec<Diagnostic>> {
+    load(dir, &Overrides::default(), compile::Mode::Check).map(|_| ())
+}
+
+fn load(dir: &Path, overrides: &Overrides, mode: compile::Mode) -> Result<Option<Policy>, Vec<Diagnostic>> {
+    let files = config_files(dir).map_err(|d| vec![d])?;
+    if files.is_empty() {
+        return Err(vec![Diagnostic {
+            file: dir.display().to_string(),
+            line: 1,
+            col: 1,
+            message: "no `.yaml` files in the config directory".into(),
+            help: Some("a config directory needs a `server`, a `channels` and a `routing` file".into()),
+        }]);
+    }
+    let mut diags = Vec::new();
+    let mut parsed = Vec::new();
+    for path in &files {
+        match parse_file(path, dir) {
+            Ok(p) => parsed.push(p),
+            Err(mut d) => diags.append(&mut d),
+        }
+    }
+    // Schema errors stop a file from reaching the typed stage, but every file is still checked.
+    let mut typed = compile::Typed::default();
+    for p in parsed {
+        let kind = p.doc.get("kind").and_then(Value::as_str).map(str::to_string);
+        let Some(kind) = kind.filter(|k| schema::kinds().any(|s| s == k)) else {
+            let kinds: Vec<&str> = schema::kinds().collect();
+            let mut d = match p.doc.get("kind") {
+                None if p.doc.is_object() => p.diag("", "missing `kind`"),
+                None => p.diag("", "a config file must be a mapping with a `kind` field"),
+                Some(_) => p.diag_value("/kind", format!("unknown kind; expected one of: {}", kinds.join(", "))),
+            };
+            let got = p.doc.get("kind").and_then(Value::as_str).unwrap_or("");
+            d.help = diag::suggest(got, kinds.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+            diags.push(d);
+            continue;
+        };
+        let errs = schema::validate(&kind, &p.doc, &p.spans, &p.file);
+        if !errs.is_empty() {
+            diags.extend(errs);
+            continue;
+        }
+        if let Err(d) = typed.add(&kind, p) {
+            diags.push(d);
+        }
+    }
+    if !diags.is_empty() {
+        // Semantic checks on a partial config would report knock-on errors; still run the
+        // ones that make sense (they are cheap) only when the typed stage is complete.
+        return Err(diags);
+    }
+    compile::compile(typed, dir, overrides, mode)
+}
+
+fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
+    let file = path.display().to_string();
+    let at =
+        |line: usize, col: usize, message: String| Diagnostic { file: file.clone(), line, col, message, help: None };
+    let meta = std::fs::metadata(path).map_err(|e| vec![at(1, 1, format!("cannot read file: {e}"))])?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(vec![at(1, 1, format!("file is larger than {MAX_FILE_BYTES} bytes"))]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| vec![at(1, 1, format!("cannot read file: {e}"))])?;
+    let doc: Value = match serde_yaml::from_str::<Value>(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let msg = e.to_string();
+            // serde_yaml appends " at line L column C"; the prefix already says where.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            return Err(vec![at(line, col, format!("YAML syntax error: {msg}"))]);
+        }
+    };
+    Ok(Parsed {
+        spans: SpanMap::build(&text),
+        file,
+        dir: dir.to_path_buf(),
+        doc,
+        sha256: crate::crypto::sha256_hex(text.as_bytes()),
+    })
+}

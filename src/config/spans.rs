@@ -1,0 +1,201 @@
+//! Span-aware YAML reading: maps JSON-pointer paths to the line and column of the node.
+//!
+//! serde_yaml (which parses the config) keeps no per-node positions, so a second pass with
+//! yaml-rust2's marked event parser records where each mapping key and value starts. Schema
+//! and semantic errors carry JSON pointers; this map turns them into `file:line:col`.
+
+use std::collections::HashMap;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Where a node is: the key that introduces it (in a mapping) and the value itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub key: Option<Pos>,
+    pub value: Pos,
+}
+
+/// JSON pointer → span, for every node of the first document.
+#[derive(Debug, Default, Clone)]
+pub struct SpanMap {
+    map: HashMap<String, Span>,
+}
+
+impl SpanMap {
+    /// Reads `text`; on a YAML syntax error returns an empty map (serde_yaml reports the error).
+    pub fn build(text: &str) -> SpanMap {
+        let mut b = Builder::default();
+        let mut parser = Parser::new_from_str(text);
+        if parser.load(&mut b, false).is_err() {
+            return SpanMap::default();
+        }
+        SpanMap { map: b.out }
+    }
+
+    /// The span of exactly this pointer.
+    pub fn get(&self, pointer: &str) -> Option<Span> {
+        self.map.get(pointer).copied()
+    }
+
+    /// Position for a diagnostic about `pointer`: the key if the node sits in a mapping (so
+    /// "unknown field" and "wrong type" point at the line a person reads), else the value.
+    /// Falls back to the nearest ancestor that exists, then to 1:1.
+    pub fn locate(&self, pointer: &str) -> Pos {
+        if pointer.is_empty() {
+            // Whole-file problems point at the file's start.
+            return Pos { line: 1, col: 1 };
+        }
+        let mut p = pointer.to_string();
+        loop {
+            if let Some(s) = self.map.get(&p) {
+                return s.key.unwrap_or(s.value);
+            }
+            match p.rfind('/') {
+                Some(i) => p.truncate(i),
+                None => return Pos { line: 1, col: 1 },
+            }
+        }
+    }
+
+    /// Position of the value (not the key) at `pointer`, with the same fallback as `locate`.
+    pub fn locate_value(&self, pointer: &str) -> Pos {
+        match self.map.get(pointer) {
+            Some(s) => s.value,
+            None => self.locate(pointer),
+        }
+    }
+}
+
+/// Escapes one JSON-pointer segment (RFC 6901).
+pub fn escape(seg: &str) -> String {
+    seg.replace('~', "~0").replace('/', "~1")
+}
+
+enum Frame {
+    Map { path: String, pending_key: Option<(String, Pos)> },
+    Seq { path: String, next: usize },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    out: HashMap<String, Span>,
+    done: bool,
+}
+
+impl Builder {
+    fn pos(m: Marker) -> Pos {
+        // yaml-rust2 markers: line is 1-based, column 0-based.
+        Pos { line: m.line(), col: m.col() + 1 }
+    }
+
+    /// Where the next value goes: its pointer and the key that introduced it.
+    fn slot(&mut self) -> Option<(String, Option<Pos>)> {
+        match self.stack.last_mut() {
+            None => Some((String::new(), None)),
+            Some(Frame::Seq { path, next }) => {
+                let p = format!("{path}/{next}");
+                *next += 1;
+                Some((p, None))
+            }
+            Some(Frame::Map { path, pending_key }) => {
+                let (k, kpos) = pending_key.take()?;
+                Some((format!("{path}/{}", escape(&k)), Some(kpos)))
+            }
+        }
+    }
+
+    /// In a mapping with no pending key, a scalar is a key.
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { pending_key: None, .. }))
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.done {
+            return;
+        }
+        let pos = Self::pos(mark);
+        match ev {
+            Event::Scalar(s, ..) => {
+                if self.expecting_key() {
+                    if let Some(Frame::Map { pending_key, path }) = self.stack.last_mut() {
+                        *pending_key = Some((s, pos));
+                        // A block mapping's start mark sits oddly; its first key is where a
+                        // reader sees the mapping begin.
+                        if let Some(span) = self.out.get_mut(path.as_str()) {
+                            if span.key.is_none() && (span.value.line, span.value.col) > (pos.line, pos.col) {
+                                span.value = pos;
+                            }
+                        }
+                    }
+                } else if let Some((p, key)) = self.slot() {
+                    self.out.insert(p, Span { key, value: pos });
+                }
+            }
+            Event::Alias(_) => {
+                if self.expecting_key() {
+                    if let Some(Frame::Map { pending_key, .. }) = self.stack.last_mut() {
+                        *pending_key = Some(("*alias".into(), pos));
+                    }
+                } else if let Some((p, key)) = self.slot() {
+                    self.out.insert(p, Span { key, value: pos });
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let is_map = matches!(ev, Event::MappingStart(..));
+                // A complex (non-scalar) key is not valid config; track it under a dummy key.
+                if self.expecting_key() {
+                    if let Some(Frame::Map { pending_key, .. }) = self.stack.last_mut() {
+                        *pending_key = Some(("*complex".into(), pos));
+                    }
+                }
+                let (path, key) = self.slot().unwrap_or_default();
+                self.out.insert(path.clone(), Span { key, value: pos });
+                self.stack.push(if is_map {
+                    Frame::Map { path, pending_key: None }
+                } else {
+                    Frame::Seq { path, next: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            Event::DocumentEnd => self.done = true,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_pointers_to_positions() {
+        let text = "kind: channels\nchannels:\n  - id: a\n    timeouts:\n      connect_ms: 5\n  - id: b\n";
+        let m = SpanMap::build(text);
+        assert_eq!(m.get("/kind").unwrap().key, Some(Pos { line: 1, col: 1 }));
+        assert_eq!(m.get("/kind").unwrap().value, Pos { line: 1, col: 7 });
+        assert_eq!(m.locate("/channels/0/id"), Pos { line: 3, col: 5 });
+        assert_eq!(m.locate("/channels/0/timeouts/connect_ms"), Pos { line: 5, col: 7 });
+        assert_eq!(m.locate_value("/channels/0/timeouts/connect_ms"), Pos { line: 5, col: 19 });
+        assert_eq!(m.locate("/channels/1/id"), Pos { line: 6, col: 5 });
+        // Unknown pointers fall back to the nearest ancestor.
+        assert_eq!(m.locate("/channels/1/nope"), Pos { line: 6, col: 5 });
+    }
+
+    #[test]
+    fn flow_style_and_escapes() {
+        let m = SpanMap::build("a: {b/c: [1, 2]}\n");
+        assert_eq!(m.locate_value("/a/b~1c/1"), Pos { line: 1, col: 14 });
+    }
+}

@@ -1,0 +1,244 @@
+//! Connectors: one per provider protocol, behind one trait.
+//!
+//! A connector is pure translation: it turns a normalised request into the provider's wire
+//! request (signed), and the provider's wire response into a classified outcome. It does no
+//! I/O; [`transport`] sends the bytes, and the engine decides what an outcome means for
+//! failover. That split keeps the "never charge twice" rules in one place (the engine), makes
+//! every connector benchable, and lets new providers slot in as new modules.
+//!
+//! Classification contract, the heart of safe failover:
+//! - `NotProcessed`: the provider certainly did not act (rejected before processing, 429, a
+//!   documented retryable code). The engine may try the next channel.
+//! - `Ambiguous`: it may have acted (5xx, unparseable or unverifiable answer). The engine must
+//!   query status before anything else.
+//! - `Accepted` / `Declined`: it acted; the payment lives on this channel.
+
+pub mod antom;
+pub mod stripe;
+pub mod transport;
+
+use crate::domain::{Method, Money};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+/// A request ready to send: path relative to the channel's base URL, headers, body.
+#[derive(Debug, Clone)]
+pub struct WireRequest {
+    pub method: http::Method,
+    pub path: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+/// A provider's answer as received.
+#[derive(Debug, Clone)]
+pub struct WireResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the app asked for, plus paymux's ids, in the form connectors translate.
+#[derive(Debug, Clone)]
+pub struct CreateRequest<'a> {
+    pub payment_id: &'a str,
+    /// Idempotency reference for this attempt: `<payment id>-a<attempt number>`.
+    pub attempt_ref: &'a str,
+    pub money: Money,
+    pub method: Method,
+    pub order_id: &'a str,
+    pub customer_id: Option<&'a str>,
+    pub customer_email: Option<&'a str>,
+    pub payment_method_data: Option<&'a serde_json::Value>,
+    pub return_url: Option<&'a str>,
+    pub metadata: &'a BTreeMap<String, String>,
+    /// URL the provider should send callbacks to.
+    pub notify_url: &'a str,
+}
+
+/// Provider-side state of a payment, normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderState {
+    RequiresAction,
+    Processing,
+    Succeeded,
+    Failed { code: String, message: String },
+    Canceled,
+}
+
+/// A payment as the provider holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderPayment {
+    /// The provider's id (`pi_...`, Antom `paymentId`).
+    pub provider_ref: String,
+    pub state: ProviderState,
+    /// `next_action` for the app (`{"type": "redirect", "url": ...}`), when the payer must act.
+    pub next_action: Option<serde_json::Value>,
+    /// Amount the provider says it captured, when it says.
+    pub captured_minor: Option<i64>,
+}
+
+/// Outcome of a create call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// Processed; the payment lives here (may still need payer action or be pending).
+    Accepted(ProviderPayment),
+    /// Processed and refused (card declined). Final: no failover.
+    Declined { provider_ref: Option<String>, code: String, message: String },
+    /// Certainly not processed. Safe to try the next channel.
+    NotProcessed { code: String },
+    /// May have been processed. Query before doing anything else.
+    Ambiguous { code: String },
+}
+
+/// How to find a payment at the provider.
+#[derive(Debug, Clone)]
+pub struct QueryRef<'a> {
+    pub attempt_ref: &'a str,
+    pub provider_ref: Option<&'a str>,
+    /// Milliseconds since the ambiguous send; some providers' lookups lag.
+    pub since_send_ms: u64,
+}
+
+/// Outcome of a status query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryOutcome {
+    Found(ProviderPayment),
+    /// The provider has no such payment. `authoritative` is false when its lookup may lag.
+    NotFound {
+        authoritative: bool,
+    },
+    /// The query itself failed; nothing learned.
+    Unknown {
+        code: String,
+    },
+}
+
+/// Outcome of a cancel call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    Canceled,
+    /// The provider refused (already captured, already final).
+    Refused {
+        code: String,
+        message: String,
+    },
+    /// Nothing learned.
+    Unknown {
+        code: String,
+    },
+}
+
+/// A refund as the connector sends it.
+#[derive(Debug, Clone)]
+pub struct RefundRequest<'a> {
+    pub refund_id: &'a str,
+    pub payment_id: &'a str,
+    pub provider_ref: &'a str,
+    pub amount: Money,
+    pub reason: Option<&'a str>,
+    pub notify_url: &'a str,
+}
+
+/// Provider-side state of a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundState {
+    Pending,
+    Succeeded,
+    Failed { code: String, message: String },
+}
+
+/// Outcome of a refund call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefundOutcome {
+    Accepted { provider_refund_ref: Option<String>, state: RefundState },
+    NotProcessed { code: String, message: String },
+    Ambiguous { code: String },
+}
+
+/// A verified provider callback, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    /// Provider's event id (dedup key).
+    pub event_id: String,
+    pub kind: WebhookKind,
+}
+
+/// What a callback says happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookKind {
+    Payment {
+        provider_ref: String,
+        attempt_ref: Option<String>,
+        state: ProviderState,
+    },
+    Refund {
+        refund_id: Option<String>,
+        provider_refund_ref: Option<String>,
+        state: RefundState,
+    },
+    /// Verified, but nothing paymux acts on.
+    Ignored {
+        event_type: String,
+    },
+}
+
+/// Why a callback was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("signature header missing or malformed")]
+    MissingSignature,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("timestamp outside the tolerance window")]
+    Stale,
+    #[error("payload is not a recognised event: {0}")]
+    Malformed(String),
+}
+
+/// A request could not be translated for this provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct BuildError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// One provider protocol. Implementations are built once per channel when the policy
+/// compiles and are immutable afterwards.
+pub trait Connector: Send + Sync + 'static {
+    /// The connector kind as written in `channels.yaml` (`"stripe"`).
+    fn kind(&self) -> &'static str;
+    /// Whether an RSA-class signature makes `build_*` cost hundreds of microseconds, so the
+    /// engine runs it on the blocking pool instead of an async worker.
+    fn expensive_signing(&self) -> bool {
+        false
+    }
+    fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError>;
+    fn parse_create(&self, req: &WireRequest, resp: &WireResponse) -> CreateOutcome;
+    fn build_query(&self, q: &QueryRef<'_>) -> Result<WireRequest, BuildError>;
+    fn parse_query(&self, q: &QueryRef<'_>, req: &WireRequest, resp: &WireResponse) -> QueryOutcome;
+    fn build_cancel(&self, attempt_ref: &str, provider_ref: &str) -> Result<WireRequest, BuildError>;
+    fn parse_cancel(&self, req: &WireRequest, resp: &WireResponse) -> CancelOutcome;
+    fn build_refund(&self, r: &RefundRequest<'_>) -> Result<WireRequest, BuildError>;
+    fn parse_refund(&self, req: &WireRequest, resp: &WireResponse) -> RefundOutcome;
+    /// Verifies and parses a callback. `path` is the path the provider signed (Antom signs it).
+    fn verify_webhook(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<WebhookEvent, WebhookError>;
+    /// The acknowledgement body the provider expects (status 200).
+    fn webhook_ack(&self) -> (&'static str, Bytes);
+}
+
+/// The methods a connector kind can carry at all; channel config may narrow them.
+pub fn kind_methods(kind: &str) -> &'static [Method] {
+    match kind {
+        "stripe" => stripe::METHODS,
+        "antom" => antom::METHODS,
+        _ => &[],
+    }
+}

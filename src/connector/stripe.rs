@@ -1,0 +1,458 @@
+//! Stripe-compatible PSP connector: PaymentIntents (cards and wallet tokens), Refunds,
+//! `Stripe-Signature` webhooks. Carries Visa, MasterCard, Apple Pay and Google Pay tokens.
+//!
+//! Wire facts (checked against stripe-python 16.x): form-encoded bodies with bracket keys,
+//! `Authorization: Bearer`, `Idempotency-Key` per POST, JSON responses tagged by `object`,
+//! errors as `{"error": {type, code, decline_code, message, payment_intent}}`, webhooks signed
+//! `t=<unix>,v1=<hex hmac_sha256(secret, "<t>.<body>")>`.
+
+use super::*;
+use crate::crypto;
+use crate::domain::Secret;
+use serde_json::Value;
+
+/// Methods a Stripe-compatible PSP carries in this connector.
+pub const METHODS: &[Method] = &[Method::Visa, Method::Mastercard, Method::ApplePay, Method::GooglePay];
+
+/// API version pinned on every call, so the response shapes are the ones parsed here.
+pub const API_VERSION: &str = "2026-10-28.endive";
+
+/// A configured Stripe-compatible channel.
+pub struct Stripe {
+    api_key: Secret<String>,
+    webhook_secret: Secret<String>,
+    tolerance_secs: i64,
+    search_consistency_ms: u64,
+}
+
+impl Stripe {
+    /// Builds the connector from resolved secrets.
+    pub fn new(
+        api_key: Secret<String>,
+        webhook_secret: Secret<String>,
+        tolerance_secs: u32,
+        search_consistency_ms: u32,
+    ) -> Self {
+        Stripe {
+            api_key,
+            webhook_secret,
+            tolerance_secs: i64::from(tolerance_secs),
+            search_consistency_ms: u64::from(search_consistency_ms),
+        }
+    }
+
+    fn request(&self, method: http::Method, path: String, idem: Option<&str>, form: Option<String>) -> WireRequest {
+        let mut headers = vec![
+            ("authorization", format!("Bearer {}", self.api_key.expose())),
+            ("stripe-version", API_VERSION.to_string()),
+        ];
+        if let Some(k) = idem {
+            headers.push(("idempotency-key", k.to_string()));
+        }
+        if form.is_some() {
+            headers.push(("content-type", "application/x-www-form-urlencoded".into()));
+        }
+        WireRequest { method, path, headers, body: form.map(Bytes::from).unwrap_or_default() }
+    }
+}
+
+/// Maps a PaymentIntent JSON object to a provider payment.
+pub fn payment_from_intent(pi: &Value) -> Option<ProviderPayment> {
+    let id = pi.get("id")?.as_str()?.to_string();
+    let state = match pi.get("status")?.as_str()? {
+        "succeeded" => ProviderState::Succeeded,
+        "canceled" => ProviderState::Canceled,
+        "requires_action" => ProviderState::RequiresAction,
+        "processing" | "requires_capture" | "requires_confirmation" => ProviderState::Processing,
+        "requires_payment_method" => match pi.get("last_payment_error").filter(|e| !e.is_null()) {
+            Some(e) => ProviderState::Failed {
+                code: e
+                    .get("decline_code")
+                    .or_else(|| e.get("code"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("card_declined")
+                    .to_string(),
+                message: e.get("message").and_then(Value::as_str).unwrap_or("payment failed").to_string(),
+            },
+            None => ProviderState::Processing,
+        },
+        _ => return None,
+    };
+    let next_action = pi.get("next_action").filter(|n| !n.is_null()).map(|n| {
+        match n.pointer("/redirect_to_url/url").and_then(Value::as_str) {
+            Some(url) => serde_json::json!({"type": "redirect", "url": url}),
+            None => serde_json::json!({"type": "redirect", "provider_action": n.get("type").cloned().unwrap_or(Value::Null)}),
+        }
+    });
+    let captured_minor = pi.get("amount_received").and_then(Value::as_i64);
+    Some(ProviderPayment { provider_ref: id, state, next_action, captured_minor })
+}
+
+fn parse_json(resp: &WireResponse) -> Option<Value> {
+    serde_json::from_slice(&resp.body).ok()
+}
+
+fn error_code(v: &Option<Value>) -> String {
+    v.as_ref().and_then(|v| v.pointer("/error/code").and_then(Value::as_str)).unwrap_or("unknown").to_string()
+}
+
+fn encode(pairs: &[(String, String)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+impl Connector for Stripe {
+    fn kind(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError> {
+        let token = req.payment_method_data.and_then(|d| d.get("token")).and_then(Value::as_str).ok_or(BuildError {
+            code: "payment_method_data_required",
+            message: "a PSP token (`payment_method_data.token`) is required".into(),
+        })?;
+        let mut p: Vec<(String, String)> = vec![
+            ("amount".into(), req.money.minor().to_string()),
+            ("currency".into(), req.money.currency().code().to_ascii_lowercase()),
+            ("confirm".into(), "true".into()),
+            ("payment_method_types[0]".into(), "card".into()),
+        ];
+        if token.starts_with("tok_") {
+            p.push(("payment_method_data[type]".into(), "card".into()));
+            p.push(("payment_method_data[card][token]".into(), token.into()));
+        } else {
+            p.push(("payment_method".into(), token.into()));
+        }
+        if let Some(u) = req.return_url {
+            p.push(("return_url".into(), u.into()));
+        }
+        if let Some(e) = req.customer_email {
+            p.push(("receipt_email".into(), e.into()));
+        }
+        for (k, v) in req.metadata {
+            p.push((format!("metadata[{k}]"), v.clone()));
+        }
+        p.push(("metadata[order_id]".into(), req.order_id.into()));
+        p.push(("metadata[paymux_payment]".into(), req.payment_id.into()));
+        p.push(("metadata[paymux_attempt]".into(), req.attempt_ref.into()));
+        Ok(self.request(http::Method::POST, "/v1/payment_intents".into(), Some(req.attempt_ref), Some(encode(&p))))
+    }
+
+    fn parse_create(&self, _req: &WireRequest, resp: &WireResponse) -> CreateOutcome {
+        let v = parse_json(resp);
+        match resp.status {
+            200..=299 => match v.as_ref().and_then(payment_from_intent) {
+                Some(p) => match p.state.clone() {
+                    ProviderState::Failed { code, message } => {
+                        CreateOutcome::Declined { provider_ref: Some(p.provider_ref), code, message }
+                    }
+                    _ => CreateOutcome::Accepted(p),
+                },
+                None => CreateOutcome::Ambiguous { code: "unparseable_response".into() },
+            },
+            402 => {
+                let e = v.as_ref().and_then(|v| v.get("error"));
+                let code = e
+                    .and_then(|e| e.get("decline_code").or_else(|| e.get("code")))
+                    .and_then(Value::as_str)
+                    .unwrap_or("card_declined");
+                let message = e.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("card declined");
+                let pi = e.and_then(|e| e.pointer("/payment_intent/id")).and_then(Value::as_str);
+                CreateOutcome::Declined {
+                    provider_ref: pi.map(String::from),
+                    code: code.into(),
+                    message: message.into(),
+                }
+            }
+            // A reused key with other parameters, or a key still in flight, says nothing about
+            // whether the first request charged.
+            409 => CreateOutcome::Ambiguous { code: format!("http_409_{}", error_code(&v)) },
+            400 if v.as_ref().and_then(|v| v.pointer("/error/type")).and_then(Value::as_str)
+                == Some("idempotency_error") =>
+            {
+                CreateOutcome::Ambiguous { code: "idempotency_error".into() }
+            }
+            // Rejected before processing: bad request, auth, permissions, rate limit.
+            400..=499 => CreateOutcome::NotProcessed { code: format!("http_{}_{}", resp.status, error_code(&v)) },
+            _ => CreateOutcome::Ambiguous { code: format!("http_{}", resp.status) },
+        }
+    }
+
+    fn build_query(&self, q: &QueryRef<'_>) -> Result<WireRequest, BuildError> {
+        let path = match q.provider_ref {
+            Some(id) => format!(
+                "/v1/payment_intents/{}",
+                percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+            ),
+            None => {
+                let query = format!("metadata['paymux_attempt']:'{}'", q.attempt_ref);
+                format!("/v1/payment_intents/search?{}", encode(&[("query".into(), query)]))
+            }
+        };
+        Ok(self.request(http::Method::GET, path, None, None))
+    }
+
+    fn parse_query(&self, q: &QueryRef<'_>, _req: &WireRequest, resp: &WireResponse) -> QueryOutcome {
+        let v = parse_json(resp);
+        match (resp.status, v) {
+            (200, Some(v)) => {
+                let obj = if v.get("object").and_then(Value::as_str) == Some("search_result") {
+                    match v.get("data").and_then(Value::as_array).and_then(|d| d.first()) {
+                        Some(pi) => pi.clone(),
+                        None => {
+                            return QueryOutcome::NotFound {
+                                authoritative: q.since_send_ms >= self.search_consistency_ms,
+                            }
+                        }
+                    }
+                } else {
+                    v
+                };
+                payment_from_intent(&obj)
+                    .map(QueryOutcome::Found)
+                    .unwrap_or(QueryOutcome::Unknown { code: "unparseable_response".into() })
+            }
+            (404, _) => QueryOutcome::NotFound { authoritative: true },
+            (s, _) => QueryOutcome::Unknown { code: format!("http_{s}") },
+        }
+    }
+
+    fn build_cancel(&self, attempt_ref: &str, provider_ref: &str) -> Result<WireRequest, BuildError> {
+        let path = format!(
+            "/v1/payment_intents/{}/cancel",
+            percent_encoding::utf8_percent_encode(provider_ref, percent_encoding::NON_ALPHANUMERIC)
+        );
+        Ok(self.request(http::Method::POST, path, Some(&format!("{attempt_ref}-cancel")), Some(String::new())))
+    }
+
+    fn parse_cancel(&self, _req: &WireRequest, resp: &WireResponse) -> CancelOutcome {
+        let v = parse_json(resp);
+        match resp.status {
+            200 => match v.as_ref().and_then(payment_from_intent).map(|p| p.state) {
+                Some(ProviderState::Canceled) => CancelOutcome::Canceled,
+                _ => CancelOutcome::Unknown { code: "unexpected_state".into() },
+            },
+            400..=499 if resp.status != 409 && resp.status != 429 => CancelOutcome::Refused {
+                code: error_code(&v),
+                message: v
+                    .as_ref()
+                    .and_then(|v| v.pointer("/error/message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused")
+                    .to_string(),
+            },
+            s => CancelOutcome::Unknown { code: format!("http_{s}") },
+        }
+    }
+
+    fn build_refund(&self, r: &RefundRequest<'_>) -> Result<WireRequest, BuildError> {
+        let mut p = vec![
+            ("payment_intent".to_string(), r.provider_ref.to_string()),
+            ("amount".into(), r.amount.minor().to_string()),
+            ("metadata[paymux_refund]".into(), r.refund_id.into()),
+            ("metadata[paymux_payment]".into(), r.payment_id.into()),
+        ];
+        if let Some(reason) = r.reason {
+            // Stripe only takes its own reason codes; anything else goes to metadata.
+            if ["duplicate", "fraudulent", "requested_by_customer"].contains(&reason) {
+                p.push(("reason".into(), reason.into()));
+            } else {
+                p.push(("metadata[reason]".into(), reason.into()));
+            }
+        }
+        Ok(self.request(http::Method::POST, "/v1/refunds".into(), Some(r.refund_id), Some(encode(&p))))
+    }
+
+    fn parse_refund(&self, _req: &WireRequest, resp: &WireResponse) -> RefundOutcome {
+        let v = parse_json(resp);
+        match resp.status {
+            200..=299 => {
+                let Some(v) = v else { return RefundOutcome::Ambiguous { code: "unparseable_response".into() } };
+                let id = v.get("id").and_then(Value::as_str).map(String::from);
+                let state = refund_state(&v);
+                RefundOutcome::Accepted { provider_refund_ref: id, state }
+            }
+            409 => RefundOutcome::Ambiguous { code: "http_409".into() },
+            400..=499 => RefundOutcome::NotProcessed {
+                code: error_code(&v),
+                message: v
+                    .as_ref()
+                    .and_then(|v| v.pointer("/error/message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("refund refused")
+                    .to_string(),
+            },
+            s => RefundOutcome::Ambiguous { code: format!("http_{s}") },
+        }
+    }
+
+    fn verify_webhook(
+        &self,
+        _path: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<WebhookEvent, WebhookError> {
+        let header =
+            headers.get("stripe-signature").and_then(|h| h.to_str().ok()).ok_or(WebhookError::MissingSignature)?;
+        let mut ts: Option<i64> = None;
+        let mut sigs: Vec<Vec<u8>> = Vec::new();
+        for item in header.split(',') {
+            match item.split_once('=') {
+                Some(("t", v)) if ts.is_none() => ts = v.parse().ok(),
+                Some(("v1", v)) => sigs.extend(crypto::unhex(v)),
+                _ => {}
+            }
+        }
+        let ts = ts.ok_or(WebhookError::MissingSignature)?;
+        if sigs.is_empty() {
+            return Err(WebhookError::MissingSignature);
+        }
+        let mut signed = ts.to_string().into_bytes();
+        signed.push(b'.');
+        signed.extend_from_slice(body);
+        let key = self.webhook_secret.expose().as_bytes();
+        if !sigs.iter().any(|s| crypto::hmac_sha256_verify(key, &signed, s)) {
+            return Err(WebhookError::BadSignature);
+        }
+        if (now - ts).abs() > self.tolerance_secs {
+            return Err(WebhookError::Stale);
+        }
+        let v: Value = serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
+        let event_id = v
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| WebhookError::Malformed("no event id".into()))?
+            .to_string();
+        let event_type = v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        let obj = v.pointer("/data/object").cloned().unwrap_or(Value::Null);
+        let kind = match obj.get("object").and_then(Value::as_str) {
+            Some("payment_intent") if event_type.starts_with("payment_intent.") => {
+                let p =
+                    payment_from_intent(&obj).ok_or_else(|| WebhookError::Malformed("bad payment_intent".into()))?;
+                WebhookKind::Payment {
+                    provider_ref: p.provider_ref,
+                    attempt_ref: obj.pointer("/metadata/paymux_attempt").and_then(Value::as_str).map(String::from),
+                    state: p.state,
+                }
+            }
+            Some("refund") => WebhookKind::Refund {
+                refund_id: obj.pointer("/metadata/paymux_refund").and_then(Value::as_str).map(String::from),
+                provider_refund_ref: obj.get("id").and_then(Value::as_str).map(String::from),
+                state: refund_state(&obj),
+            },
+            _ => WebhookKind::Ignored { event_type },
+        };
+        Ok(WebhookEvent { event_id, kind })
+    }
+
+    fn webhook_ack(&self) -> (&'static str, Bytes) {
+        ("application/json", Bytes::from_static(b"{\"received\":true}"))
+    }
+}
+
+fn refund_state(v: &Value) -> RefundState {
+    match v.get("status").and_then(Value::as_str) {
+        Some("succeeded") => RefundState::Succeeded,
+        Some("failed") | Some("canceled") => RefundState::Failed {
+            code: v.get("failure_reason").and_then(Value::as_str).unwrap_or("refund_failed").to_string(),
+            message: "refund failed at the provider".into(),
+        },
+        _ => RefundState::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Currency, Money};
+
+    fn conn() -> Stripe {
+        Stripe::new(Secret::new("sk_test_1".into()), Secret::new("whsec_1".into()), 300, 0)
+    }
+
+    #[test]
+    fn create_is_form_encoded_with_idempotency() {
+        let md = BTreeMap::from([("channel".to_string(), "web app".to_string())]);
+        let pmd = serde_json::json!({"token": "pm_card_visa"});
+        let req = CreateRequest {
+            payment_id: "pay_1",
+            attempt_ref: "pay_1-a1",
+            money: Money::new(1999, Currency::parse("HKD").unwrap()).unwrap(),
+            method: Method::Visa,
+            order_id: "o-1",
+            customer_id: None,
+            customer_email: None,
+            payment_method_data: Some(&pmd),
+            return_url: Some("https://shop/r?a=1&b=2"),
+            metadata: &md,
+            notify_url: "http://x",
+        };
+        let w = conn().build_create(&req).unwrap();
+        let body = std::str::from_utf8(&w.body).unwrap();
+        assert!(body.starts_with("amount=1999&currency=hkd&confirm=true"), "{body}");
+        assert!(body.contains("metadata%5Bchannel%5D=web+app"));
+        assert!(body.contains("return_url=https%3A%2F%2Fshop%2Fr%3Fa%3D1%26b%3D2"));
+        assert!(w.headers.contains(&("idempotency-key", "pay_1-a1".into())));
+        let no_token = CreateRequest { payment_method_data: None, ..req };
+        assert_eq!(conn().build_create(&no_token).unwrap_err().code, "payment_method_data_required");
+    }
+
+    fn resp(status: u16, body: &str) -> WireResponse {
+        WireResponse { status, headers: http::HeaderMap::new(), body: Bytes::from(body.to_string()) }
+    }
+
+    #[test]
+    fn classifies_create_outcomes() {
+        let c = conn();
+        let w = WireRequest { method: http::Method::POST, path: "/".into(), headers: vec![], body: Bytes::new() };
+        let ok =
+            r#"{"id":"pi_1","object":"payment_intent","status":"succeeded","amount_received":5,"next_action":null}"#;
+        assert!(
+            matches!(c.parse_create(&w, &resp(200, ok)), CreateOutcome::Accepted(p) if p.state == ProviderState::Succeeded)
+        );
+        let dec = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","message":"no","payment_intent":{"id":"pi_2"}}}"#;
+        assert_eq!(
+            c.parse_create(&w, &resp(402, dec)),
+            CreateOutcome::Declined {
+                provider_ref: Some("pi_2".into()),
+                code: "insufficient_funds".into(),
+                message: "no".into()
+            }
+        );
+        assert!(matches!(c.parse_create(&w, &resp(429, "{}")), CreateOutcome::NotProcessed { .. }));
+        assert!(matches!(c.parse_create(&w, &resp(500, "{}")), CreateOutcome::Ambiguous { .. }));
+        assert!(matches!(c.parse_create(&w, &resp(200, "<html>")), CreateOutcome::Ambiguous { .. }));
+        assert!(matches!(c.parse_create(&w, &resp(409, "{}")), CreateOutcome::Ambiguous { .. }));
+    }
+
+    #[test]
+    fn webhook_signature_rules() {
+        let c = conn();
+        let body = br#"{"id":"evt_1","type":"payment_intent.succeeded","data":{"object":{"id":"pi_1","object":"payment_intent","status":"succeeded","metadata":{"paymux_attempt":"pay_1-a1"}}}}"#;
+        let now = 1_700_000_000;
+        let sig = crypto::hex(&crypto::hmac_sha256(b"whsec_1", &[format!("{now}.").as_bytes(), body].concat()));
+        let mut h = http::HeaderMap::new();
+        h.insert("stripe-signature", format!("t={now},v1=00ff,v1={sig}").parse().unwrap());
+        let ev = c.verify_webhook("/", &h, body, now + 10).unwrap();
+        assert_eq!(
+            ev.kind,
+            WebhookKind::Payment {
+                provider_ref: "pi_1".into(),
+                attempt_ref: Some("pay_1-a1".into()),
+                state: ProviderState::Succeeded
+            }
+        );
+        assert_eq!(c.verify_webhook("/", &h, body, now + 301).unwrap_err(), WebhookError::Stale);
+        let mut tampered = body.to_vec();
+        tampered[10] = b'X';
+        assert_eq!(c.verify_webhook("/", &h, &tampered, now).unwrap_err(), WebhookError::BadSignature);
+        assert_eq!(
+            c.verify_webhook("/", &http::HeaderMap::new(), body, now).unwrap_err(),
+            WebhookError::MissingSignature
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Domain vocabulary: money, currencies, methods, statuses, secrets. Pure; no I/O.
+
+pub mod currency;
+pub mod method;
+pub mod money;
+pub mod payment;
+pub mod secret;
+
+pub use currency::Currency;
+pub use method::{Category, Method};
+pub use money::{Money, MAX_AMOUNT_MINOR};
+pub use payment::{new_id, PaymentStatus};
+pub use secret::Secret;

@@ -1,0 +1,391 @@
+//! The routing engine: ordered rules compiled into an index, evaluated first-match.
+//!
+//! Architecture invariant: this module does no I/O and holds no locks. `Router::evaluate` is a
+//! pure function of the compiled rules and the payment's facts, and returns the rule that
+//! matched so the audit record can say why a payment went where it went.
+
+use crate::domain::{Currency, Method};
+use std::collections::{BTreeMap, HashMap};
+
+/// Index of a channel in the policy's channel list.
+pub type ChannelIdx = usize;
+
+/// A set of methods as a bitmask over [`Method::index`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MethodSet(u16);
+
+impl MethodSet {
+    /// Every method.
+    pub const ALL: MethodSet = MethodSet((1 << 14) - 1);
+    /// No method.
+    pub const EMPTY: MethodSet = MethodSet(0);
+
+    /// Builds a set.
+    pub fn of(methods: impl IntoIterator<Item = Method>) -> Self {
+        MethodSet(methods.into_iter().fold(0, |acc, m| acc | (1 << m.index())))
+    }
+    /// Membership.
+    pub fn contains(&self, m: Method) -> bool {
+        self.0 & (1 << m.index()) != 0
+    }
+    /// Intersection.
+    pub fn and(&self, o: MethodSet) -> MethodSet {
+        MethodSet(self.0 & o.0)
+    }
+    /// `self ⊇ o`.
+    pub fn covers(&self, o: MethodSet) -> bool {
+        self.0 & o.0 == o.0
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+    /// The members.
+    pub fn iter(&self) -> impl Iterator<Item = Method> + '_ {
+        Method::ALL.into_iter().filter(|m| self.contains(*m))
+    }
+}
+
+/// Inclusive amount bounds in minor units for one currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmountRange {
+    pub currency: Currency,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+}
+
+/// Where a matching payment goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Primary first, then backups.
+    Ordered(Vec<ChannelIdx>),
+    /// One of `weighted` by stable hash of the order id, the other split channels next, then backups.
+    Split { weighted: Vec<(ChannelIdx, u32)>, backups: Vec<ChannelIdx> },
+}
+
+/// One compiled rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub methods: MethodSet,
+    /// Sorted; `None` matches any currency.
+    pub currencies: Option<Vec<Currency>>,
+    /// One range per listed currency; `None` matches any amount.
+    pub amount: Option<Vec<AmountRange>>,
+    /// Sorted alpha-2 codes; `None` matches any (and a missing) country.
+    pub countries: Option<Vec<String>>,
+    /// Key/value pairs that must all be present.
+    pub metadata: Vec<(String, String)>,
+    /// 0..=100; `None` means everyone.
+    pub rollout_percent: Option<u8>,
+    pub target: Target,
+}
+
+/// What the engine knows about a payment when routing it.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    pub method: Method,
+    pub currency: Currency,
+    pub amount_minor: i64,
+    pub country: Option<&'a str>,
+    pub metadata: &'a BTreeMap<String, String>,
+    pub customer_id: Option<&'a str>,
+    pub order_id: &'a str,
+}
+
+/// The routing decision: which rule matched and the channels to try, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision<'r> {
+    /// Rule name, or `"default"`.
+    pub rule: &'r str,
+    /// Channels before capability filtering (the engine skips channels that cannot serve).
+    pub channels: Vec<ChannelIdx>,
+}
+
+/// Compiled rules plus the method/currency index.
+#[derive(Debug, Default)]
+pub struct Router {
+    rules: Vec<Rule>,
+    default: Option<Target>,
+    /// (method, currency) → candidate rule indices in rule order, for currencies some rule names.
+    by_method_currency: HashMap<(u8, Currency), Vec<u32>>,
+    /// method → candidate rule indices for rules without a currency condition.
+    by_method_any: Vec<Vec<u32>>,
+}
+
+impl Router {
+    /// Builds the index. Rule order is preserved inside every candidate list.
+    pub fn new(rules: Vec<Rule>, default: Option<Target>) -> Router {
+        let mut by_method_any: Vec<Vec<u32>> = vec![Vec::new(); Method::ALL.len()];
+        let mut mentioned: HashMap<u8, Vec<Currency>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            for m in r.methods.iter() {
+                match &r.currencies {
+                    None => by_method_any[m.index()].push(i as u32),
+                    Some(cs) => mentioned.entry(m.index() as u8).or_default().extend(cs.iter().copied()),
+                }
+            }
+        }
+        let mut by_method_currency = HashMap::new();
+        for (m, mut cs) in mentioned {
+            cs.sort();
+            cs.dedup();
+            let method = Method::ALL[m as usize];
+            for c in cs {
+                let list: Vec<u32> = rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        r.methods.contains(method)
+                            && r.currencies.as_ref().is_none_or(|rc| rc.binary_search(&c).is_ok())
+                    })
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                by_method_currency.insert((m, c), list);
+            }
+        }
+        Router { rules, default, by_method_currency, by_method_any }
+    }
+
+    /// The rules in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// First matching rule, else the default route, else `None`.
+    pub fn evaluate<'r>(&'r self, f: &Facts<'_>) -> Option<Decision<'r>> {
+        let m = f.method.index();
+        let candidates = self.by_method_currency.get(&(m as u8, f.currency)).unwrap_or(&self.by_method_any[m]);
+        for &i in candidates {
+            let r = &self.rules[i as usize];
+            if r.matches_rest(f) {
+                return Some(Decision { rule: &r.name, channels: r.target.order(f.order_id) });
+            }
+        }
+        self.default.as_ref().map(|t| Decision { rule: "default", channels: t.order(f.order_id) })
+    }
+}
+
+impl Rule {
+    /// Everything but method and currency, which the index already checked.
+    fn matches_rest(&self, f: &Facts<'_>) -> bool {
+        if let Some(ranges) = &self.amount {
+            let Some(r) = ranges.iter().find(|r| r.currency == f.currency) else {
+                return false;
+            };
+            if r.min.is_some_and(|min| f.amount_minor < min) || r.max.is_some_and(|max| f.amount_minor > max) {
+                return false;
+            }
+        }
+        if let Some(cs) = &self.countries {
+            match f.country {
+                Some(c) if cs.iter().any(|x| x == c) => {}
+                _ => return false,
+            }
+        }
+        for (k, v) in &self.metadata {
+            if f.metadata.get(k) != Some(v) {
+                return false;
+            }
+        }
+        if let Some(p) = self.rollout_percent {
+            let key = f.customer_id.unwrap_or(f.order_id);
+            let bucket = stable_hash(&[self.name.as_bytes(), b"\0", key.as_bytes()]) % 100;
+            if bucket >= u64::from(p) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Every payment `other` matches, `self` matches too (so `other`, if later, is dead).
+    pub fn covers(&self, other: &Rule) -> bool {
+        if !self.methods.covers(other.methods) {
+            return false;
+        }
+        if !subset(&self.currencies, &other.currencies) || !subset(&self.countries, &other.countries) {
+            return false;
+        }
+        match (&self.amount, &other.amount) {
+            (None, _) => {}
+            (Some(_), None) => return false,
+            (Some(a), Some(b)) => {
+                for rb in b {
+                    let Some(ra) = a.iter().find(|r| r.currency == rb.currency) else {
+                        return false;
+                    };
+                    let lo = match (ra.min, rb.min) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(x), Some(y)) => x <= y,
+                    };
+                    let hi = match (ra.max, rb.max) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(x), Some(y)) => x >= y,
+                    };
+                    if !lo || !hi {
+                        return false;
+                    }
+                }
+            }
+        }
+        if !self.metadata.iter().all(|kv| other.metadata.contains(kv)) {
+            return false;
+        }
+        self.rollout_percent.is_none_or(|p| p >= 100)
+    }
+}
+
+/// `mine` (None = everything) contains every element of `theirs`.
+fn subset<T: PartialEq>(mine: &Option<Vec<T>>, theirs: &Option<Vec<T>>) -> bool {
+    match (mine, theirs) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => b.iter().all(|x| a.contains(x)),
+    }
+}
+
+impl Target {
+    /// Channels in the order to try them for this order id.
+    pub fn order(&self, order_id: &str) -> Vec<ChannelIdx> {
+        match self {
+            Target::Ordered(v) => v.clone(),
+            Target::Split { weighted, backups } => {
+                let total: u64 = weighted.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mut pick = stable_hash(&[order_id.as_bytes()]) % total.max(1);
+                let mut first = 0;
+                for (i, (_, w)) in weighted.iter().enumerate() {
+                    if pick < u64::from(*w) {
+                        first = i;
+                        break;
+                    }
+                    pick -= u64::from(*w);
+                }
+                let mut out = Vec::with_capacity(weighted.len() + backups.len());
+                out.push(weighted[first].0);
+                out.extend(weighted.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, (c, _))| *c));
+                out.extend(backups.iter().copied());
+                out
+            }
+        }
+    }
+
+    /// All channels named, in declaration order.
+    pub fn channels(&self) -> Vec<ChannelIdx> {
+        match self {
+            Target::Ordered(v) => v.clone(),
+            Target::Split { weighted, backups } => {
+                weighted.iter().map(|(c, _)| *c).chain(backups.iter().copied()).collect()
+            }
+        }
+    }
+}
+
+/// FNV-1a 64: stable across builds and platforms (rollouts must not reshuffle on upgrade).
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hkd() -> Currency {
+        Currency::parse("HKD").unwrap()
+    }
+
+    fn rule(name: &str, methods: &[Method], currencies: Option<Vec<Currency>>, target: Vec<usize>) -> Rule {
+        Rule {
+            name: name.into(),
+            methods: MethodSet::of(methods.iter().copied()),
+            currencies,
+            amount: None,
+            countries: None,
+            metadata: vec![],
+            rollout_percent: None,
+            target: Target::Ordered(target),
+        }
+    }
+
+    fn facts<'a>(m: Method, c: Currency, amount: i64, md: &'a BTreeMap<String, String>) -> Facts<'a> {
+        Facts {
+            method: m,
+            currency: c,
+            amount_minor: amount,
+            country: Some("HK"),
+            metadata: md,
+            customer_id: None,
+            order_id: "o-1",
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_default_applies() {
+        let usd = Currency::parse("USD").unwrap();
+        let mut big = rule("big-hkd", &[Method::Visa], Some(vec![hkd()]), vec![1]);
+        big.amount = Some(vec![AmountRange { currency: hkd(), min: Some(100_000), max: None }]);
+        let r = Router::new(
+            vec![big, rule("cards", &[Method::Visa, Method::Mastercard], None, vec![0, 1])],
+            Some(Target::Ordered(vec![2])),
+        );
+        let md = BTreeMap::new();
+        assert_eq!(r.evaluate(&facts(Method::Visa, hkd(), 200_000, &md)).unwrap().rule, "big-hkd");
+        assert_eq!(r.evaluate(&facts(Method::Visa, hkd(), 100, &md)).unwrap().rule, "cards");
+        assert_eq!(r.evaluate(&facts(Method::Visa, usd, 200_000, &md)).unwrap().channels, vec![0, 1]);
+        let d = r.evaluate(&facts(Method::AlipayHk, hkd(), 1, &md)).unwrap();
+        assert_eq!((d.rule, d.channels), ("default", vec![2]));
+    }
+
+    #[test]
+    fn metadata_country_and_rollout() {
+        let mut web = rule("web", &[Method::Visa], None, vec![0]);
+        web.metadata = vec![("channel".into(), "web".into())];
+        web.countries = Some(vec!["HK".into()]);
+        let mut half = rule("half", &[Method::Visa], None, vec![1]);
+        half.rollout_percent = Some(50);
+        let r = Router::new(vec![web, half], Some(Target::Ordered(vec![2])));
+        let mut md = BTreeMap::new();
+        md.insert("channel".to_string(), "web".to_string());
+        assert_eq!(r.evaluate(&facts(Method::Visa, hkd(), 1, &md)).unwrap().rule, "web");
+        let empty = BTreeMap::new();
+        let mut hits = 0;
+        for i in 0..1000 {
+            let id = format!("order-{i}");
+            let f = Facts { order_id: &id, ..facts(Method::Visa, hkd(), 1, &empty) };
+            if r.evaluate(&f).unwrap().rule == "half" {
+                hits += 1;
+            }
+        }
+        assert!((400..600).contains(&hits), "rollout 50% hit {hits}/1000");
+    }
+
+    #[test]
+    fn split_is_stable_and_weighted() {
+        let t = Target::Split { weighted: vec![(0, 3), (1, 1)], backups: vec![2] };
+        let first: Vec<usize> = (0..1000).map(|i| t.order(&format!("o{i}"))[0]).collect();
+        let zeros = first.iter().filter(|c| **c == 0).count();
+        assert!((650..850).contains(&zeros), "weight 3:1 gave {zeros}/1000");
+        assert_eq!(t.order("same"), t.order("same"));
+        assert_eq!(t.order("x").len(), 3);
+        assert_eq!(*t.order("x").last().unwrap(), 2);
+    }
+
+    #[test]
+    fn coverage() {
+        let broad = rule("a", &[Method::Visa, Method::Mastercard], None, vec![0]);
+        let narrow = rule("b", &[Method::Visa], Some(vec![hkd()]), vec![1]);
+        assert!(broad.covers(&narrow));
+        assert!(!narrow.covers(&broad));
+        let mut partial = broad.clone();
+        partial.rollout_percent = Some(10);
+        assert!(!partial.covers(&narrow));
+    }
+}

@@ -1,0 +1,66 @@
+//! Golden tests of the exact `paymux check` output for broken configs, and `check` passing on
+//! every shipped config (routes/ and examples/). Regenerate with `UPDATE_GOLDEN=1`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(dir: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["check", dir])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run paymux");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn golden_broken_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut cases: Vec<_> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    cases.sort();
+    assert!(cases.len() >= 6, "golden cases missing");
+    let mut failures = vec![];
+    for case in cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let (code, stdout) = check(&format!("tests/golden/{name}"));
+        assert_eq!(code, 1, "{name}: broken config must exit 1\n{stdout}");
+        let expected_path = case.join("expected.txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&expected_path, &stdout).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != stdout {
+            failures.push(format!("== {name}\n-- expected\n{expected}-- got\n{stdout}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn shipped_configs_pass_check() {
+    for dir in ["routes", "examples/minimal"] {
+        let (code, stdout) = check(dir);
+        assert_eq!(code, 0, "{dir}: {stdout}");
+        assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
+    }
+}
+
+#[test]
+fn shipped_files_point_editors_at_the_schemas() {
+    for dir in ["routes", "examples/minimal"] {
+        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let first = text.lines().next().unwrap_or("");
+            assert!(
+                first.starts_with("# yaml-language-server: $schema=../"),
+                "{}: first line is {first:?}",
+                p.display()
+            );
+            let schema = first.split("$schema=").nth(1).unwrap();
+            assert!(p.parent().unwrap().join(schema).is_file(), "{}: schema {schema} not found", p.display());
+        }
+    }
+}
