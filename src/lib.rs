@@ -2,8 +2,17 @@
 //! one payment through it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod api;
+pub mod audit;
 pub mod config;
 pub mod connector;
 pub mod crypto;
 pub mod domain;
+pub mod engine;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
+pub mod sandbox;
+pub mod server;
+pub mod store;

@@ -17,6 +17,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the payments API and the admin listener.
+    Serve {
+        /// Config directory.
+        #[arg(long, default_value = "routes")]
+        config: PathBuf,
+        /// Payments API address (overrides `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin address (overrides `admin_listen`).
+        #[arg(long)]
+        admin_listen: Option<String>,
+        /// Data directory for the database and audit log (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Worker threads per service (default: number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Verify or inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Validate a config directory; print every error as FILE:LINE:COL: message.
     Check {
         /// Config directory.
@@ -33,6 +56,15 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain; exit 1 naming the first bad record.
+    Verify {
+        /// The audit log (`<data dir>/audit.jsonl`).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCmd {
     /// Print the SHA-256 of a key read from standard input, for `api_keys[].sha256`.
     Hash,
@@ -40,7 +72,32 @@ enum KeyCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PAYMUX_LOG")
+                .unwrap_or_else(|_| "info,pingora_core=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.cmd {
+        Cmd::Serve { config, listen, admin_listen, data_dir, threads } => {
+            let opts = paymux::server::ServeOptions {
+                config_dir: config,
+                overrides: paymux::config::Overrides { listen, admin_listen, data_dir },
+                threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            };
+            serve(&opts)
+        }
+        Cmd::Audit { cmd: AuditCmd::Verify { file } } => match paymux::audit::verify::verify_file(&file) {
+            Ok(r) => {
+                println!("{}: ok ({} records, last seq {}, head {})", file.display(), r.records, r.last_seq, r.head);
+                ExitCode::SUCCESS
+            }
+            Err(b) => {
+                println!("{}: {b}", file.display());
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Check { dir, online } => check(&dir, online),
         Cmd::Key { cmd: KeyCmd::Hash } => {
             let mut s = String::new();
@@ -77,4 +134,26 @@ fn check(dir: &std::path::Path, online: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(opts: &paymux::server::ServeOptions) -> ExitCode {
+    let built = match paymux::server::build(opts) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let p = built.policy.load_full();
+    let scheme = if p.server.tls.is_some() { "https" } else { "http" };
+    println!("paymux {} serving policy {} from {}", env!("CARGO_PKG_VERSION"), p.version, opts.config_dir.display());
+    println!("  payments API  {scheme}://{}", p.server.listen);
+    println!(
+        "  admin         http://{}  (/metrics /healthz /readyz /admin/config /admin/reload)",
+        p.server.admin_listen
+    );
+    println!("  data          {}", p.server.data_dir.display());
+    drop(p);
+    built.server.run(pingora::server::RunArgs::default());
+    ExitCode::SUCCESS
 }

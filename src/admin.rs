@@ -1,0 +1,81 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/reload`, `/admin/config`.
+//! Bind it to a private interface; it has no authentication of its own yet.
+
+use crate::api::http_util::{json, text};
+use crate::api::problem::Problem;
+use crate::audit::Event;
+use crate::engine::Engine;
+use crate::policy::Policy;
+use crate::reload::{ReloadOutcome, Reloader};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::Arc;
+
+/// The admin app.
+pub struct AdminApp {
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub engine: Engine,
+    pub reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        let rid = crate::domain::new_id("req");
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => text(200, "text/plain; version=0.0.4; charset=utf-8", self.engine.metrics.render()),
+            ("GET", "/healthz") => json(200, br#"{"status":"ok"}"#.to_vec(), &[]),
+            ("GET", "/readyz") => {
+                let store_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();
+                let v = self.policy.load().version.clone();
+                let body = serde_json::to_vec(
+                    &json!({"ready": store_ok, "policy_version": v, "store": if store_ok {"ok"} else {"unavailable"}}),
+                )
+                .unwrap_or_default();
+                json(if store_ok { 200 } else { 503 }, body, &[])
+            }
+            ("GET", "/admin/config") => {
+                let p = self.policy.load_full();
+                let sources: Vec<_> = p.sources.iter().map(|s| json!({"path": s.path, "sha256": s.sha256})).collect();
+                let loaded = p.loaded_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                let channels: Vec<_> = p.channels.iter().map(|c| json!({"id": c.id, "connector": c.kind, "methods": c.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>()})).collect();
+                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "rules": p.router.rules().len()});
+                json(200, serde_json::to_vec(&body).unwrap_or_default(), &[])
+            }
+            ("POST", "/admin/reload") => {
+                self.engine
+                    .audit
+                    .record(Event {
+                        request_id: Some(rid.clone()),
+                        actor: "admin".into(),
+                        action: "admin.reload",
+                        payment_id: None,
+                        outcome: "requested".into(),
+                        details: json!({}),
+                    })
+                    .await;
+                match self.reloader.reload("admin").await {
+                    ReloadOutcome::Applied { old, new, restart_required } => {
+                        json(200, serde_json::to_vec(&json!({"outcome": "applied", "old_version": old, "version": new, "restart_required": restart_required})).unwrap_or_default(), &[])
+                    }
+                    ReloadOutcome::Unchanged { version } => json(200, serde_json::to_vec(&json!({"outcome": "unchanged", "version": version})).unwrap_or_default(), &[]),
+                    ReloadOutcome::Rejected { version, errors } => {
+                        let mut p = Problem::new(422, "config_rejected", format!("the new config has {} error(s); version {version} keeps serving", errors.len()));
+                        p.errors = errors.iter().map(|e| crate::api::problem::FieldError { field: format!("{}:{}:{}", e.file, e.line, e.col), message: e.message.clone() }).collect();
+                        crate::api::http_util::problem(&p, &rid)
+                    }
+                }
+            }
+            _ => crate::api::http_util::problem(
+                &Problem::new(404, "not_found", format!("no admin endpoint at {method} {path}")),
+                &rid,
+            ),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Small HTTP helpers for the pingora apps: bounded body reading and response building.
+
+use super::problem::Problem;
+use bytes::BytesMut;
+use http::Response;
+use pingora::protocols::http::ServerSession;
+use std::time::Duration;
+
+/// Reads the whole request body, refusing more than `limit` bytes with 413.
+pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, Problem> {
+    let too_large = || Problem::new(413, "body_too_large", format!("the request body must be at most {limit} bytes"));
+    if let Some(cl) = s.req_header().headers.get(http::header::CONTENT_LENGTH) {
+        match cl.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(n) if n > limit as u64 => return Err(too_large()),
+            Some(_) => {}
+            None => return Err(Problem::new(400, "malformed_json", "invalid Content-Length header")),
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = BytesMut::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(Problem::new(
+                    400,
+                    "malformed_json",
+                    format!("could not read the request body: {:?}", e.etype()),
+                ))
+            }
+        }
+    }
+    Ok(buf.to_vec())
+}
+
+/// A JSON response.
+pub fn json(status: u16, body: Vec<u8>, extra: &[(&str, String)]) -> Response<Vec<u8>> {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .header("cache-control", "no-store");
+    for (k, v) in extra {
+        b = b.header(*k, v);
+    }
+    b.body(body).unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+/// A problem+json response.
+pub fn problem(p: &Problem, request_id: &str) -> Response<Vec<u8>> {
+    let mut p = p.clone();
+    p.request_id = Some(request_id.to_string());
+    let body = serde_json::to_vec(&p).unwrap_or_default();
+    let mut r = json(p.status, body, &[("x-request-id", request_id.to_string())]);
+    r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/problem+json"));
+    r
+}
+
+/// A plain-text response.
+pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len().to_string())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}

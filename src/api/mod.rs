@@ -1,0 +1,147 @@
+//! The payments API: a pingora HTTP app (HTTP/1.1 and HTTP/2, TLS when configured).
+//!
+//! This layer authenticates, validates, applies idempotency and renders JSON; everything about
+//! providers happens in the engine. Each request takes one policy snapshot (one `ArcSwap`
+//! load) and uses it to the end, so a reload never changes a request halfway.
+
+pub mod http_util;
+pub mod payments;
+pub mod problem;
+pub mod validate;
+
+use crate::engine::{Ctx, Engine};
+use crate::policy::Policy;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use problem::Problem;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Shared state of the API and admin apps.
+pub struct AppState {
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub engine: Engine,
+}
+
+/// The payments API app.
+pub struct ApiApp {
+    pub state: Arc<AppState>,
+}
+
+/// Which endpoint a request hit (a bounded metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    CreatePayment,
+    GetPayment,
+    CancelPayment,
+    CreateRefund,
+    GetRefund,
+    Webhook,
+    Other,
+}
+
+impl Endpoint {
+    fn label(&self) -> &'static str {
+        match self {
+            Endpoint::CreatePayment => "create_payment",
+            Endpoint::GetPayment => "get_payment",
+            Endpoint::CancelPayment => "cancel_payment",
+            Endpoint::CreateRefund => "create_refund",
+            Endpoint::GetRefund => "get_refund",
+            Endpoint::Webhook => "webhook",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+/// Routes `method path` to an endpoint and its path parameter.
+pub fn route(method: &http::Method, path: &str) -> Result<(Endpoint, Option<String>), Problem> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let (ep, allowed, param) = match segs.as_slice() {
+        ["v1", "payments"] => (Endpoint::CreatePayment, "POST", None),
+        ["v1", "payments", id] => (Endpoint::GetPayment, "GET", Some(*id)),
+        ["v1", "payments", id, "cancel"] => (Endpoint::CancelPayment, "POST", Some(*id)),
+        ["v1", "payments", id, "refunds"] => (Endpoint::CreateRefund, "POST", Some(*id)),
+        ["v1", "refunds", id] => (Endpoint::GetRefund, "GET", Some(*id)),
+        ["v1", "webhooks", ch] => (Endpoint::Webhook, "POST", Some(*ch)),
+        _ => return Err(Problem::new(404, "not_found", format!("no endpoint at {path}"))),
+    };
+    if method.as_str() != allowed {
+        return Err(Problem::new(405, "method_not_allowed", format!("{path} accepts {allowed} only")));
+    }
+    Ok((ep, param.map(String::from)))
+}
+
+#[async_trait]
+impl ServeHttp for ApiApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let started = Instant::now();
+        let request_id = crate::domain::new_id("req");
+        let policy = self.state.policy.load_full();
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        let (endpoint, resp) = match route(&method, &path) {
+            Err(p) => (Endpoint::Other, http_util::problem(&p, &request_id)),
+            Ok((ep, param)) => {
+                let ctx = Ctx {
+                    request_id: request_id.clone(),
+                    actor: String::new(),
+                    deadline: started + policy.server.request_deadline,
+                };
+                let r = payments::handle(&self.state.engine, &policy, s, ep, param.unwrap_or_default(), ctx).await;
+                (ep, r.unwrap_or_else(|p| http_util::problem(&p, &request_id)))
+            }
+        };
+        let m = &self.state.engine.metrics;
+        m.http_requests.with_label_values(&[endpoint.label(), resp.status().as_str()]).inc();
+        m.request_duration.with_label_values(&[endpoint.label()]).observe(started.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+/// Authenticates `Authorization: Bearer <key>`; returns the key id.
+pub fn authenticate(policy: &Policy, s: &ServerSession) -> Result<String, Problem> {
+    let h = s.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let key = h.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).filter(|k| !k.is_empty());
+    let Some(key) = key else {
+        return Err(Problem::new(401, "unauthorized", "send `Authorization: Bearer <api key>`"));
+    };
+    policy
+        .authenticate(key)
+        .map(String::from)
+        .ok_or_else(|| Problem::new(401, "unauthorized", "the API key is not valid"))
+}
+
+/// Problem for an engine error.
+pub fn engine_problem(e: &crate::engine::EngineError) -> Problem {
+    use crate::engine::EngineError as E;
+    match e {
+        E::NotFound => Problem::new(404, "payment_not_found", "no payment with this id"),
+        E::RefundNotFound => Problem::new(404, "refund_not_found", "no refund with this id"),
+        E::NotCancelable(s) => Problem::new(
+            409,
+            "payment_not_cancelable",
+            format!("the payment is {} and can no longer be canceled", s.as_str()),
+        ),
+        E::NotRefundable(s) => Problem::new(
+            409,
+            "payment_not_refundable",
+            format!("the payment is {}; only captured payments can be refunded", s.as_str()),
+        ),
+        E::RefundExceeds { remaining } => {
+            Problem::new(422, "refund_amount_exceeds", format!("at most {remaining} minor units are left to refund"))
+        }
+        E::ProviderRefused { code, message } => Problem::new(409, "provider_refused", format!("{code}: {message}")),
+        E::ProviderUnavailable(c) => {
+            Problem::new(502, "provider_unavailable", format!("no usable answer from the provider ({c})"))
+        }
+        E::Store(_) => Problem::new(
+            503,
+            "store_unavailable",
+            "the payment store is unavailable; retry with the same Idempotency-Key",
+        ),
+    }
+}

@@ -1,0 +1,349 @@
+//! Handlers: payments, refunds, webhooks; idempotency; JSON rendering.
+
+use super::http_util::{json, read_body};
+use super::problem::Problem;
+use super::{authenticate, engine_problem, validate, Endpoint};
+use crate::engine::webhook::WebhookResult;
+use crate::engine::{Ctx, Engine, PaymentView};
+use crate::policy::{Facts, Policy};
+use crate::store::{now_ms, IdemClaim, IdemState, RefundRow};
+use http::Response;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type Resp = Result<Response<Vec<u8>>, Problem>;
+
+/// Dispatches one API request.
+pub async fn handle(
+    engine: &Engine,
+    policy: &Arc<Policy>,
+    s: &mut ServerSession,
+    ep: Endpoint,
+    param: String,
+    mut ctx: Ctx,
+) -> Resp {
+    if ep == Endpoint::Webhook {
+        return webhook(engine, policy, s, &param, ctx).await;
+    }
+    let key_id = authenticate(policy, s)?;
+    ctx.actor = key_id.clone();
+    match ep {
+        Endpoint::CreatePayment => create(engine, policy, s, &key_id, ctx).await,
+        Endpoint::GetPayment => {
+            let v = engine.get(&ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
+            owned_by(&v, &key_id)?;
+            Ok(json(200, payment_json(&v), &[]))
+        }
+        Endpoint::CancelPayment => {
+            let v = engine.view(&param).await.map_err(|e| engine_problem(&e))?;
+            owned_by(&v, &key_id)?;
+            let v = engine.cancel(&ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
+            Ok(json(200, payment_json(&v), &[]))
+        }
+        Endpoint::CreateRefund => refund(engine, policy, s, &key_id, &param, ctx).await,
+        Endpoint::GetRefund => {
+            let r = engine.get_refund(&param).await.map_err(|e| engine_problem(&e))?;
+            let v = engine.view(&r.payment_id).await.map_err(|e| engine_problem(&e))?;
+            if v.payment.api_key_id != key_id {
+                return Err(Problem::new(404, "refund_not_found", "no refund with this id"));
+            }
+            Ok(json(200, refund_json(&r), &[]))
+        }
+        Endpoint::Webhook | Endpoint::Other => Err(Problem::new(404, "not_found", "no such endpoint")),
+    }
+}
+
+/// Payments are visible only to the API key that created them.
+fn owned_by(v: &PaymentView, key_id: &str) -> Result<(), Problem> {
+    if v.payment.api_key_id == key_id {
+        Ok(())
+    } else {
+        Err(Problem::new(404, "payment_not_found", "no payment with this id"))
+    }
+}
+
+fn idempotency_key(s: &ServerSession) -> Result<String, Problem> {
+    let Some(v) = s.req_header().headers.get("idempotency-key") else {
+        return Err(Problem::new(
+            400,
+            "idempotency_key_missing",
+            "send an `Idempotency-Key` header (a unique string of at most 255 characters)",
+        ));
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| Problem::new(400, "idempotency_key_invalid", "`Idempotency-Key` must be printable ASCII"))?;
+    if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(Problem::new(
+            400,
+            "idempotency_key_invalid",
+            "`Idempotency-Key` must be 1-255 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(k.to_string())
+}
+
+/// Canonical hash of what a replay must match: endpoint, path parameter and parsed body.
+fn request_hash(ep: Endpoint, param: &str, body: &Value) -> String {
+    crate::crypto::sha256_hex(format!("{ep:?}\n{param}\n{body}").as_bytes())
+}
+
+/// What to do with an idempotency key.
+enum Idem {
+    Proceed,
+    Replay(Response<Vec<u8>>),
+    /// An abandoned in-flight claim (a crash mid-request) linked to this resource.
+    Recover(String),
+}
+
+async fn claim(engine: &Engine, policy: &Policy, key_id: &str, key: &str, hash: &str) -> Result<Idem, Problem> {
+    let (k, kk, h) = (key_id.to_string(), key.to_string(), hash.to_string());
+    let now = now_ms();
+    let exp = now + policy.server.idempotency_retention.as_millis() as i64;
+    let c = crate::store::call(&engine.store, move |s| s.idem_claim(&k, &kk, &h, now, exp))
+        .await
+        .map_err(|e| engine_problem(&e.into()))?;
+    match c {
+        IdemClaim::Claimed => Ok(Idem::Proceed),
+        IdemClaim::Existing(IdemState::Done { request_hash, body, .. }) => {
+            if request_hash != hash {
+                return Err(reused());
+            }
+            Ok(Idem::Replay(json(200, body, &[("idempotent-replayed", "true".into())])))
+        }
+        IdemClaim::Existing(IdemState::InFlight { request_hash, since, resource_id }) => {
+            if request_hash != hash {
+                return Err(reused());
+            }
+            let abandoned = now - since > 2 * policy.server.request_deadline.as_millis() as i64;
+            match (abandoned, resource_id) {
+                (true, Some(r)) => Ok(Idem::Recover(r)),
+                _ => Err(Problem::new(
+                    409,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still being processed; retry later",
+                )),
+            }
+        }
+    }
+}
+
+fn reused() -> Problem {
+    Problem::new(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request; use a new key")
+}
+
+async fn complete(engine: &Engine, key_id: &str, key: &str, status: u16, body: &[u8]) {
+    let (k, kk, b) = (key_id.to_string(), key.to_string(), body.to_vec());
+    if let Err(e) = crate::store::call(&engine.store, move |s| s.idem_complete(&k, &kk, status, &b)).await {
+        tracing::error!(error = %e, "could not store the idempotent response");
+    }
+}
+
+async fn release(engine: &Engine, key_id: &str, key: &str) {
+    let (k, kk) = (key_id.to_string(), key.to_string());
+    let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk)).await;
+}
+
+async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, key_id: &str, ctx: Ctx) -> Resp {
+    let key = idempotency_key(s)?;
+    let body = read_body(s, policy.server.max_body_bytes).await?;
+    let obj = validate::parse_object(&body)?;
+    let np = validate::create(&obj)?;
+    // Route before storing anything: a payment no channel can take is not created.
+    let facts = Facts {
+        method: np.method,
+        currency: np.money.currency(),
+        amount_minor: np.money.minor(),
+        country: np.customer.as_ref().and_then(|c| c.country.as_deref()),
+        metadata: &np.metadata,
+        customer_id: np.customer.as_ref().and_then(|c| c.id.as_deref()),
+        order_id: &np.order_id,
+    };
+    let decision = policy.router.evaluate(&facts);
+    let (rule, channels) = match decision {
+        Some(d) => {
+            let chs: Vec<_> = d
+                .channels
+                .iter()
+                .map(|i| policy.channels[*i].clone())
+                .filter(|c| c.serves(np.method, np.money.currency()))
+                .collect();
+            (d.rule.to_string(), chs)
+        }
+        None => (String::new(), vec![]),
+    };
+    if channels.is_empty() {
+        return Err(Problem::new(
+            422,
+            "no_route",
+            format!("no configured channel takes `{}` in {}", np.method, np.money.currency()),
+        ));
+    }
+    let hash = request_hash(Endpoint::CreatePayment, "", &Value::Object(obj));
+    let payment_id = match claim(engine, policy, key_id, &key, &hash).await? {
+        Idem::Replay(r) => return Ok(r),
+        Idem::Recover(id) => {
+            let v = engine.view(&id).await.map_err(|e| engine_problem(&e))?;
+            let b = payment_json(&v);
+            complete(engine, key_id, &key, 201, &b).await;
+            return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
+        }
+        Idem::Proceed => crate::domain::new_id("pay"),
+    };
+    let (k, kk, pid) = (key_id.to_string(), key.clone(), payment_id.clone());
+    if let Err(e) = crate::store::call(&engine.store, move |s| s.idem_link(&k, &kk, &pid)).await {
+        release(engine, key_id, &key).await;
+        return Err(engine_problem(&e.into()));
+    }
+    engine
+        .audit(
+            &ctx,
+            "payment.create",
+            Some(&payment_id),
+            "received",
+            json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()}),
+        )
+        .await;
+    match engine.create(&ctx, policy.clone(), &payment_id, key_id, np, &rule, channels).await {
+        Ok(v) => {
+            let b = payment_json(&v);
+            complete(engine, key_id, &key, 201, &b).await;
+            engine
+                .audit(
+                    &ctx,
+                    "payment.create",
+                    Some(&payment_id),
+                    v.payment.status.as_str(),
+                    json!({"channel": v.payment.channel, "attempts": v.attempts.len()}),
+                )
+                .await;
+            Ok(json(201, b, &[("location", format!("/v1/payments/{payment_id}"))]))
+        }
+        Err(e) => {
+            // The payment row may exist (its attempts are recorded); the key stays linked to
+            // it so a retry with the same key recovers instead of paying again.
+            engine.audit(&ctx, "payment.create", Some(&payment_id), "error", json!({"error": e.to_string()})).await;
+            Err(engine_problem(&e))
+        }
+    }
+}
+
+async fn refund(
+    engine: &Engine,
+    policy: &Arc<Policy>,
+    s: &mut ServerSession,
+    key_id: &str,
+    payment_id: &str,
+    ctx: Ctx,
+) -> Resp {
+    let key = idempotency_key(s)?;
+    let body = read_body(s, policy.server.max_body_bytes).await?;
+    let nr = validate::refund(&body)?;
+    let v = engine.view(payment_id).await.map_err(|e| engine_problem(&e))?;
+    owned_by(&v, key_id)?;
+    let canon = json!({"amount": nr.amount, "reason": nr.reason});
+    let hash = request_hash(Endpoint::CreateRefund, payment_id, &canon);
+    match claim(engine, policy, key_id, &key, &hash).await? {
+        Idem::Replay(r) => return Ok(r),
+        Idem::Recover(_) | Idem::Proceed => {}
+    }
+    match engine.refund(&ctx, policy, payment_id, nr.amount, nr.reason).await {
+        Ok(r) => {
+            let b = refund_json(&r);
+            complete(engine, key_id, &key, 201, &b).await;
+            Ok(json(201, b, &[]))
+        }
+        Err(e) => {
+            let p = engine_problem(&e);
+            // Rule violations are final answers for this key; transient failures are not.
+            if p.status < 500 {
+                let mut stored = p.clone();
+                stored.request_id = None;
+                complete(engine, key_id, &key, p.status, &serde_json::to_vec(&stored).unwrap_or_default()).await;
+            } else {
+                release(engine, key_id, &key).await;
+            }
+            Err(p)
+        }
+    }
+}
+
+async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, channel: &str, mut ctx: Ctx) -> Resp {
+    let Some(ch) = policy.channel(channel).cloned() else {
+        return Err(Problem::new(404, "unknown_channel", format!("no channel `{channel}` in the current policy")));
+    };
+    ctx.actor = format!("provider:{channel}");
+    let body = read_body(s, policy.server.max_body_bytes).await?;
+    let headers = s.req_header().headers.clone();
+    match engine.webhook(&ctx, &ch, &headers, &body).await.map_err(|e| engine_problem(&e))? {
+        WebhookResult::Ack { .. } => {
+            let (ct, b) = ch.connector.webhook_ack();
+            let mut r = json(200, b.to_vec(), &[]);
+            r.headers_mut().insert("content-type", http::HeaderValue::from_static(ct));
+            Ok(r)
+        }
+        WebhookResult::Rejected(e) => {
+            Err(Problem::new(401, "webhook_signature_invalid", format!("callback refused: {e}")))
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// The public JSON of a payment.
+pub fn payment_json(v: &PaymentView) -> Vec<u8> {
+    let p = &v.payment;
+    let attempts: Vec<Value> = v
+        .attempts
+        .iter()
+        .map(|a| json!({"channel": a.channel, "outcome": a.outcome, "latency_ms": a.latency_ms, "error_code": a.error_code}))
+        .collect();
+    let error = p
+        .error_code
+        .as_ref()
+        .filter(|_| {
+            p.status == crate::domain::PaymentStatus::Failed || p.status == crate::domain::PaymentStatus::Processing
+        })
+        .map(|c| json!({"code": c, "message": p.error_message}));
+    let body = json!({
+        "id": p.id,
+        "object": "payment",
+        "status": p.status.as_str(),
+        "amount": p.amount,
+        "currency": p.currency.code(),
+        "method": p.method.as_str(),
+        "order_id": p.order_id,
+        "channel": p.channel,
+        "route": {"rule": p.route_rule},
+        "attempts": attempts,
+        "next_action": p.next_action,
+        "amount_refunded": p.refunded,
+        "error": error,
+        "metadata": p.metadata,
+        "created_at": rfc3339(p.created_at),
+        "updated_at": rfc3339(p.updated_at),
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The public JSON of a refund.
+pub fn refund_json(r: &RefundRow) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": r.id,
+        "object": "refund",
+        "payment_id": r.payment_id,
+        "amount": r.amount,
+        "currency": r.currency.code(),
+        "status": r.status,
+        "reason": r.reason,
+        "error_code": r.error_code,
+        "created_at": rfc3339(r.created_at),
+    }))
+    .unwrap_or_default()
+}

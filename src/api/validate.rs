@@ -1,0 +1,349 @@
+//! Validation of request bodies into engine types. Every invalid field is reported at once;
+//! messages name the field and never echo a token or card data.
+
+use super::problem::{FieldError, Problem};
+use crate::domain::{Currency, Method, Money, MAX_AMOUNT_MINOR};
+use crate::engine::{Customer, NewPayment};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+const CREATE_FIELDS: &[&str] =
+    &["amount", "currency", "method", "order_id", "customer", "payment_method_data", "return_url", "metadata"];
+const CUSTOMER_FIELDS: &[&str] = &["id", "email", "phone", "country", "ip"];
+/// Methods whose payment goes through a PSP token.
+const TOKEN_METHODS: &[Method] =
+    &[Method::Visa, Method::Mastercard, Method::Unionpay, Method::ApplePay, Method::GooglePay, Method::SamsungPay];
+
+struct Errs(Vec<FieldError>);
+
+impl Errs {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+}
+
+/// Parses JSON; distinguishes malformed JSON (400) from a JSON value of the wrong shape.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Problem> {
+    if body.is_empty() {
+        return Err(Problem::new(400, "malformed_json", "the request body is empty; send a JSON object"));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Problem::new(
+            400,
+            "malformed_json",
+            format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), short(&e)),
+        )
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(Problem::validation(vec![FieldError {
+            field: "".into(),
+            message: "the body must be a JSON object".into(),
+        }])),
+    }
+}
+
+fn short(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    s.split(" at line ").next().unwrap_or(&s).to_string()
+}
+
+fn string<'a>(m: &'a Map<String, Value>, k: &str, errs: &mut Errs, max: usize, required: bool) -> Option<&'a str> {
+    match m.get(k) {
+        None | Some(Value::Null) if !required => None,
+        None | Some(Value::Null) => {
+            errs.add(k, "is required");
+            None
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            errs.add(k, "must not be empty");
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > max => {
+            errs.add(k, format!("must be at most {max} characters"));
+            None
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            errs.add(k, "must not contain control characters");
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errs.add(k, "must be a string");
+            None
+        }
+    }
+}
+
+/// Validates an integer minor-unit amount.
+fn amount(v: Option<&Value>, field: &str, errs: &mut Errs, required: bool) -> Option<i64> {
+    match v {
+        None | Some(Value::Null) if !required => None,
+        None | Some(Value::Null) => {
+            errs.add(field, "is required (integer minor units, e.g. 1999 for HKD 19.99)");
+            None
+        }
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                if i <= 0 {
+                    errs.add(field, "must be greater than 0");
+                    None
+                } else if i > MAX_AMOUNT_MINOR {
+                    errs.add(field, format!("must be at most {MAX_AMOUNT_MINOR} minor units"));
+                    None
+                } else {
+                    Some(i)
+                }
+            } else if n.as_u64().is_some() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64)
+            {
+                errs.add(field, format!("must be at most {MAX_AMOUNT_MINOR} minor units"));
+                None
+            } else {
+                errs.add(field, "must be an integer number of minor units, not a decimal");
+                None
+            }
+        }
+        Some(_) => {
+            errs.add(field, "must be an integer number of minor units");
+            None
+        }
+    }
+}
+
+fn url(s: &str) -> bool {
+    reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+/// Validates `POST /v1/payments`.
+pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
+    let mut e = Errs(vec![]);
+    for k in m.keys() {
+        if !CREATE_FIELDS.contains(&k.as_str()) {
+            e.add(k.clone(), "unknown field");
+        }
+    }
+    let amt = amount(m.get("amount"), "amount", &mut e, true);
+    let currency = string(m, "currency", &mut e, 3, true).and_then(|c| match Currency::parse(c) {
+        Ok(c) => Some(c),
+        Err(_) => {
+            let hint = if Currency::parse(&c.to_ascii_uppercase()).is_ok() { " (use upper case)" } else { "" };
+            e.add("currency", format!("must be an ISO 4217 alpha-3 currency code{hint}"));
+            None
+        }
+    });
+    let method = string(m, "method", &mut e, 32, true).and_then(|s| match Method::parse(s) {
+        Some(x) => Some(x),
+        None => {
+            e.add("method", format!("must be one of: {}", Method::names()));
+            None
+        }
+    });
+    let order_id = string(m, "order_id", &mut e, 128, true);
+    let customer = match m.get("customer") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(c)) => {
+            for k in c.keys() {
+                if !CUSTOMER_FIELDS.contains(&k.as_str()) {
+                    e.add(format!("customer.{k}"), "unknown field");
+                }
+            }
+            let mut sub = Errs(vec![]);
+            let cu = Customer {
+                id: string(c, "id", &mut sub, 128, false).map(String::from),
+                email: string(c, "email", &mut sub, 254, false).map(String::from),
+                phone: string(c, "phone", &mut sub, 32, false).map(String::from),
+                country: string(c, "country", &mut sub, 2, false).map(String::from),
+                ip: string(c, "ip", &mut sub, 45, false).map(String::from),
+            };
+            if cu.email.as_deref().is_some_and(|s| !s.contains('@')) {
+                sub.add("email", "must be an email address");
+            }
+            if cu.country.as_deref().is_some_and(|s| s.len() != 2 || !s.chars().all(|c| c.is_ascii_uppercase())) {
+                sub.add("country", "must be an ISO 3166-1 alpha-2 code in upper case (e.g. HK)");
+            }
+            if cu.ip.as_deref().is_some_and(|s| s.parse::<std::net::IpAddr>().is_err()) {
+                sub.add("ip", "must be an IPv4 or IPv6 address");
+            }
+            if cu.phone.as_deref().is_some_and(|s| !s.chars().all(|c| c.is_ascii_digit() || "+-() ".contains(c))) {
+                sub.add("phone", "must contain only digits, spaces and + - ( )");
+            }
+            for fe in sub.0 {
+                e.add(format!("customer.{}", fe.field), fe.message);
+            }
+            Some(cu)
+        }
+        Some(_) => {
+            e.add("customer", "must be an object");
+            None
+        }
+    };
+    let pmd = match m.get("payment_method_data") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(_) => {
+            e.add("payment_method_data", "must be an object");
+            None
+        }
+    };
+    if let Some(method) = method {
+        if TOKEN_METHODS.contains(&method) {
+            match pmd.and_then(|o| o.get("token")) {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= 255 && !t.chars().any(char::is_control) => {}
+                Some(_) => e.add("payment_method_data.token", "must be a non-empty string of at most 255 characters"),
+                None => e.add(
+                    "payment_method_data.token",
+                    format!("is required for `{method}`: the PSP token of the card or wallet"),
+                ),
+            }
+        }
+        if method == Method::AlipayHk {
+            if let Some(o) = pmd {
+                for (k, allowed) in
+                    [("terminal_type", &["WEB", "WAP", "APP"][..]), ("os_type", &["IOS", "ANDROID"][..])]
+                {
+                    match o.get(k) {
+                        None => {}
+                        Some(Value::String(s)) if allowed.contains(&s.as_str()) => {}
+                        Some(_) => {
+                            e.add(format!("payment_method_data.{k}"), format!("must be one of: {}", allowed.join(", ")))
+                        }
+                    }
+                }
+            }
+            if m.get("return_url").is_none() {
+                e.add("return_url", "is required for `alipay_hk`: the payer returns there after approving");
+            }
+        }
+    }
+    let return_url = string(m, "return_url", &mut e, 2048, false);
+    if return_url.is_some_and(|u| !url(u)) {
+        e.add("return_url", "must be an absolute http(s) URL");
+    }
+    let mut metadata = BTreeMap::new();
+    match m.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            if o.len() > 50 {
+                e.add("metadata", "must have at most 50 keys");
+            }
+            for (k, v) in o {
+                if k.is_empty() || k.chars().count() > 40 || k.starts_with("paymux_") || k.contains(['[', ']']) {
+                    e.add(
+                        format!("metadata.{k}"),
+                        "keys must be 1-40 characters, without brackets, and must not start with `paymux_`",
+                    );
+                }
+                match v {
+                    Value::String(s) if s.chars().count() <= 500 => {
+                        metadata.insert(k.clone(), s.clone());
+                    }
+                    Value::String(_) => e.add(format!("metadata.{k}"), "values must be at most 500 characters"),
+                    _ => e.add(format!("metadata.{k}"), "values must be strings"),
+                }
+            }
+        }
+        Some(_) => e.add("metadata", "must be an object of string values"),
+    }
+    if !e.0.is_empty() {
+        return Err(Problem::validation(e.0));
+    }
+    let (Some(a), Some(c), Some(method), Some(order_id)) = (amt, currency, method, order_id) else {
+        return Err(Problem::validation(vec![]));
+    };
+    let money = Money::new(a, c)
+        .map_err(|x| Problem::validation(vec![FieldError { field: "amount".into(), message: x.to_string() }]))?;
+    Ok(NewPayment {
+        money,
+        method,
+        order_id: order_id.to_string(),
+        customer,
+        payment_method_data: pmd.map(|o| Value::Object(o.clone())),
+        return_url: return_url.map(String::from),
+        metadata,
+    })
+}
+
+/// A validated refund request.
+#[derive(Debug)]
+pub struct NewRefund {
+    pub amount: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// Validates `POST /v1/payments/{id}/refunds` (an empty body refunds everything left).
+pub fn refund(body: &[u8]) -> Result<NewRefund, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(NewRefund { amount: None, reason: None });
+    }
+    let m = parse_object(body)?;
+    let mut e = Errs(vec![]);
+    for k in m.keys() {
+        if k != "amount" && k != "reason" {
+            e.add(k.clone(), "unknown field");
+        }
+    }
+    let amount = amount(m.get("amount"), "amount", &mut e, false);
+    let reason = string(&m, "reason", &mut e, 500, false).map(String::from);
+    if !e.0.is_empty() {
+        return Err(Problem::validation(e.0));
+    }
+    Ok(NewRefund { amount, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> Vec<String> {
+        match create(&parse_object(body.as_bytes()).unwrap()) {
+            Ok(_) => vec![],
+            Err(p) => p.errors.into_iter().map(|e| e.field).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_card_payment() {
+        let ok = r#"{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{"token":"pm_card_visa"},"metadata":{"a":"b"}}"#;
+        assert!(fields(ok).is_empty());
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        let bad = r#"{"amount":0,"currency":"hkd","method":"cash","order_id":"","extra":1,"customer":{"country":"hk","x":1},"metadata":{"paymux_x":"1","n":2}}"#;
+        let f = fields(bad);
+        for want in [
+            "extra",
+            "amount",
+            "currency",
+            "method",
+            "order_id",
+            "customer.x",
+            "customer.country",
+            "metadata.paymux_x",
+            "metadata.n",
+        ] {
+            assert!(f.contains(&want.to_string()), "missing {want} in {f:?}");
+        }
+    }
+
+    #[test]
+    fn amount_edges() {
+        let mk = |a: &str| {
+            fields(&format!(
+                r#"{{"amount":{a},"currency":"HKD","method":"alipay_hk","order_id":"o","return_url":"https://x/r"}}"#
+            ))
+        };
+        assert_eq!(mk("-5"), vec!["amount"]);
+        assert_eq!(mk("10.5"), vec!["amount"]);
+        assert_eq!(mk("\"100\""), vec!["amount"]);
+        assert_eq!(mk("1000000000000001"), vec!["amount"]);
+        assert_eq!(mk("99999999999999999999999"), vec!["amount"]);
+        assert!(mk("1000000000000000").is_empty());
+    }
+
+    #[test]
+    fn malformed_json_is_400() {
+        assert_eq!(parse_object(b"{\"amount\":").unwrap_err().status, 400);
+        assert_eq!(parse_object(b"[]").unwrap_err().status, 422);
+    }
+}

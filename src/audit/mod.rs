@@ -1,0 +1,222 @@
+//! Append-only, hash-chained audit log (JSON Lines in the data dir).
+//!
+//! Every record carries `seq`, `prev_hash` and `hash` = SHA-256 over the previous hash and the
+//! record's own bytes, so changing, deleting or reordering any line breaks the chain at that
+//! point ([`verify`]). Records are written by one background thread; producers hand them over
+//! a bounded channel and wait when it is full, so a record is never silently dropped.
+//! Records name actors by API key id and never carry secrets, card numbers or wallet tokens.
+
+pub mod verify;
+
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The hash of "nothing before": chains start here.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a producer supplies; the writer adds `ts`, `seq` and the hashes.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub request_id: Option<String>,
+    /// API key id, `admin`, `system`, or `provider:<channel>`.
+    pub actor: String,
+    /// e.g. `payment.create`, `route.decision`, `attempt`, `webhook`, `config.reload`.
+    pub action: &'static str,
+    pub payment_id: Option<String>,
+    pub outcome: String,
+    /// Action-specific fields (channel, rule, codes, versions). Never secrets.
+    pub details: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    ts: String,
+    seq: u64,
+    request_id: Option<&'a str>,
+    actor: &'a str,
+    action: &'a str,
+    payment_id: Option<&'a str>,
+    outcome: &'a str,
+    details: &'a serde_json::Value,
+    prev_hash: &'a str,
+}
+
+/// Handle to the audit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    path: Arc<PathBuf>,
+}
+
+enum Msg {
+    Event(Box<Event>),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Audit setup failure.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {msg}")]
+pub struct AuditError {
+    pub path: String,
+    pub msg: String,
+}
+
+impl AuditLog {
+    /// Opens `dir/audit.jsonl`, continues its chain, and starts the writer thread.
+    pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        let path = dir.join("audit.jsonl");
+        let err = |msg: String| AuditError { path: path.display().to_string(), msg };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let (mut seq, mut prev) = (0u64, GENESIS.to_string());
+        if path.exists() {
+            let f = File::open(&path).map_err(|e| err(e.to_string()))?;
+            let mut last = None;
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(|e| err(e.to_string()))?;
+                if !line.trim().is_empty() {
+                    last = Some(line);
+                }
+            }
+            if let Some(l) = last {
+                let v: serde_json::Value =
+                    serde_json::from_str(&l).map_err(|e| err(format!("last record unreadable: {e}")))?;
+                seq = v.get("seq").and_then(|s| s.as_u64()).ok_or_else(|| err("last record has no seq".into()))?;
+                prev = v
+                    .get("hash")
+                    .and_then(|s| s.as_str())
+                    .ok_or_else(|| err("last record has no hash".into()))?
+                    .to_string();
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| err(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Msg>(65_536);
+        std::thread::Builder::new()
+            .name("paymux-audit".into())
+            .spawn(move || writer(file, rx, seq, prev))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(AuditLog { tx, path: Arc::new(path) })
+    }
+
+    /// Path of the log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a record; waits (never drops) when the writer is behind.
+    pub async fn record(&self, e: Event) {
+        if self.tx.send(Msg::Event(Box::new(e))).await.is_err() {
+            tracing::error!("audit writer is gone; record lost");
+        }
+    }
+
+    /// Queues a record from synchronous code.
+    pub fn record_blocking(&self, e: Event) {
+        if self.tx.blocking_send(Msg::Event(Box::new(e))).is_err() {
+            tracing::error!("audit writer is gone; record lost");
+        }
+    }
+
+    /// Waits until every record queued so far is written and synced.
+    pub async fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        }
+    }
+}
+
+/// Hash of one record line (without its `hash` field) chained to `prev`.
+pub fn chain_hash(prev: &str, body: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(prev.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(body.as_bytes());
+    crate::crypto::hex(ctx.finish().as_ref())
+}
+
+fn writer(mut file: File, mut rx: mpsc::Receiver<Msg>, mut seq: u64, mut prev: String) {
+    let ts_fmt = time::format_description::well_known::Rfc3339;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        let mut buf = String::new();
+        let mut flushes = Vec::new();
+        for m in batch {
+            match m {
+                Msg::Flush(t) => flushes.push(t),
+                Msg::Event(e) => {
+                    seq += 1;
+                    let rec = Record {
+                        ts: time::OffsetDateTime::now_utc().format(&ts_fmt).unwrap_or_default(),
+                        seq,
+                        request_id: e.request_id.as_deref(),
+                        actor: &e.actor,
+                        action: e.action,
+                        payment_id: e.payment_id.as_deref(),
+                        outcome: &e.outcome,
+                        details: &e.details,
+                        prev_hash: &prev,
+                    };
+                    let body = serde_json::to_string(&rec).unwrap_or_default();
+                    let hash = chain_hash(&prev, &body);
+                    // `body` ends with `}`; the hash goes last so verify can strip it exactly.
+                    buf.push_str(&body[..body.len() - 1]);
+                    buf.push_str(",\"hash\":\"");
+                    buf.push_str(&hash);
+                    buf.push_str("\"}\n");
+                    prev = hash;
+                }
+            }
+        }
+        if let Err(e) = file.write_all(buf.as_bytes()).and_then(|_| file.sync_data()) {
+            // Losing the audit trail silently is not an option: make it loud.
+            tracing::error!(error = %e, "audit log write failed");
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chain_continues_across_reopen_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for i in 0..3 {
+            log.record(Event {
+                actor: "k1".into(),
+                action: "payment.create",
+                outcome: format!("ok{i}"),
+                ..Default::default()
+            })
+            .await;
+        }
+        log.flush().await;
+        drop(log);
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.record(Event {
+            actor: "system".into(),
+            action: "config.reload",
+            outcome: "applied".into(),
+            ..Default::default()
+        })
+        .await;
+        log.flush().await;
+        let report = verify::verify_file(&dir.path().join("audit.jsonl")).unwrap();
+        assert_eq!(report.records, 4);
+        assert_eq!(report.last_seq, 4);
+    }
+}

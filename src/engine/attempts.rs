@@ -1,0 +1,272 @@
+//! Create: the attempt loop over the routed channels, with the failover safety rules.
+
+use super::*;
+use crate::connector::transport::SendError;
+use crate::connector::{CreateOutcome, CreateRequest, QueryOutcome, QueryRef};
+use crate::store::now_ms;
+use serde_json::json;
+
+/// How one attempt ended, for the loop's decision.
+enum Step {
+    /// The payment now lives on this channel (final or not).
+    Landed {
+        outcome: &'static str,
+        state: ProviderState,
+        provider_ref: Option<String>,
+        next_action: Option<serde_json::Value>,
+        error: Option<String>,
+    },
+    /// Certainly not processed: try the next channel.
+    Next { outcome: &'static str, code: String, watch: bool },
+    /// Unknown after a status query: stop here, leave it to the reconciler.
+    Unknown { code: String },
+}
+
+impl Engine {
+    /// Creates a payment: stores it, tries `channels` in order, returns the result.
+    pub async fn create(
+        &self,
+        ctx: &Ctx,
+        policy: Arc<Policy>,
+        id: &str,
+        api_key_id: &str,
+        np: NewPayment,
+        rule: &str,
+        channels: Vec<Arc<Channel>>,
+    ) -> Result<PaymentView, EngineError> {
+        let now = now_ms();
+        let id = id.to_string();
+        let mut p = PaymentRow {
+            id: id.clone(),
+            api_key_id: api_key_id.to_string(),
+            order_id: np.order_id.clone(),
+            method: np.method,
+            amount: np.money.minor(),
+            currency: np.money.currency(),
+            status: PaymentStatus::Processing,
+            channel: None,
+            attempt_ref: None,
+            provider_ref: None,
+            route_rule: rule.to_string(),
+            next_action: None,
+            error_code: None,
+            error_message: None,
+            refunded: 0,
+            metadata: serde_json::to_value(&np.metadata).unwrap_or_default(),
+            customer: np.customer.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default()).unwrap_or_default(),
+            return_url: np.return_url.clone(),
+            policy_version: policy.version.clone(),
+            created_at: now,
+            updated_at: now,
+            reconcile_at: None,
+            reconcile_backoff_ms: 0,
+        };
+        let row = p.clone();
+        crate::store::call(&self.store, move |s| s.insert_payment(&row)).await?;
+        let ids: Vec<&str> = channels.iter().map(|c| c.id.as_str()).collect();
+        self.audit(
+            ctx,
+            "route.decision",
+            Some(&id),
+            "routed",
+            json!({"rule": rule, "channels": ids, "policy_version": policy.version}),
+        )
+        .await;
+
+        let mut attempts: Vec<AttemptRow> = Vec::new();
+        let mut last_error = "no_channel".to_string();
+        let mut landed = false;
+        for (i, ch) in channels.iter().enumerate() {
+            if ctx.remaining().is_zero() {
+                last_error = "deadline_exceeded".into();
+                break;
+            }
+            let n = attempts.len() as i64 + 1;
+            let attempt_ref = format!("{id}-a{n}");
+            let mut a = AttemptRow {
+                payment_id: id.clone(),
+                n,
+                channel: ch.id.clone(),
+                attempt_ref: attempt_ref.clone(),
+                outcome: "pending".into(),
+                error_code: None,
+                latency_ms: 0,
+                provider_ref: None,
+                started_at: now_ms(),
+                watch: false,
+            };
+            // Recorded before sending: after a crash, the reconciler knows this channel may
+            // hold the payment under this reference.
+            let row = a.clone();
+            crate::store::call(&self.store, move |s| s.insert_attempt(&row)).await?;
+            let (step, latency) = self.attempt(ctx, ch, &p, &np, &attempt_ref).await;
+            a.latency_ms = latency as i64;
+            match step {
+                Step::Landed { outcome, state, provider_ref, next_action, error } => {
+                    a.outcome = outcome.into();
+                    a.error_code = error;
+                    a.provider_ref = provider_ref.clone();
+                    p.channel = Some(ch.id.clone());
+                    p.attempt_ref = Some(attempt_ref.clone());
+                    p.provider_ref = provider_ref;
+                    p.next_action = next_action;
+                    apply_state(&mut p, &state, now_ms());
+                    if !p.status.is_final() {
+                        p.reconcile_at = Some(now_ms() + policy.server.reconcile_initial_backoff.as_millis() as i64);
+                        p.reconcile_backoff_ms = policy.server.reconcile_initial_backoff.as_millis() as i64;
+                    }
+                    landed = true;
+                }
+                Step::Next { outcome, code, watch } => {
+                    a.outcome = outcome.into();
+                    a.error_code = Some(code.clone());
+                    a.watch = watch;
+                    if let Some(next) = channels.get(i + 1) {
+                        self.metrics.failovers.with_label_values(&[&ch.id, &next.id, &code]).inc();
+                    }
+                    last_error = code;
+                }
+                Step::Unknown { code } => {
+                    a.outcome = "unknown".into();
+                    a.error_code = Some(code.clone());
+                    p.channel = Some(ch.id.clone());
+                    p.attempt_ref = Some(attempt_ref.clone());
+                    p.status = PaymentStatus::Processing;
+                    p.error_code = Some(code);
+                    p.reconcile_at = Some(now_ms() + policy.server.reconcile_initial_backoff.as_millis() as i64);
+                    p.reconcile_backoff_ms = policy.server.reconcile_initial_backoff.as_millis() as i64;
+                    landed = true;
+                }
+            }
+            self.metrics.channel_attempts.with_label_values(&[&ch.id, &a.outcome]).inc();
+            self.audit(ctx, "attempt", Some(&id), &a.outcome, json!({"channel": ch.id, "n": n, "attempt_ref": attempt_ref, "error_code": a.error_code, "latency_ms": a.latency_ms})).await;
+            let row = a.clone();
+            crate::store::call(&self.store, move |s| s.update_attempt(&row)).await?;
+            attempts.push(a);
+            if landed {
+                break;
+            }
+        }
+        if !landed {
+            p.status = PaymentStatus::Failed;
+            p.error_code = Some(if channels.is_empty() { "no_channel".into() } else { last_error });
+            p.error_message = Some("no channel could take the payment".into());
+            p.updated_at = now_ms();
+        }
+        let row = p.clone();
+        crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+        self.metrics
+            .payments
+            .with_label_values(&[p.method.as_str(), p.channel.as_deref().unwrap_or("none"), p.status.as_str()])
+            .inc();
+        Ok(PaymentView { payment: p, attempts })
+    }
+
+    async fn attempt(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        p: &PaymentRow,
+        np: &NewPayment,
+        attempt_ref: &str,
+    ) -> (Step, u64) {
+        let customer = np.customer.clone().unwrap_or_default();
+        let (pid, aref, oid, notify) =
+            (p.id.clone(), attempt_ref.to_string(), p.order_id.clone(), ch.notify_url.clone());
+        let (money, method, pmd, ret, md) =
+            (np.money, np.method, np.payment_method_data.clone(), np.return_url.clone(), np.metadata.clone());
+        let built = self
+            .build(ch, move |c| {
+                c.build_create(&CreateRequest {
+                    payment_id: &pid,
+                    attempt_ref: &aref,
+                    money,
+                    method,
+                    order_id: &oid,
+                    customer_id: customer.id.as_deref(),
+                    customer_email: customer.email.as_deref(),
+                    payment_method_data: pmd.as_ref(),
+                    return_url: ret.as_deref(),
+                    metadata: &md,
+                    notify_url: &notify,
+                })
+            })
+            .await;
+        let req = match built {
+            Ok(r) => r,
+            Err(e) => return (Step::Next { outcome: "not_sent", code: e.code.to_string(), watch: false }, 0),
+        };
+        let (res, latency) = self.send(ch, &req, Some(ctx.remaining())).await;
+        let sent_at = Instant::now();
+        let outcome = match res {
+            Err(SendError::NotSent(_)) => {
+                return (Step::Next { outcome: "not_sent", code: "connect_failed".into(), watch: false }, latency)
+            }
+            Err(e) => CreateOutcome::Ambiguous { code: e.code().to_string() },
+            Ok(resp) => ch.connector.parse_create(&req, &resp),
+        };
+        let step = match outcome {
+            CreateOutcome::Accepted(pp) => Step::Landed {
+                outcome: "accepted",
+                state: pp.state,
+                provider_ref: Some(pp.provider_ref),
+                next_action: pp.next_action,
+                error: None,
+            },
+            CreateOutcome::Declined { provider_ref, code, message } => Step::Landed {
+                outcome: "declined",
+                state: ProviderState::Failed { code: code.clone(), message },
+                provider_ref,
+                next_action: None,
+                error: Some(code),
+            },
+            CreateOutcome::NotProcessed { code } => Step::Next { outcome: "not_processed", code, watch: false },
+            CreateOutcome::Ambiguous { code } => self.resolve_ambiguous(ctx, ch, attempt_ref, code, sent_at).await,
+        };
+        (step, latency)
+    }
+
+    /// After an ambiguous send: ask the provider before doing anything else.
+    async fn resolve_ambiguous(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        attempt_ref: &str,
+        code: String,
+        sent_at: Instant,
+    ) -> Step {
+        let q = QueryRef { attempt_ref, provider_ref: None, since_send_ms: sent_at.elapsed().as_millis() as u64 };
+        let aref = attempt_ref.to_string();
+        let since = q.since_send_ms;
+        let req = match self
+            .build(ch, move |c| {
+                c.build_query(&QueryRef { attempt_ref: &aref, provider_ref: None, since_send_ms: since })
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => return Step::Unknown { code },
+        };
+        let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
+        let out = match res {
+            Ok(resp) => ch.connector.parse_query(&q, &req, &resp),
+            Err(e) => QueryOutcome::Unknown { code: e.code().into() },
+        };
+        match out {
+            QueryOutcome::Found(pp) => Step::Landed {
+                outcome: "accepted_after_query",
+                state: pp.state,
+                provider_ref: Some(pp.provider_ref),
+                next_action: pp.next_action,
+                error: None,
+            },
+            // Certainly not there: move on, but keep watching this reference in case a request
+            // the provider was still holding completes later (it would then be reversed).
+            QueryOutcome::NotFound { authoritative: true } => {
+                Step::Next { outcome: "not_found_after_query", code: format!("{code}_not_processed"), watch: true }
+            }
+            QueryOutcome::NotFound { authoritative: false } => Step::Unknown { code: format!("{code}_status_pending") },
+            QueryOutcome::Unknown { code: qc } => Step::Unknown { code: format!("{code}_query_{qc}") },
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The payment engine: drives provider calls for create, status, cancel and refund, applies
+//! callbacks, and reconciles unknown outcomes in the background.
+//!
+//! Architecture invariant: failover happens only here ([`attempts`]), and only when the
+//! previous channel certainly did not process the payment: a transport error before any byte
+//! was sent, an answer the connector classifies as not processed, or, after an ambiguous
+//! send, a status query that says the provider has no such payment. Anything else leaves the
+//! payment on its channel (`processing`) for the reconciler.
+
+pub mod attempts;
+pub mod ops;
+pub mod reconcile;
+pub mod webhook;
+
+use crate::audit::{AuditLog, Event};
+use crate::connector::{ProviderState, WireRequest, WireResponse};
+use crate::domain::{Method, Money, PaymentStatus};
+use crate::metrics::Metrics;
+use crate::policy::{Channel, Policy};
+use crate::store::{AttemptRow, PaymentRow, Store, StoreError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shared services the engine uses.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Who is calling and under which request id.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub request_id: String,
+    pub actor: String,
+    pub deadline: Instant,
+}
+
+impl Ctx {
+    /// Time left before the request deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The customer as the app sent it (stored as JSON; `email`/`phone` are the merchant's data).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Customer {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub country: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A validated create request.
+#[derive(Clone, Debug)]
+pub struct NewPayment {
+    pub money: Money,
+    pub method: Method,
+    pub order_id: String,
+    pub customer: Option<Customer>,
+    /// Method-specific data (PSP token, wallet token). Passed to the connector, never stored
+    /// or logged.
+    pub payment_method_data: Option<serde_json::Value>,
+    pub return_url: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A payment with its attempts, as the API shows it.
+#[derive(Clone, Debug)]
+pub struct PaymentView {
+    pub payment: PaymentRow,
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// Engine failures, mapped to problem+json by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("payment not found")]
+    NotFound,
+    #[error("refund not found")]
+    RefundNotFound,
+    #[error("payment is {0:?} and cannot be canceled")]
+    NotCancelable(PaymentStatus),
+    #[error("payment is {0:?}; only captured payments can be refunded")]
+    NotRefundable(PaymentStatus),
+    #[error("refund amount exceeds the {remaining} minor units left to refund")]
+    RefundExceeds { remaining: i64 },
+    #[error("the provider refused: {code}: {message}")]
+    ProviderRefused { code: String, message: String },
+    #[error("the provider could not be reached or gave no usable answer ({0})")]
+    ProviderUnavailable(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Maps a provider state to a payment status.
+pub fn status_of(state: &ProviderState) -> PaymentStatus {
+    match state {
+        ProviderState::RequiresAction => PaymentStatus::RequiresAction,
+        ProviderState::Processing => PaymentStatus::Processing,
+        ProviderState::Succeeded => PaymentStatus::Succeeded,
+        ProviderState::Failed { .. } => PaymentStatus::Failed,
+        ProviderState::Canceled => PaymentStatus::Canceled,
+    }
+}
+
+/// Applies a provider state to a stored payment; final statuses never move backwards.
+pub fn apply_state(p: &mut PaymentRow, state: &ProviderState, now: i64) -> bool {
+    if p.status.is_final() {
+        return false;
+    }
+    let new = status_of(state);
+    if let ProviderState::Failed { code, message } = state {
+        p.error_code = Some(code.clone());
+        p.error_message = Some(message.clone());
+    }
+    if new.is_final() {
+        p.reconcile_at = None;
+        if new != PaymentStatus::RequiresAction {
+            p.next_action = None;
+        }
+    }
+    let changed = new != p.status;
+    p.status = new;
+    p.updated_at = now;
+    changed
+}
+
+impl Engine {
+    /// Builds a wire request, on the blocking pool when the connector signs with RSA.
+    pub(crate) async fn build<F>(&self, ch: &Arc<Channel>, f: F) -> Result<WireRequest, crate::connector::BuildError>
+    where
+        F: FnOnce(&dyn crate::connector::Connector) -> Result<WireRequest, crate::connector::BuildError>
+            + Send
+            + 'static,
+    {
+        if ch.connector.expensive_signing() {
+            let c = ch.connector.clone();
+            match tokio::task::spawn_blocking(move || f(c.as_ref())).await {
+                Ok(r) => r,
+                Err(e) => Err(crate::connector::BuildError { code: "signing_failed", message: e.to_string() }),
+            }
+        } else {
+            f(ch.connector.as_ref())
+        }
+    }
+
+    /// Sends and times a request, counting latency per channel.
+    pub(crate) async fn send(
+        &self,
+        ch: &Channel,
+        req: &WireRequest,
+        deadline: Option<Duration>,
+    ) -> (Result<WireResponse, crate::connector::transport::SendError>, u64) {
+        let t = Instant::now();
+        let r = ch.transport.send(req, deadline).await;
+        let el = t.elapsed();
+        self.metrics.channel_latency.with_label_values(&[&ch.id]).observe(el.as_secs_f64());
+        (r, el.as_millis() as u64)
+    }
+
+    /// Loads a payment with its attempts.
+    pub async fn view(&self, id: &str) -> Result<PaymentView, EngineError> {
+        let id = id.to_string();
+        let (p, a) = crate::store::call(&self.store, move |s| {
+            let p = s.get_payment(&id)?;
+            let a = match &p {
+                Some(p) => s.attempts(&p.id)?,
+                None => vec![],
+            };
+            Ok((p, a))
+        })
+        .await?;
+        p.map(|payment| PaymentView { payment, attempts: a }).ok_or(EngineError::NotFound)
+    }
+
+    pub(crate) async fn audit(
+        &self,
+        ctx: &Ctx,
+        action: &'static str,
+        payment_id: Option<&str>,
+        outcome: &str,
+        details: serde_json::Value,
+    ) {
+        self.audit
+            .record(Event {
+                request_id: Some(ctx.request_id.clone()),
+                actor: ctx.actor.clone(),
+                action,
+                payment_id: payment_id.map(String::from),
+                outcome: outcome.to_string(),
+                details,
+            })
+            .await;
+    }
+}
+
+/// The channel holding a payment, if the current policy still has it.
+pub fn holding_channel(policy: &Policy, p: &PaymentRow) -> Option<Arc<Channel>> {
+    p.channel.as_deref().and_then(|c| policy.channel(c)).cloned()
+}

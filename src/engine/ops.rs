@@ -1,0 +1,242 @@
+//! Status sync, cancel and refund of an existing payment, always on its holding channel.
+
+use super::*;
+use crate::connector::{CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundRequest, RefundState};
+use crate::domain::new_id;
+use crate::store::{now_ms, RefundReserveError, RefundRow, ReserveFailure};
+use serde_json::json;
+
+impl Engine {
+    /// Reads a payment; when it is not final, asks its channel first and stores the answer.
+    pub async fn get(&self, ctx: &Ctx, policy: &Policy, id: &str) -> Result<PaymentView, EngineError> {
+        let mut v = self.view(id).await?;
+        if !v.payment.status.is_final() {
+            if let Some(state) = self.query_holding(ctx, policy, &v.payment).await {
+                if apply_state(&mut v.payment, &state, now_ms()) {
+                    let row = v.payment.clone();
+                    crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+                    self.audit(
+                        ctx,
+                        "payment.sync",
+                        Some(id),
+                        v.payment.status.as_str(),
+                        json!({"channel": v.payment.channel}),
+                    )
+                    .await;
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Queries the holding channel; `None` when nothing could be learned.
+    pub(crate) async fn query_holding(&self, ctx: &Ctx, policy: &Policy, p: &PaymentRow) -> Option<ProviderState> {
+        let ch = holding_channel(policy, p)?;
+        let aref = p.attempt_ref.clone()?;
+        let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
+        let (a2, p2) = (aref.clone(), pref.clone());
+        let req = self
+            .build(&ch, move |c| {
+                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: u64::MAX })
+            })
+            .await
+            .ok()?;
+        let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
+        let q = QueryRef { attempt_ref: &aref, provider_ref: pref.as_deref(), since_send_ms: u64::MAX };
+        match ch.connector.parse_query(&q, &req, &res.ok()?) {
+            QueryOutcome::Found(pp) => Some(pp.state),
+            _ => None,
+        }
+    }
+
+    /// Cancels a payment that has not completed.
+    pub async fn cancel(&self, ctx: &Ctx, policy: &Policy, id: &str) -> Result<PaymentView, EngineError> {
+        let mut v = self.view(id).await?;
+        let p = &mut v.payment;
+        if p.status.is_final() {
+            return Err(EngineError::NotCancelable(p.status));
+        }
+        let ch = holding_channel(policy, p).ok_or_else(|| {
+            EngineError::ProviderUnavailable("the holding channel is not in the current policy".into())
+        })?;
+        let aref = p.attempt_ref.clone().unwrap_or_default();
+        let pref = p.provider_ref.clone().unwrap_or_default();
+        let req = self
+            .build(&ch, move |c| c.build_cancel(&aref, &pref))
+            .await
+            .map_err(|e| EngineError::ProviderUnavailable(e.to_string()))?;
+        let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
+        let out = match res {
+            Ok(resp) => ch.connector.parse_cancel(&req, &resp),
+            Err(e) => CancelOutcome::Unknown { code: e.code().into() },
+        };
+        self.audit(
+            ctx,
+            "payment.cancel",
+            Some(id),
+            &format!("{out:?}").split(' ').next().unwrap_or("").to_lowercase(),
+            json!({"channel": ch.id}),
+        )
+        .await;
+        match out {
+            CancelOutcome::Canceled => {
+                apply_state(p, &ProviderState::Canceled, now_ms());
+                let row = p.clone();
+                crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+                Ok(v)
+            }
+            CancelOutcome::Refused { code, message } => {
+                // The provider's view wins: it may have completed meanwhile.
+                if let Some(state) = self.query_holding(ctx, policy, p).await {
+                    if apply_state(p, &state, now_ms()) {
+                        let row = p.clone();
+                        crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+                    }
+                }
+                Err(EngineError::ProviderRefused { code, message })
+            }
+            CancelOutcome::Unknown { code } => Err(EngineError::ProviderUnavailable(code)),
+        }
+    }
+
+    /// Refunds part or all of a captured payment on its original channel.
+    pub async fn refund(
+        &self,
+        ctx: &Ctx,
+        policy: &Policy,
+        id: &str,
+        amount: Option<i64>,
+        reason: Option<String>,
+    ) -> Result<RefundRow, EngineError> {
+        let v = self.view(id).await?;
+        let p = v.payment;
+        let ch = holding_channel(policy, &p).ok_or_else(|| {
+            EngineError::ProviderUnavailable("the holding channel is not in the current policy".into())
+        })?;
+        let refund_id = new_id("re");
+        let (pid, rid, rsn) = (id.to_string(), refund_id.clone(), reason.clone());
+        let reserved = tokio::task::spawn_blocking({
+            let store = self.store.clone();
+            move || store.reserve_refund(&pid, &rid, amount, rsn.as_deref(), now_ms())
+        })
+        .await
+        .map_err(|e| StoreError(e.to_string()))?;
+        let mut r = match reserved {
+            Ok(r) => r,
+            Err(ReserveFailure::Store(e)) => return Err(e.into()),
+            Err(ReserveFailure::Rule(RefundReserveError::NotFound)) => return Err(EngineError::NotFound),
+            Err(ReserveFailure::Rule(RefundReserveError::NotCaptured(s))) => return Err(EngineError::NotRefundable(s)),
+            Err(ReserveFailure::Rule(RefundReserveError::Exceeds { remaining })) => {
+                return Err(EngineError::RefundExceeds { remaining })
+            }
+        };
+        let money = Money::new(r.amount, p.currency)
+            .map_err(|e| EngineError::ProviderRefused { code: "invalid_amount".into(), message: e.to_string() })?;
+        let (rid, pid, pref, notify, rsn) = (
+            r.id.clone(),
+            p.id.clone(),
+            p.provider_ref.clone().unwrap_or_default(),
+            ch.notify_url.clone(),
+            reason.clone(),
+        );
+        let built = self
+            .build(&ch, move |c| {
+                c.build_refund(&RefundRequest {
+                    refund_id: &rid,
+                    payment_id: &pid,
+                    provider_ref: &pref,
+                    amount: money,
+                    reason: rsn.as_deref(),
+                    notify_url: &notify,
+                })
+            })
+            .await;
+        let out = match built {
+            Err(e) => RefundOutcome::NotProcessed { code: e.code.into(), message: e.message },
+            Ok(req) => {
+                let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
+                match res {
+                    Ok(resp) => ch.connector.parse_refund(&req, &resp),
+                    Err(crate::connector::transport::SendError::NotSent(e)) => {
+                        RefundOutcome::NotProcessed { code: "connect_failed".into(), message: e }
+                    }
+                    Err(e) => RefundOutcome::Ambiguous { code: e.code().into() },
+                }
+            }
+        };
+        r.updated_at = now_ms();
+        let result = match &out {
+            RefundOutcome::Accepted { provider_refund_ref, state } => {
+                r.provider_refund_ref = provider_refund_ref.clone();
+                r.status = refund_status(state).into();
+                if let RefundState::Failed { code, .. } = state {
+                    r.error_code = Some(code.clone());
+                }
+                Ok(())
+            }
+            RefundOutcome::NotProcessed { code, message } => {
+                r.status = "failed".into();
+                r.error_code = Some(code.clone());
+                Err(EngineError::ProviderRefused { code: code.clone(), message: message.clone() })
+            }
+            // Stays pending and reserved: the provider's callback settles it.
+            RefundOutcome::Ambiguous { code } => {
+                r.error_code = Some(code.clone());
+                Ok(())
+            }
+        };
+        let row = r.clone();
+        crate::store::call(&self.store, move |s| s.update_refund(&row)).await?;
+        self.settle_refund_totals(&p.id).await?;
+        self.audit(
+            ctx,
+            "refund.create",
+            Some(id),
+            &r.status,
+            json!({"refund_id": r.id, "amount": r.amount, "channel": ch.id, "error_code": r.error_code}),
+        )
+        .await;
+        result.map(|_| r)
+    }
+
+    /// Recomputes a payment's refunded total and status from its refunds.
+    pub(crate) async fn settle_refund_totals(&self, payment_id: &str) -> Result<(), EngineError> {
+        let id = payment_id.to_string();
+        crate::store::call(&self.store, move |s| {
+            let Some(mut p) = s.get_payment(&id)? else { return Ok(()) };
+            let done: i64 = s.refunds(&id)?.iter().filter(|r| r.status == "succeeded").map(|r| r.amount).sum();
+            if done != p.refunded {
+                p.refunded = done;
+                if p.status.is_captured() {
+                    p.status = if done >= p.amount {
+                        PaymentStatus::Refunded
+                    } else if done > 0 {
+                        PaymentStatus::PartiallyRefunded
+                    } else {
+                        PaymentStatus::Succeeded
+                    };
+                }
+                p.updated_at = now_ms();
+                s.update_payment(&p)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Reads a refund.
+    pub async fn get_refund(&self, id: &str) -> Result<RefundRow, EngineError> {
+        let id = id.to_string();
+        crate::store::call(&self.store, move |s| s.get_refund(&id)).await?.ok_or(EngineError::RefundNotFound)
+    }
+}
+
+/// Stored refund status for a provider refund state.
+pub fn refund_status(s: &RefundState) -> &'static str {
+    match s {
+        RefundState::Pending => "pending",
+        RefundState::Succeeded => "succeeded",
+        RefundState::Failed { .. } => "failed",
+    }
+}

@@ -1,0 +1,168 @@
+//! Background reconciliation: payments whose outcome is not final are queried on their
+//! holding channel with exponential backoff; attempts paymux moved on from after an ambiguous
+//! send are watched, and reversed (cancel or refund) if they turn out to have processed.
+
+use super::*;
+use crate::connector::{CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundRequest};
+use crate::store::now_ms;
+use arc_swap::ArcSwap;
+use serde_json::json;
+
+/// How long a moved-on-from attempt is watched before it is considered settled.
+const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+impl Engine {
+    /// One reconciliation pass. Returns how many payments were examined.
+    pub async fn reconcile_once(&self, policy: &Arc<ArcSwap<Policy>>) -> usize {
+        let pol = policy.load_full();
+        let now = now_ms();
+        let due = crate::store::call(&self.store, move |s| s.payments_due(now, 100)).await.unwrap_or_default();
+        let n = due.len();
+        for mut p in due {
+            let ctx = Ctx {
+                request_id: crate::domain::new_id("rec"),
+                actor: "system".into(),
+                deadline: Instant::now() + pol.server.request_deadline,
+            };
+            let channel = p.channel.clone().unwrap_or_default();
+            let result = match self.query_state(&ctx, &pol, &p).await {
+                Some(QueryOutcome::Found(pp)) => {
+                    if p.provider_ref.is_none() && !pp.provider_ref.is_empty() {
+                        p.provider_ref = Some(pp.provider_ref.clone());
+                    }
+                    apply_state(&mut p, &pp.state, now_ms());
+                    "found"
+                }
+                Some(QueryOutcome::NotFound { authoritative: true }) if p.status == PaymentStatus::Processing => {
+                    p.status = PaymentStatus::Failed;
+                    p.error_code = Some("provider_did_not_process".into());
+                    p.error_message = Some("the provider has no record of the payment".into());
+                    p.reconcile_at = None;
+                    "not_found"
+                }
+                _ => "unknown",
+            };
+            if !p.status.is_final() {
+                let next = (p.reconcile_backoff_ms.max(1) * 2).min(pol.server.reconcile_max_backoff.as_millis() as i64);
+                p.reconcile_backoff_ms = next;
+                p.reconcile_at = Some(now_ms() + next);
+            }
+            p.updated_at = now_ms();
+            self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
+            let row = p.clone();
+            if crate::store::call(&self.store, move |s| s.update_payment(&row)).await.is_ok() && result != "unknown" {
+                self.audit(
+                    &ctx,
+                    "reconcile",
+                    Some(&p.id),
+                    p.status.as_str(),
+                    json!({"channel": channel, "result": result}),
+                )
+                .await;
+            }
+        }
+        self.check_watched(&pol).await;
+        n
+    }
+
+    async fn query_state(&self, ctx: &Ctx, pol: &Policy, p: &PaymentRow) -> Option<QueryOutcome> {
+        let ch = holding_channel(pol, p)?;
+        let aref = p.attempt_ref.clone()?;
+        let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
+        self.query_ref(ctx, &ch, &aref, pref).await
+    }
+
+    async fn query_ref(&self, ctx: &Ctx, ch: &Arc<Channel>, aref: &str, pref: Option<String>) -> Option<QueryOutcome> {
+        let (a2, p2) = (aref.to_string(), pref.clone());
+        let req = self
+            .build(ch, move |c| {
+                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: u64::MAX })
+            })
+            .await
+            .ok()?;
+        let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
+        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms: u64::MAX };
+        Some(ch.connector.parse_query(&q, &req, &res.ok()?))
+    }
+
+    /// Watched attempts: reverse any that processed after paymux moved on.
+    async fn check_watched(&self, pol: &Policy) {
+        let watched = crate::store::call(&self.store, |s| s.watched_attempts(50)).await.unwrap_or_default();
+        for mut a in watched {
+            let Some(ch) = pol.channel(&a.channel).cloned() else { continue };
+            let ctx = Ctx {
+                request_id: crate::domain::new_id("rec"),
+                actor: "system".into(),
+                deadline: Instant::now() + pol.server.request_deadline,
+            };
+            let found = self.query_ref(&ctx, &ch, &a.attempt_ref, a.provider_ref.clone()).await;
+            let keep_watching = match found {
+                Some(QueryOutcome::Found(pp)) => match pp.state {
+                    ProviderState::Failed { .. } | ProviderState::Canceled => false,
+                    state => !self.reverse(&ctx, &ch, &a, &pp.provider_ref, &state).await,
+                },
+                Some(QueryOutcome::NotFound { authoritative: true }) => now_ms() - a.started_at < WATCH_WINDOW_MS,
+                _ => true,
+            };
+            if !keep_watching {
+                a.watch = false;
+                let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
+            }
+        }
+    }
+
+    /// Cancels (or refunds, when captured) a payment a channel processed after paymux had
+    /// moved on from it. Returns true when the reversal is done.
+    async fn reverse(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        a: &AttemptRow,
+        provider_ref: &str,
+        state: &ProviderState,
+    ) -> bool {
+        let pid = a.payment_id.clone();
+        let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { return false };
+        let (aref, pref) = (a.attempt_ref.clone(), provider_ref.to_string());
+        let done = if *state == ProviderState::Succeeded {
+            let Ok(money) = Money::new(p.amount, p.currency) else { return false };
+            let rid = format!("{}-reversal", a.attempt_ref);
+            let (pid, notify) = (p.id.clone(), ch.notify_url.clone());
+            let Ok(req) = self
+                .build(ch, move |c| {
+                    c.build_refund(&RefundRequest {
+                        refund_id: &rid,
+                        payment_id: &pid,
+                        provider_ref: &pref,
+                        amount: money,
+                        reason: Some("duplicate"),
+                        notify_url: &notify,
+                    })
+                })
+                .await
+            else {
+                return false;
+            };
+            let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
+            matches!(res.map(|r| ch.connector.parse_refund(&req, &r)), Ok(RefundOutcome::Accepted { .. }))
+        } else {
+            let Ok(req) = self.build(ch, move |c| c.build_cancel(&aref, &pref)).await else { return false };
+            let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
+            matches!(res.map(|r| ch.connector.parse_cancel(&req, &r)), Ok(CancelOutcome::Canceled))
+        };
+        self.metrics
+            .orphan_reversals
+            .with_label_values(&[ch.id.as_str(), if done { "reversed" } else { "failed" }])
+            .inc();
+        self.audit(
+            ctx,
+            "attempt.reversal",
+            Some(&a.payment_id),
+            if done { "reversed" } else { "failed" },
+            json!({"channel": ch.id, "attempt_ref": a.attempt_ref}),
+        )
+        .await;
+        tracing::warn!(channel = %ch.id, payment_id = %a.payment_id, reversed = done, "a channel processed a payment paymux had moved on from");
+        done
+    }
+}

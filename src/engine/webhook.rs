@@ -1,0 +1,119 @@
+//! Provider callbacks: verified by the channel's connector, deduplicated, applied.
+
+use super::*;
+use crate::connector::{WebhookError, WebhookKind};
+use crate::store::now_ms;
+use serde_json::json;
+
+/// Result of handling a callback, for the HTTP answer.
+#[derive(Debug)]
+pub enum WebhookResult {
+    /// Verified (and applied, or a duplicate): answer with the provider's ack.
+    Ack { duplicate: bool },
+    /// Refused: answer 401, change nothing.
+    Rejected(WebhookError),
+}
+
+impl Engine {
+    /// Verifies and applies a callback for `ch`.
+    pub async fn webhook(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookResult, EngineError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let ev = match ch.connector.verify_webhook(&ch.notify_path, headers, body, now) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.metrics.webhooks.with_label_values(&[&ch.id, "rejected"]).inc();
+                self.audit(ctx, "webhook", None, "rejected", json!({"channel": ch.id, "reason": e.to_string()})).await;
+                return Ok(WebhookResult::Rejected(e));
+            }
+        };
+        let (c, e) = (ch.id.clone(), ev.event_id.clone());
+        let duplicate = crate::store::call(&self.store, move |s| s.webhook_seen(&c, &e, now_ms())).await?;
+        if duplicate {
+            self.metrics.webhooks.with_label_values(&[&ch.id, "duplicate"]).inc();
+            return Ok(WebhookResult::Ack { duplicate: true });
+        }
+        let mut payment_id = None;
+        let outcome = match &ev.kind {
+            WebhookKind::Payment { provider_ref, attempt_ref, state } => {
+                let (c, pr, ar) = (ch.id.clone(), provider_ref.clone(), attempt_ref.clone());
+                let attempt = crate::store::call(&self.store, move |s| match ar {
+                    Some(a) => s.attempt_by_ref(&a),
+                    None => s.attempt_by_provider_ref(&c, &pr),
+                })
+                .await?;
+                match attempt {
+                    Some(a) => {
+                        payment_id = Some(a.payment_id.clone());
+                        self.apply_payment_event(ch, &a, provider_ref, state).await?
+                    }
+                    None => "unmatched",
+                }
+            }
+            WebhookKind::Refund { refund_id, state, provider_refund_ref } => match refund_id {
+                Some(rid) => match self.get_refund(rid).await {
+                    Ok(mut r) => {
+                        payment_id = Some(r.payment_id.clone());
+                        if r.status == "pending" {
+                            r.status = super::ops::refund_status(state).into();
+                            r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
+                            r.updated_at = now_ms();
+                            let row = r.clone();
+                            crate::store::call(&self.store, move |s| s.update_refund(&row)).await?;
+                            self.settle_refund_totals(&r.payment_id).await?;
+                        }
+                        "applied"
+                    }
+                    Err(_) => "unmatched",
+                },
+                None => "unmatched",
+            },
+            WebhookKind::Ignored { .. } => "ignored",
+        };
+        self.metrics.webhooks.with_label_values(&[&ch.id, outcome]).inc();
+        self.audit(ctx, "webhook", payment_id.as_deref(), outcome, json!({"channel": ch.id, "event_id": ev.event_id}))
+            .await;
+        Ok(WebhookResult::Ack { duplicate: false })
+    }
+
+    async fn apply_payment_event(
+        &self,
+        ch: &Arc<Channel>,
+        a: &AttemptRow,
+        provider_ref: &str,
+        state: &ProviderState,
+    ) -> Result<&'static str, EngineError> {
+        let pid = a.payment_id.clone();
+        let Some(mut p) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await? else {
+            return Ok("unmatched");
+        };
+        if p.attempt_ref.as_deref() != Some(a.attempt_ref.as_str()) {
+            // The event is about an attempt paymux moved on from. If it completed, the payer
+            // would be charged twice: the reconciler reverses watched attempts.
+            if matches!(state, ProviderState::Succeeded | ProviderState::Processing | ProviderState::RequiresAction) {
+                let mut a = a.clone();
+                a.watch = true;
+                a.provider_ref = Some(provider_ref.to_string());
+                crate::store::call(&self.store, move |s| s.update_attempt(&a)).await?;
+                tracing::warn!(channel = %ch.id, payment_id = %p.id, "callback for an attempt that is not the holding one; queued for reversal check");
+                return Ok("orphan");
+            }
+            return Ok("stale");
+        }
+        if p.provider_ref.is_none() {
+            p.provider_ref = Some(provider_ref.to_string());
+        }
+        Ok(if apply_state(&mut p, state, now_ms()) {
+            let row = p.clone();
+            crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+            "applied"
+        } else {
+            "unchanged"
+        })
+    }
+}

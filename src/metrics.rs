@@ -1,0 +1,121 @@
+//! Prometheus metrics. Handles are created once at startup; labels are bounded sets (endpoint
+//! names, channel ids from the policy, methods, outcomes) and never an order or payment id.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// All paymux metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub payments: IntCounterVec,
+    pub channel_attempts: IntCounterVec,
+    pub channel_latency: HistogramVec,
+    pub failovers: IntCounterVec,
+    pub webhooks: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_version: IntGaugeVec,
+    pub reconciliations: IntCounterVec,
+    pub orphan_reversals: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                // Names are constants, unique within this fresh registry: registration cannot fail.
+                registry.register(Box::new(m.clone())).expect("metric registration");
+                m
+            }};
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("metric")
+        };
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("metric")
+        };
+        Metrics {
+            http_requests: reg!(counter(
+                "paymux_http_requests_total",
+                "API requests by endpoint and status code.",
+                &["endpoint", "status"]
+            )),
+            request_duration: reg!(hist(
+                "paymux_request_duration_seconds",
+                "Time paymux spends on an API request, provider calls included.",
+                &["endpoint"]
+            )),
+            payments: reg!(counter(
+                "paymux_payments_total",
+                "Payments created, by method, holding channel and resulting status.",
+                &["method", "channel", "status"]
+            )),
+            channel_attempts: reg!(counter(
+                "paymux_channel_attempts_total",
+                "Provider calls by channel and outcome.",
+                &["channel", "outcome"]
+            )),
+            channel_latency: reg!(hist(
+                "paymux_channel_latency_seconds",
+                "Latency of provider calls by channel.",
+                &["channel"]
+            )),
+            failovers: reg!(counter(
+                "paymux_failovers_total",
+                "Moves from one channel to the next, with the reason.",
+                &["from", "to", "reason"]
+            )),
+            webhooks: reg!(counter(
+                "paymux_webhooks_total",
+                "Provider callbacks by channel and outcome.",
+                &["channel", "outcome"]
+            )),
+            config_reloads: reg!(counter(
+                "paymux_config_reloads_total",
+                "Config reloads by outcome (applied, rejected, unchanged).",
+                &["outcome"]
+            )),
+            config_version: reg!(IntGaugeVec::new(
+                Opts::new("paymux_config_version_info", "The policy version being served (value 1)."),
+                &["version"]
+            )
+            .expect("metric")),
+            reconciliations: reg!(counter(
+                "paymux_reconciliations_total",
+                "Background status queries by channel and result.",
+                &["channel", "result"]
+            )),
+            orphan_reversals: reg!(counter(
+                "paymux_orphan_reversals_total",
+                "Payments found processed on a channel paymux had moved on from, and reversed.",
+                &["channel", "result"]
+            )),
+            registry,
+        }
+    }
+
+    /// Marks `version` as the one being served.
+    pub fn set_version(&self, version: &str) {
+        self.config_version.reset();
+        self.config_version.with_label_values(&[version]).set(1);
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

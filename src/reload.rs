@@ -1,0 +1,184 @@
+//! Hot reload: the same load pipeline as startup, all-or-nothing, serialised; triggered by a
+//! debounced watch of the config directory, SIGHUP, or `POST /admin/reload`. A rejected
+//! reload is logged, audited and counted, and the old policy keeps serving.
+
+use crate::audit::{AuditLog, Event};
+use crate::config::{self, Diagnostic, Overrides};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Applied { old: String, new: String, restart_required: Vec<&'static str> },
+    Unchanged { version: String },
+    Rejected { version: String, errors: Vec<Diagnostic> },
+}
+
+/// Reloads the policy from its directory.
+pub struct Reloader {
+    dir: PathBuf,
+    overrides: Overrides,
+    policy: Arc<ArcSwap<Policy>>,
+    metrics: Arc<Metrics>,
+    audit: AuditLog,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader for `dir` publishing into `policy`.
+    pub fn new(
+        dir: PathBuf,
+        overrides: Overrides,
+        policy: Arc<ArcSwap<Policy>>,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+    ) -> Self {
+        Reloader { dir, overrides, policy, metrics, audit, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The config directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Loads, validates, compiles and (if valid and different) publishes the policy.
+    pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let _serial = self.lock.lock().await;
+        let old = self.policy.load_full();
+        let (dir, ov) = (self.dir.clone(), self.overrides.clone());
+        let loaded = tokio::task::spawn_blocking(move || config::load_dir(&dir, &ov)).await.unwrap_or_else(|e| {
+            Err(vec![Diagnostic {
+                file: String::new(),
+                line: 1,
+                col: 1,
+                message: format!("reload task failed: {e}"),
+                help: None,
+            }])
+        });
+        let outcome = match loaded {
+            Err(errors) => ReloadOutcome::Rejected { version: old.version.clone(), errors },
+            Ok(new) if new.version == old.version => ReloadOutcome::Unchanged { version: old.version.clone() },
+            Ok(new) => {
+                let mut restart_required = vec![];
+                if new.server.listen != old.server.listen {
+                    restart_required.push("listen");
+                }
+                if new.server.admin_listen != old.server.admin_listen {
+                    restart_required.push("admin_listen");
+                }
+                if new.server.data_dir != old.server.data_dir {
+                    restart_required.push("data_dir");
+                }
+                if new.server.tls != old.server.tls {
+                    restart_required.push("tls");
+                }
+                let version = new.version.clone();
+                self.policy.store(Arc::new(new));
+                self.metrics.set_version(&version);
+                ReloadOutcome::Applied { old: old.version.clone(), new: version, restart_required }
+            }
+        };
+        let (label, details) = match &outcome {
+            ReloadOutcome::Applied { old, new, restart_required } => {
+                tracing::info!(trigger, old = %old, new = %new, "config reloaded");
+                if !restart_required.is_empty() {
+                    tracing::warn!(fields = ?restart_required, "changed settings take effect after a restart");
+                }
+                (
+                    "applied",
+                    json!({"trigger": trigger, "old_version": old, "new_version": new, "restart_required": restart_required}),
+                )
+            }
+            ReloadOutcome::Unchanged { version } => {
+                ("unchanged", json!({"trigger": trigger, "old_version": version, "new_version": version}))
+            }
+            ReloadOutcome::Rejected { version, errors } => {
+                for e in errors {
+                    tracing::error!(trigger, "config rejected: {e}");
+                }
+                let errs: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                ("rejected", json!({"trigger": trigger, "old_version": version, "new_version": null, "errors": errs}))
+            }
+        };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        self.audit
+            .record(Event {
+                request_id: None,
+                actor: format!("system:{trigger}"),
+                action: "config.reload",
+                payment_id: None,
+                outcome: label.into(),
+                details,
+            })
+            .await;
+        outcome
+    }
+}
+
+/// Background service: file watcher (debounced) and SIGHUP.
+pub struct ReloadService {
+    pub reloader: Arc<Reloader>,
+    pub debounce: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Watch the directory, not the files: editors replace files by rename.
+        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    let _ = tx.send(());
+                }
+            }
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "config watcher unavailable; use SIGHUP or /admin/reload");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(self.reloader.dir(), RecursiveMode::NonRecursive) {
+                tracing::error!(error = %e, "cannot watch the config directory");
+            }
+        }
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP handler unavailable");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = rx.recv() => {
+                    // Debounce: wait for the burst of events an editor's save makes to end.
+                    loop {
+                        match tokio::time::timeout(self.debounce, rx.recv()).await {
+                            Ok(Some(())) => continue,
+                            _ => break,
+                        }
+                    }
+                    self.reloader.reload("watch").await;
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.reloader.reload("sighup").await;
+                }
+            }
+        }
+        drop(watcher);
+    }
+}

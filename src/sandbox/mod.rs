@@ -1,0 +1,1 @@
+//! Provider simulators (being written).

@@ -1,0 +1,151 @@
+//! Process assembly: loads the policy, opens the store and audit log, and builds the pingora
+//! server with its services (payments API, admin, reload watcher, housekeeping).
+
+use crate::admin::AdminApp;
+use crate::api::{ApiApp, AppState};
+use crate::audit::{AuditLog, Event};
+use crate::config::{self, Overrides};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::reload::{ReloadService, Reloader};
+use crate::store::{sqlite::SqliteStore, Store};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n{}", config::diag::render(.0))]
+    Config(Vec<config::Diagnostic>),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What `paymux serve` was asked for.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub config_dir: PathBuf,
+    pub overrides: Overrides,
+    pub threads: usize,
+}
+
+/// A built server, ready to run, plus what callers may want to print.
+pub struct Built {
+    pub server: Server,
+    pub policy: Arc<ArcSwap<Policy>>,
+}
+
+/// Periodic work: reconciliation, idempotency expiry, DNS refresh.
+struct Housekeeping {
+    engine: Engine,
+    policy: Arc<ArcSwap<Policy>>,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_expiry = tokio::time::Instant::now();
+        let mut last_dns = tokio::time::Instant::now();
+        loop {
+            let interval = self.policy.load().server.reconcile_interval;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            self.engine.reconcile_once(&self.policy).await;
+            if last_expiry.elapsed() > Duration::from_secs(60) {
+                last_expiry = tokio::time::Instant::now();
+                let now = crate::store::now_ms();
+                if let Err(e) = crate::store::call(&self.engine.store, move |s| s.idem_expire(now)).await {
+                    tracing::error!(error = %e, "idempotency expiry failed");
+                }
+            }
+            if last_dns.elapsed() > Duration::from_secs(60) {
+                last_dns = tokio::time::Instant::now();
+                let _ =
+                    tokio::task::spawn_blocking(|| crate::connector::transport::DnsCache::global().refresh_all()).await;
+            }
+        }
+    }
+}
+
+/// Builds the server: every service added, nothing running yet.
+pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
+    let policy = config::load_dir(&opts.config_dir, &opts.overrides).map_err(StartError::Config)?;
+    let s = policy.server.clone();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
+    let audit = AuditLog::open(&s.data_dir).map_err(|e| StartError::Other(e.to_string()))?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_version(&policy.version);
+    audit.record_blocking(Event {
+        request_id: None,
+        actor: "system".into(),
+        action: "server.start",
+        payment_id: None,
+        outcome: "started".into(),
+        details: serde_json::json!({"policy_version": policy.version, "listen": s.listen, "admin_listen": s.admin_listen}),
+    });
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let engine = Engine { store, audit: audit.clone(), metrics: metrics.clone() };
+    let reloader = Arc::new(Reloader::new(
+        opts.config_dir.clone(),
+        opts.overrides.clone(),
+        policy.clone(),
+        metrics.clone(),
+        audit,
+    ));
+
+    let conf = ServerConf {
+        threads: opts.threads.max(1),
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let state = Arc::new(AppState { policy: policy.clone(), engine: engine.clone() });
+    let mut api_app = pingora::apps::http_app::HttpServer::new_app(ApiApp { state });
+    let mut h2c = HttpServerOptions::default();
+    h2c.h2c = true;
+    api_app.server_options = Some(h2c);
+    let mut api = Service::new("payments api".into(), api_app);
+    match &s.tls {
+        Some((cert, key)) => {
+            let mut tls =
+                pingora::listeners::tls::TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
+                    .map_err(|e| StartError::Other(format!("TLS: {e}")))?;
+            tls.enable_h2();
+            api.add_tls_with_settings(&s.listen, None, tls);
+        }
+        None => api.add_tcp(&s.listen),
+    }
+    server.add_service(api);
+
+    let mut admin = Service::new(
+        "admin".into(),
+        pingora::apps::http_app::HttpServer::new_app(AdminApp {
+            policy: policy.clone(),
+            engine: engine.clone(),
+            reloader: reloader.clone(),
+        }),
+    );
+    admin.add_tcp(&s.admin_listen);
+    server.add_service(admin);
+    server.add_service(background_service(
+        "config reload",
+        ReloadService { reloader, debounce: Duration::from_millis(300) },
+    ));
+    server.add_service(background_service("housekeeping", Housekeeping { engine, policy: policy.clone() }));
+    Ok(Built { server, policy })
+}

@@ -1,0 +1,201 @@
+//! Durable state behind one trait: payments, attempts, refunds, idempotency records and seen
+//! webhook ids. The shipped backend is embedded SQLite in WAL mode ([`sqlite`]); a server
+//! database can implement the same trait later.
+//!
+//! Every method is synchronous and short; async callers go through [`call`], which runs it on
+//! the blocking pool so a slow fsync never stalls an async worker.
+
+pub mod sqlite;
+
+use crate::domain::{Currency, Method, PaymentStatus};
+use std::sync::Arc;
+
+/// A payment as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaymentRow {
+    pub id: String,
+    pub api_key_id: String,
+    pub order_id: String,
+    pub method: Method,
+    pub amount: i64,
+    pub currency: Currency,
+    pub status: PaymentStatus,
+    /// Channel holding the payment (the one that processed it), if any yet.
+    pub channel: Option<String>,
+    /// Attempt reference at the holding channel.
+    pub attempt_ref: Option<String>,
+    pub provider_ref: Option<String>,
+    pub route_rule: String,
+    pub next_action: Option<serde_json::Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub refunded: i64,
+    pub metadata: serde_json::Value,
+    pub customer: serde_json::Value,
+    pub return_url: Option<String>,
+    pub policy_version: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Unix ms of the next background status query; `None` when nothing is pending.
+    pub reconcile_at: Option<i64>,
+    pub reconcile_backoff_ms: i64,
+}
+
+/// One call to a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub payment_id: String,
+    pub n: i64,
+    pub channel: String,
+    pub attempt_ref: String,
+    /// `pending` until it has an outcome: accepted, declined, not_processed, ambiguous,
+    /// not_found (ambiguous, then shown unprocessed), unknown (ambiguous, still unresolved).
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub latency_ms: i64,
+    pub provider_ref: Option<String>,
+    pub started_at: i64,
+    /// An ambiguous attempt the engine moved on from; the reconciler keeps checking that it
+    /// never completes (and reverses it if it does).
+    pub watch: bool,
+}
+
+/// A refund as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRow {
+    pub id: String,
+    pub payment_id: String,
+    pub amount: i64,
+    pub currency: Currency,
+    /// pending | succeeded | failed
+    pub status: String,
+    pub reason: Option<String>,
+    pub provider_refund_ref: Option<String>,
+    pub error_code: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The stored first response for an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdemState {
+    /// First request still running; `since` is unix ms.
+    InFlight {
+        request_hash: String,
+        since: i64,
+        resource_id: Option<String>,
+    },
+    Done {
+        request_hash: String,
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+/// Outcome of claiming an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdemClaim {
+    /// The key is ours now.
+    Claimed,
+    /// Someone used it before.
+    Existing(IdemState),
+}
+
+/// Refund reservation failures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefundReserveError {
+    NotFound,
+    NotCaptured(PaymentStatus),
+    /// Requested amount is more than what is left (`remaining`).
+    Exceeds {
+        remaining: i64,
+    },
+}
+
+/// A store failure (I/O, corruption). Maps to HTTP 503.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// Result alias.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The persistence interface.
+pub trait Store: Send + Sync + 'static {
+    /// Claims `(api_key_id, key)` for a request whose canonical hash is `request_hash`.
+    fn idem_claim(
+        &self,
+        api_key_id: &str,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> StoreResult<IdemClaim>;
+    /// Links an in-flight key to the resource it created (for crash recovery).
+    fn idem_link(&self, api_key_id: &str, key: &str, resource_id: &str) -> StoreResult<()>;
+    /// Stores the first response.
+    fn idem_complete(&self, api_key_id: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()>;
+    /// Releases a claim whose request stored nothing (e.g. a store error mid-way).
+    fn idem_release(&self, api_key_id: &str, key: &str) -> StoreResult<()>;
+    /// Deletes expired idempotency records; returns how many.
+    fn idem_expire(&self, now_ms: i64) -> StoreResult<usize>;
+
+    fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
+    fn update_payment(&self, p: &PaymentRow) -> StoreResult<()>;
+    fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>>;
+    fn payments_due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<PaymentRow>>;
+
+    fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()>;
+    fn update_attempt(&self, a: &AttemptRow) -> StoreResult<()>;
+    fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>>;
+    fn attempt_by_ref(&self, attempt_ref: &str) -> StoreResult<Option<AttemptRow>>;
+    fn attempt_by_provider_ref(&self, channel: &str, provider_ref: &str) -> StoreResult<Option<AttemptRow>>;
+    fn watched_attempts(&self, limit: usize) -> StoreResult<Vec<AttemptRow>>;
+
+    /// Atomically checks the refundable remainder and inserts a pending refund of `amount`
+    /// (`None`: everything left). Pending and succeeded refunds both count against the limit.
+    fn reserve_refund(
+        &self,
+        payment_id: &str,
+        refund_id: &str,
+        amount: Option<i64>,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<RefundRow, ReserveFailure>;
+    fn update_refund(&self, r: &RefundRow) -> StoreResult<()>;
+    fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>>;
+    fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>>;
+
+    /// Records a webhook event id; returns true when it had been seen before (a duplicate).
+    fn webhook_seen(&self, channel: &str, event_id: &str, now_ms: i64) -> StoreResult<bool>;
+}
+
+/// Why a refund could not be reserved.
+#[derive(Debug)]
+pub enum ReserveFailure {
+    Rule(RefundReserveError),
+    Store(StoreError),
+}
+
+/// Runs a store call on the blocking pool.
+pub async fn call<T, F>(store: &Arc<dyn Store>, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+{
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(s.as_ref()))
+        .await
+        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

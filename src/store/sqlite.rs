@@ -1,0 +1,492 @@
+//! SQLite backend (WAL). One connection behind a mutex: SQLite serialises writers anyway, and
+//! the statements here are short. `synchronous=NORMAL` survives a process crash (kill -9);
+//! `FULL` also survives power loss.
+
+use super::*;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS payments (
+  id TEXT PRIMARY KEY, api_key_id TEXT NOT NULL, order_id TEXT NOT NULL, method TEXT NOT NULL,
+  amount INTEGER NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, channel TEXT, attempt_ref TEXT,
+  provider_ref TEXT, route_rule TEXT NOT NULL, next_action TEXT, error_code TEXT, error_message TEXT,
+  refunded INTEGER NOT NULL DEFAULT 0, metadata TEXT NOT NULL, customer TEXT NOT NULL, return_url TEXT,
+  policy_version TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+  reconcile_at INTEGER, reconcile_backoff_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS payments_reconcile ON payments(reconcile_at) WHERE reconcile_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attempts (
+  payment_id TEXT NOT NULL, n INTEGER NOT NULL, channel TEXT NOT NULL, attempt_ref TEXT NOT NULL UNIQUE,
+  outcome TEXT NOT NULL, error_code TEXT, latency_ms INTEGER NOT NULL, provider_ref TEXT,
+  started_at INTEGER NOT NULL, watch INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (payment_id, n)
+);
+CREATE INDEX IF NOT EXISTS attempts_provider ON attempts(channel, provider_ref);
+CREATE INDEX IF NOT EXISTS attempts_watch ON attempts(watch) WHERE watch = 1;
+CREATE TABLE IF NOT EXISTS refunds (
+  id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
+  status TEXT NOT NULL, reason TEXT, provider_refund_ref TEXT, error_code TEXT,
+  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refunds_payment ON refunds(payment_id);
+CREATE TABLE IF NOT EXISTS idempotency (
+  api_key_id TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, state TEXT NOT NULL,
+  status INTEGER, body BLOB, resource_id TEXT, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  PRIMARY KEY (api_key_id, key)
+);
+CREATE TABLE IF NOT EXISTS webhook_events (
+  channel TEXT NOT NULL, event_id TEXT NOT NULL, received_at INTEGER NOT NULL, PRIMARY KEY (channel, event_id)
+);
+"#;
+
+impl SqliteStore {
+    /// Opens (or creates) `dir/paymux.db`.
+    pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        let conn = Connection::open(dir.join("paymux.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let mut c = self.conn.lock().map_err(|_| StoreError("store mutex poisoned".into()))?;
+        f(&mut c).map_err(StoreError::from)
+    }
+}
+
+fn payment_from_row(r: &Row<'_>) -> rusqlite::Result<PaymentRow> {
+    let conv =
+        |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
+    let method: String = r.get(3)?;
+    let currency: String = r.get(5)?;
+    let status: String = r.get(6)?;
+    let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
+        let s: Option<String> = r.get(i)?;
+        Ok(s.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(serde_json::Value::Null))
+    };
+    Ok(PaymentRow {
+        id: r.get(0)?,
+        api_key_id: r.get(1)?,
+        order_id: r.get(2)?,
+        method: Method::parse(&method).ok_or_else(|| conv(3, method.clone()))?,
+        amount: r.get(4)?,
+        currency: Currency::parse(&currency).map_err(|e| conv(5, e.to_string()))?,
+        status: PaymentStatus::parse(&status).ok_or_else(|| conv(6, status.clone()))?,
+        channel: r.get(7)?,
+        attempt_ref: r.get(8)?,
+        provider_ref: r.get(9)?,
+        route_rule: r.get(10)?,
+        next_action: Some(json(11)?).filter(|v| !v.is_null()),
+        error_code: r.get(12)?,
+        error_message: r.get(13)?,
+        refunded: r.get(14)?,
+        metadata: json(15)?,
+        customer: json(16)?,
+        return_url: r.get(17)?,
+        policy_version: r.get(18)?,
+        created_at: r.get(19)?,
+        updated_at: r.get(20)?,
+        reconcile_at: r.get(21)?,
+        reconcile_backoff_ms: r.get(22)?,
+    })
+}
+
+const PAYMENT_COLS: &str = "id, api_key_id, order_id, method, amount, currency, status, channel, attempt_ref, provider_ref, route_rule, next_action, error_code, error_message, refunded, metadata, customer, return_url, policy_version, created_at, updated_at, reconcile_at, reconcile_backoff_ms";
+
+fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        payment_id: r.get(0)?,
+        n: r.get(1)?,
+        channel: r.get(2)?,
+        attempt_ref: r.get(3)?,
+        outcome: r.get(4)?,
+        error_code: r.get(5)?,
+        latency_ms: r.get(6)?,
+        provider_ref: r.get(7)?,
+        started_at: r.get(8)?,
+        watch: r.get::<_, i64>(9)? != 0,
+    })
+}
+
+const ATTEMPT_COLS: &str =
+    "payment_id, n, channel, attempt_ref, outcome, error_code, latency_ms, provider_ref, started_at, watch";
+
+fn refund_from_row(r: &Row<'_>) -> rusqlite::Result<RefundRow> {
+    let currency: String = r.get(3)?;
+    Ok(RefundRow {
+        id: r.get(0)?,
+        payment_id: r.get(1)?,
+        amount: r.get(2)?,
+        currency: Currency::parse(&currency).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.to_string().into())
+        })?,
+        status: r.get(4)?,
+        reason: r.get(5)?,
+        provider_refund_ref: r.get(6)?,
+        error_code: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+const REFUND_COLS: &str =
+    "id, payment_id, amount, currency, status, reason, provider_refund_ref, error_code, created_at, updated_at";
+
+fn json_text(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+impl Store for SqliteStore {
+    fn idem_claim(&self, k: &str, key: &str, hash: &str, now: i64, expires: i64) -> StoreResult<IdemClaim> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let existing = tx
+                .query_row(
+                    "SELECT request_hash, state, status, body, created_at, resource_id, expires_at FROM idempotency WHERE api_key_id = ?1 AND key = ?2",
+                    params![k, key],
+                    |r| {
+                        let state: String = r.get(1)?;
+                        let exp: i64 = r.get(6)?;
+                        Ok((exp, if state == "done" {
+                            IdemState::Done { request_hash: r.get(0)?, status: r.get::<_, i64>(2)? as u16, body: r.get(3)? }
+                        } else {
+                            IdemState::InFlight { request_hash: r.get(0)?, since: r.get(4)?, resource_id: r.get(5)? }
+                        }))
+                    },
+                )
+                .optional()?;
+            let out = match existing {
+                Some((exp, s)) if exp > now => IdemClaim::Existing(s),
+                _ => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5)",
+                        params![k, key, hash, now, expires],
+                    )?;
+                    IdemClaim::Claimed
+                }
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn idem_link(&self, k: &str, key: &str, resource_id: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE idempotency SET resource_id = ?3 WHERE api_key_id = ?1 AND key = ?2",
+                params![k, key, resource_id],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn idem_complete(&self, k: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2",
+                params![k, key, i64::from(status), body],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn idem_release(&self, k: &str, key: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight'",
+                params![k, key],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn idem_expire(&self, now: i64) -> StoreResult<usize> {
+        self.with(|c| c.execute("DELETE FROM idempotency WHERE expires_at <= ?1", params![now]))
+    }
+
+    fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                &format!("INSERT INTO payments ({PAYMENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"),
+                params![
+                    p.id, p.api_key_id, p.order_id, p.method.as_str(), p.amount, p.currency.code(), p.status.as_str(),
+                    p.channel, p.attempt_ref, p.provider_ref, p.route_rule, p.next_action.as_ref().map(json_text),
+                    p.error_code, p.error_message, p.refunded, json_text(&p.metadata), json_text(&p.customer),
+                    p.return_url, p.policy_version, p.created_at, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn update_payment(&self, p: &PaymentRow) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12 WHERE id=?1",
+                params![
+                    p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
+                    p.error_code, p.error_message, p.refunded, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>> {
+        self.with(|c| {
+            c.query_row(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"), params![id], payment_from_row)
+                .optional()
+        })
+    }
+
+    fn payments_due(&self, now: i64, limit: usize) -> StoreResult<Vec<PaymentRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE reconcile_at IS NOT NULL AND reconcile_at <= ?1 ORDER BY reconcile_at LIMIT ?2"))?;
+            let rows = st.query_map(params![now, limit as i64], payment_from_row)?;
+            rows.collect()
+        })
+    }
+
+    fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                &format!("INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                params![
+                    a.payment_id,
+                    a.n,
+                    a.channel,
+                    a.attempt_ref,
+                    a.outcome,
+                    a.error_code,
+                    a.latency_ms,
+                    a.provider_ref,
+                    a.started_at,
+                    i64::from(a.watch)
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn update_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE attempts SET outcome=?3, error_code=?4, latency_ms=?5, provider_ref=?6, watch=?7 WHERE payment_id=?1 AND n=?2",
+                params![a.payment_id, a.n, a.outcome, a.error_code, a.latency_ms, a.provider_ref, i64::from(a.watch)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"))?;
+            let rows = st.query_map(params![payment_id], attempt_from_row)?;
+            rows.collect()
+        })
+    }
+
+    fn attempt_by_ref(&self, r: &str) -> StoreResult<Option<AttemptRow>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"),
+                params![r],
+                attempt_from_row,
+            )
+            .optional()
+        })
+    }
+
+    fn attempt_by_provider_ref(&self, ch: &str, pr: &str) -> StoreResult<Option<AttemptRow>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2"),
+                params![ch, pr],
+                attempt_from_row,
+            )
+            .optional()
+        })
+    }
+
+    fn watched_attempts(&self, limit: usize) -> StoreResult<Vec<AttemptRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 LIMIT ?1"))?;
+            let rows = st.query_map(params![limit as i64], attempt_from_row)?;
+            rows.collect()
+        })
+    }
+
+    fn reserve_refund(
+        &self,
+        payment_id: &str,
+        refund_id: &str,
+        amount: Option<i64>,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<RefundRow, ReserveFailure> {
+        let r = self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let p = tx.query_row(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"), params![payment_id], payment_from_row).optional()?;
+            let Some(p) = p else { return Ok(Err(RefundReserveError::NotFound)) };
+            if !p.status.is_captured() {
+                return Ok(Err(RefundReserveError::NotCaptured(p.status)));
+            }
+            let reserved: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded')",
+                params![payment_id],
+                |r| r.get(0),
+            )?;
+            let remaining = p.amount - reserved;
+            let amount = amount.unwrap_or(remaining);
+            if amount <= 0 || amount > remaining {
+                return Ok(Err(RefundReserveError::Exceeds { remaining }));
+            }
+            let row = RefundRow {
+                id: refund_id.to_string(),
+                payment_id: payment_id.to_string(),
+                amount,
+                currency: p.currency,
+                status: "pending".into(),
+                reason: reason.map(String::from),
+                provider_refund_ref: None,
+                error_code: None,
+                created_at: now,
+                updated_at: now,
+            };
+            tx.execute(
+                &format!("INSERT INTO refunds ({REFUND_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                params![row.id, row.payment_id, row.amount, row.currency.code(), row.status, row.reason, row.provider_refund_ref, row.error_code, row.created_at, row.updated_at],
+            )?;
+            tx.commit()?;
+            Ok(Ok(row))
+        });
+        match r {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(ReserveFailure::Rule(e)),
+            Err(e) => Err(ReserveFailure::Store(e)),
+        }
+    }
+
+    fn update_refund(&self, r: &RefundRow) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1",
+                params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare(&format!("SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id"))?;
+            let rows = st.query_map(params![payment_id], refund_from_row)?;
+            rows.collect()
+        })
+    }
+
+    fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>> {
+        self.with(|c| {
+            c.query_row(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"), params![id], refund_from_row)
+                .optional()
+        })
+    }
+
+    fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO webhook_events (channel, event_id, received_at) VALUES (?1, ?2, ?3)",
+                params![channel, event_id, now],
+            )
+            .map(|n| n == 0)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(id: &str, status: PaymentStatus) -> PaymentRow {
+        PaymentRow {
+            id: id.into(),
+            api_key_id: "k".into(),
+            order_id: "o".into(),
+            method: Method::Visa,
+            amount: 1000,
+            currency: Currency::parse("HKD").unwrap(),
+            status,
+            channel: Some("c".into()),
+            attempt_ref: None,
+            provider_ref: None,
+            route_rule: "r".into(),
+            next_action: None,
+            error_code: None,
+            error_message: None,
+            refunded: 0,
+            metadata: serde_json::json!({}),
+            customer: serde_json::Value::Null,
+            return_url: None,
+            policy_version: "v".into(),
+            created_at: 1,
+            updated_at: 1,
+            reconcile_at: None,
+            reconcile_backoff_ms: 0,
+        }
+    }
+
+    #[test]
+    fn idempotency_claim_replay_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        assert_eq!(s.idem_claim("k", "key1", "h1", 10, 100).unwrap(), IdemClaim::Claimed);
+        assert!(matches!(
+            s.idem_claim("k", "key1", "h1", 11, 100).unwrap(),
+            IdemClaim::Existing(IdemState::InFlight { .. })
+        ));
+        // Keys are scoped per API key.
+        assert_eq!(s.idem_claim("other", "key1", "h1", 11, 100).unwrap(), IdemClaim::Claimed);
+        s.idem_complete("k", "key1", 201, b"{}").unwrap();
+        assert_eq!(
+            s.idem_claim("k", "key1", "h2", 12, 100).unwrap(),
+            IdemClaim::Existing(IdemState::Done { request_hash: "h1".into(), status: 201, body: b"{}".to_vec() })
+        );
+        assert_eq!(s.idem_expire(100).unwrap(), 2);
+        assert_eq!(s.idem_claim("k", "key1", "h2", 101, 200).unwrap(), IdemClaim::Claimed);
+    }
+
+    #[test]
+    fn refunds_never_exceed_the_captured_amount() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.insert_payment(&payment("p1", PaymentStatus::Succeeded)).unwrap();
+        s.insert_payment(&payment("p2", PaymentStatus::Processing)).unwrap();
+        assert!(matches!(
+            s.reserve_refund("p2", "r0", None, None, 1),
+            Err(ReserveFailure::Rule(RefundReserveError::NotCaptured(_)))
+        ));
+        let r1 = s.reserve_refund("p1", "r1", Some(600), None, 1).unwrap();
+        assert_eq!(r1.amount, 600);
+        assert!(matches!(
+            s.reserve_refund("p1", "r2", Some(500), None, 1),
+            Err(ReserveFailure::Rule(RefundReserveError::Exceeds { remaining: 400 }))
+        ));
+        let mut failed = r1.clone();
+        failed.status = "failed".into();
+        s.update_refund(&failed).unwrap();
+        assert_eq!(s.reserve_refund("p1", "r3", None, None, 1).unwrap().amount, 1000);
+        assert!(!s.webhook_seen("c", "e1", 1).unwrap());
+        assert!(s.webhook_seen("c", "e1", 2).unwrap());
+    }
+}
