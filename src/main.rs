@@ -34,6 +34,25 @@ enum Cmd {
         /// Worker threads per service (default: number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
+        /// Also run the provider sandbox in this process (the demo setup of `routes/`).
+        #[arg(long)]
+        with_sandbox: bool,
+    },
+    /// Run the provider simulators (Stripe-compatible PSP, Antom) with fault injection.
+    Sandbox {
+        /// Control API address; the simulators listen on the next three ports
+        /// (stripe_primary, stripe_backup, antom_hk).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: std::net::SocketAddr,
+        /// Where the simulators send callbacks (paymux's public base URL).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        callback_base: String,
+        /// Faults to start with: YAML or JSON map of instance name to faults.
+        #[arg(long)]
+        faults: Option<PathBuf>,
+        /// Also serve the Antom simulator over TLS here (the Antom SDK always uses port 443).
+        #[arg(long)]
+        antom_tls_listen: Option<std::net::SocketAddr>,
     },
     /// Verify or inspect the audit log.
     Audit {
@@ -78,15 +97,45 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,pingora_core=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.cmd {
-        Cmd::Serve { config, listen, admin_listen, data_dir, threads } => {
+        Cmd::Serve { config, listen, admin_listen, data_dir, threads, with_sandbox } => {
             let opts = paymux::server::ServeOptions {
                 config_dir: config,
                 overrides: paymux::config::Overrides { listen, admin_listen, data_dir },
                 threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             };
-            serve(&opts)
+            serve(&opts, with_sandbox)
+        }
+        Cmd::Sandbox { listen, callback_base, faults, antom_tls_listen } => {
+            let mut cfg = sandbox_config(listen, &callback_base);
+            if let Some(a) = cfg.antom.first_mut() {
+                a.tls_listen = antom_tls_listen;
+            }
+            if let Some(f) = faults {
+                match paymux::sandbox::load_faults(&f) {
+                    Ok(m) => cfg.faults = m,
+                    Err(e) => {
+                        eprintln!("error: {}: {e:#}", f.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            println!("paymux sandbox: control http://{listen}/_sandbox/faults");
+            for s in &cfg.stripe {
+                println!("  {:<15} stripe  http://{}", s.name, s.listen);
+            }
+            for a in &cfg.antom {
+                println!("  {:<15} antom   http://{}", a.name, a.listen);
+            }
+            match paymux::sandbox::run_standalone(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Audit { cmd: AuditCmd::Verify { file } } => match paymux::audit::verify::verify_file(&file) {
             Ok(r) => {
@@ -136,7 +185,23 @@ fn check(dir: &std::path::Path, online: bool) -> ExitCode {
     }
 }
 
-fn serve(opts: &paymux::server::ServeOptions) -> ExitCode {
+/// The demo sandbox with its control API at `control` and simulators on the next ports.
+fn sandbox_config(control: std::net::SocketAddr, callback_base: &str) -> paymux::sandbox::SandboxConfig {
+    let mut cfg = paymux::sandbox::SandboxConfig::demo(callback_base);
+    cfg.control_listen = control;
+    let mut port = control.port();
+    for s in cfg.stripe.iter_mut() {
+        port += 1;
+        s.listen = std::net::SocketAddr::new(control.ip(), port);
+    }
+    for a in cfg.antom.iter_mut() {
+        port += 1;
+        a.listen = std::net::SocketAddr::new(control.ip(), port);
+    }
+    cfg
+}
+
+fn serve(opts: &paymux::server::ServeOptions, with_sandbox: bool) -> ExitCode {
     let built = match paymux::server::build(opts) {
         Ok(b) => b,
         Err(e) => {
@@ -144,7 +209,16 @@ fn serve(opts: &paymux::server::ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut built = built;
     let p = built.policy.load_full();
+    if with_sandbox {
+        let control: std::net::SocketAddr = ([127, 0, 0, 1], 9100).into();
+        built.server.add_service(pingora::services::background::background_service(
+            "sandbox",
+            paymux::sandbox::SandboxService::new(sandbox_config(control, &p.server.public_base_url)),
+        ));
+        println!("  sandbox       control http://{control}/_sandbox/faults; stripe_primary :9101, stripe_backup :9102, antom_hk :9103");
+    }
     let scheme = if p.server.tls.is_some() { "https" } else { "http" };
     println!("paymux {} serving policy {} from {}", env!("CARGO_PKG_VERSION"), p.version, opts.config_dir.display());
     println!("  payments API  {scheme}://{}", p.server.listen);
@@ -153,6 +227,12 @@ fn serve(opts: &paymux::server::ServeOptions) -> ExitCode {
         p.server.admin_listen
     );
     println!("  data          {}", p.server.data_dir.display());
+    println!();
+    println!("Create a payment:");
+    println!(
+        "  curl -s {scheme}://{}/v1/payments -H 'Authorization: Bearer pmx_test_demo_key' -H \"Idempotency-Key: $(date +%s%N)\" -d '{{\"amount\":19999,\"currency\":\"HKD\",\"method\":\"visa\",\"order_id\":\"order-1001\",\"payment_method_data\":{{\"token\":\"pm_card_visa\"}}}}'",
+        p.server.listen
+    );
     drop(p);
     built.server.run(pingora::server::RunArgs::default());
     ExitCode::SUCCESS

@@ -23,8 +23,17 @@ const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl Metrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every metric in a fresh registry; outcome series that matter from the first
+    /// scrape (reload outcomes) start at zero rather than being absent.
     pub fn new() -> Metrics {
+        let m = Self::register();
+        for o in ["applied", "rejected", "unchanged"] {
+            m.config_reloads.with_label_values(&[o]);
+        }
+        m
+    }
+
+    fn register() -> Metrics {
         let registry = Registry::new();
         macro_rules! reg {
             ($m:expr) => {{

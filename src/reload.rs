@@ -166,12 +166,7 @@ impl BackgroundService for ReloadService {
                 _ = shutdown.changed() => break,
                 Some(()) = rx.recv() => {
                     // Debounce: wait for the burst of events an editor's save makes to end.
-                    loop {
-                        match tokio::time::timeout(self.debounce, rx.recv()).await {
-                            Ok(Some(())) => continue,
-                            _ => break,
-                        }
-                    }
+                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, rx.recv()).await {}
                     self.reloader.reload("watch").await;
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

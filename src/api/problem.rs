@@ -9,33 +9,39 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// An error response.
-#[derive(Debug, Clone, Serialize)]
+/// An error response. `type` and `title` derive from the stable `code`.
+#[derive(Debug, Clone)]
 pub struct Problem {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub title: &'static str,
     pub status: u16,
-    pub detail: String,
     pub code: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detail: String,
     pub errors: Vec<FieldError>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", &format!("https://paymux.dev/problems/{}", self.code))?;
+        m.serialize_entry("title", title(self.code))?;
+        m.serialize_entry("status", &self.status)?;
+        m.serialize_entry("detail", &self.detail)?;
+        m.serialize_entry("code", self.code)?;
+        if !self.errors.is_empty() {
+            m.serialize_entry("errors", &self.errors)?;
+        }
+        if let Some(r) = &self.request_id {
+            m.serialize_entry("request_id", r)?;
+        }
+        m.end()
+    }
 }
 
 impl Problem {
     /// A problem with a code, status and detail; the title comes from the code.
     pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem {
-            type_: format!("https://paymux.dev/problems/{code}"),
-            title: title(code),
-            status,
-            detail: detail.into(),
-            code,
-            errors: vec![],
-            request_id: None,
-        }
+        Problem { status, code, detail: detail.into(), errors: vec![], request_id: None }
     }
 
     /// 422 `validation_failed` with field errors.

@@ -6,6 +6,12 @@ use crate::connector::{CreateOutcome, CreateRequest, QueryOutcome, QueryRef};
 use crate::store::now_ms;
 use serde_json::json;
 
+/// The routing decision resolved to channels: the rule name and the channels to try.
+pub struct Route {
+    pub rule: String,
+    pub channels: Vec<Arc<Channel>>,
+}
+
 /// How one attempt ended, for the loop's decision.
 enum Step {
     /// The payment now lives on this channel (final or not).
@@ -31,9 +37,10 @@ impl Engine {
         id: &str,
         api_key_id: &str,
         np: NewPayment,
-        rule: &str,
-        channels: Vec<Arc<Channel>>,
+        route: Route,
     ) -> Result<PaymentView, EngineError> {
+        let Route { rule, channels } = route;
+        let rule = rule.as_str();
         let now = now_ms();
         let id = id.to_string();
         let mut p = PaymentRow {

@@ -92,6 +92,10 @@ impl Engine {
         let Some(mut p) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await? else {
             return Ok("unmatched");
         };
+        if a.outcome == "pending" || p.attempt_ref.is_none() {
+            // The attempt is still in flight: the engine applies the provider's answer itself.
+            return Ok("deferred");
+        }
         if p.attempt_ref.as_deref() != Some(a.attempt_ref.as_str()) {
             // The event is about an attempt paymux moved on from. If it completed, the payer
             // would be charged twice: the reconciler reverses watched attempts.

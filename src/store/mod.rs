@@ -172,6 +172,12 @@ pub trait Store: Send + Sync + 'static {
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>>;
     fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>>;
 
+    /// At startup: payments a crash interrupted. An attempt still `pending` may have reached
+    /// its provider, so the payment is pinned to that attempt and queued for a status query;
+    /// a payment with no attempt at all certainly reached no provider and is failed.
+    /// Returns (queued, failed).
+    fn recover_interrupted(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
+
     /// Records a webhook event id; returns true when it had been seen before (a duplicate).
     fn webhook_seen(&self, channel: &str, event_id: &str, now_ms: i64) -> StoreResult<bool>;
 }

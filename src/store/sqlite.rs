@@ -403,6 +403,30 @@ impl Store for SqliteStore {
         })
     }
 
+    fn recover_interrupted(&self, now: i64) -> StoreResult<(usize, usize)> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let queued = tx.execute(
+                "UPDATE payments SET
+                   channel = (SELECT a.channel FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending' ORDER BY a.n DESC LIMIT 1),
+                   attempt_ref = (SELECT a.attempt_ref FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending' ORDER BY a.n DESC LIMIT 1),
+                   reconcile_at = ?1, reconcile_backoff_ms = 500, error_code = 'interrupted', updated_at = ?1
+                 WHERE status = 'processing' AND reconcile_at IS NULL
+                   AND EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending')",
+                params![now],
+            )?;
+            tx.execute("UPDATE attempts SET outcome = 'unknown', error_code = 'interrupted' WHERE outcome = 'pending'", [])?;
+            let failed = tx.execute(
+                "UPDATE payments SET status = 'failed', error_code = 'interrupted_before_sending', error_message = 'paymux stopped before contacting any provider', updated_at = ?1
+                 WHERE status = 'processing' AND reconcile_at IS NULL AND channel IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome IN ('pending', 'unknown', 'accepted', 'accepted_after_query', 'declined'))",
+                params![now],
+            )?;
+            tx.commit()?;
+            Ok((queued, failed))
+        })
+    }
+
     fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
         self.with(|c| {
             c.execute(

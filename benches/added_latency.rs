@@ -1,0 +1,148 @@
+//! Load script: added latency of paymux over calling the sandbox directly, at a fixed rate.
+//!
+//! Open loop (requests are sent on a fixed schedule whatever the responses do, and latency is
+//! measured from the scheduled send time, so a stall is not hidden by coordinated omission).
+//! Loopback only; bounded by rate × seconds; stops by itself.
+//!
+//!   cargo bench --bench added_latency                          # 1000 req/s, 10 s per phase
+//!   PAYMUX_LOAD_RATE=500 PAYMUX_LOAD_SECS=5 cargo bench --bench added_latency
+//!
+//! Phases: direct (Stripe-compatible simulator, same wire request paymux would send) →
+//! through paymux (POST /v1/payments, card via the Stripe channel) → direct again, so drift
+//! on a noisy machine shows. Added latency = paymux percentile − direct percentile.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use paymux::connector::stripe::Stripe;
+use paymux::connector::{Connector, CreateRequest};
+use paymux::domain::{Currency, Method, Money, Secret};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, d: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+struct Stats {
+    name: &'static str,
+    sent: usize,
+    errors: usize,
+    lat_us: Vec<u64>,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
+        self.lat_us[i] as f64 / 1000.0
+    }
+}
+
+async fn run<F, Fut>(name: &'static str, rate: u64, secs: u64, f: F) -> Stats
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let total = rate * secs;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut handles = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let f = f.clone();
+        handles.push(tokio::spawn(async move {
+            let ok = f(i).await;
+            (ok, at.elapsed().as_micros() as u64)
+        }));
+    }
+    let mut s = Stats { name, sent: total as usize, errors: 0, lat_us: Vec::with_capacity(total as usize) };
+    for h in handles {
+        match h.await {
+            Ok((true, us)) => s.lat_us.push(us),
+            _ => s.errors += 1,
+        }
+    }
+    s.lat_us.sort_unstable();
+    s
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` / `cargo bench -- --list`: nothing to list.
+    }
+    let rate = env_or("PAYMUX_LOAD_RATE", 1000);
+    let secs = env_or("PAYMUX_LOAD_SECS", 10);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
+        write_config(&cfg, ports, &data, 3000);
+        let _sandbox = paymux::sandbox::Sandbox::start(sandbox_config(ports)).await.unwrap();
+        let pm = Paymux::start(&cfg, &data, ports);
+        let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).timeout(Duration::from_secs(10)).build().unwrap();
+        let key = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_api_key")).unwrap();
+        let stripe = Arc::new(Stripe::new(Secret::new(key.trim().to_string()), Secret::new("unused".into()), 300, 0));
+        let direct_base = format!("http://127.0.0.1:{}", ports.stripe_primary);
+        let run_id = paymux::domain::new_id("load");
+
+        let direct = |phase: &'static str| {
+            let (http, stripe, base, run_id) = (http.clone(), stripe.clone(), direct_base.clone(), run_id.clone());
+            move |i: u64| {
+                let (http, stripe, base) = (http.clone(), stripe.clone(), base.clone());
+                let aref = format!("{run_id}-{phase}-{i}");
+                async move {
+                    let md = BTreeMap::new();
+                    let pmd = serde_json::json!({"token": "pm_card_visa"});
+                    let req = CreateRequest {
+                        payment_id: &aref, attempt_ref: &aref, money: Money::new(1999, Currency::parse("HKD").unwrap()).unwrap(),
+                        method: Method::Visa, order_id: "load", customer_id: None, customer_email: None,
+                        payment_method_data: Some(&pmd), return_url: None, metadata: &md, notify_url: "http://127.0.0.1:1/",
+                    };
+                    let w = stripe.build_create(&req).unwrap();
+                    let mut b = http.post(format!("{base}{}", w.path)).body(w.body.clone());
+                    for (k, v) in &w.headers {
+                        b = b.header(*k, v);
+                    }
+                    matches!(b.send().await, Ok(r) if r.status().is_success() && r.bytes().await.is_ok())
+                }
+            }
+        };
+        let via = {
+            let (http, api, run_id) = (http.clone(), pm.api.clone(), run_id.clone());
+            move |i: u64| {
+                let (http, api) = (http.clone(), api.clone());
+                let key = format!("{run_id}-pm-{i}");
+                async move {
+                    let r = http.post(format!("{api}/v1/payments")).bearer_auth(KEY).header("idempotency-key", key).json(&card(&format!("load-{i}"), 1999)).send().await;
+                    match r {
+                        Ok(r) if r.status().as_u16() == 201 => r.text().await.map(|t| t.contains("\"succeeded\"")).unwrap_or(false),
+                        _ => false,
+                    }
+                }
+            }
+        };
+        println!("warming up…");
+        run("warmup-direct", rate / 2, 2, direct("w1")).await;
+        run("warmup-paymux", rate / 2, 2, via.clone()).await;
+        let a = run("direct", rate, secs, direct("d1")).await;
+        let b = run("via paymux", rate, secs, via).await;
+        let c = run("direct (again)", rate, secs, direct("d2")).await;
+        println!("\nopen loop, {rate} req/s, {secs} s per phase, loopback; latency in ms from scheduled send\n");
+        println!("| phase | sent | errors | p50 | p90 | p99 | p99.9 |");
+        println!("|---|---|---|---|---|---|---|");
+        for s in [&a, &b, &c] {
+            println!("| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.name, s.sent, s.errors, s.pct(0.5), s.pct(0.9), s.pct(0.99), s.pct(0.999));
+        }
+        let base50 = a.pct(0.5).min(c.pct(0.5));
+        let base99 = a.pct(0.99).min(c.pct(0.99));
+        println!("\nadded by paymux: p50 {:.3} ms ({:.2}× direct), p99 {:.3} ms ({:.2}× direct)", b.pct(0.5) - base50, b.pct(0.5) / base50, b.pct(0.99) - base99, b.pct(0.99) / base99);
+        drop(pm);
+    });
+}

@@ -1,0 +1,117 @@
+//! User story 4: stop, slow down or break the primary channel's simulator and payments go to
+//! the backup, and no payment is ever charged on two channels.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+async fn pay(w: &World, order: &str) -> Resp {
+    let r = create(&w.pm.api, &format!("idem-{order}"), card(order, 4200)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r
+}
+
+fn outcomes(r: &Resp) -> Vec<String> {
+    r.body["attempts"].as_array().unwrap().iter().map(|a| format!("{}:{}", a["channel"].as_str().unwrap(), a["outcome"].as_str().unwrap())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_fails_over_to_backup() {
+    let w = world(1000).await;
+    w.fault("stripe_primary", json!({"down": true})).await;
+    let r = pay(&w, "refused").await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    assert_eq!(r.body["channel"], "stripe_backup");
+    assert_eq!(outcomes(&r), ["stripe_primary:not_sent", "stripe_backup:accepted"]);
+    assert_eq!(w.charged("stripe_primary").await, 0);
+    assert_eq!(w.charged("stripe_backup").await, 1);
+    let m = w.metrics().await;
+    assert_eq!(metric(&m, "paymux_failovers_total", "from=\"stripe_primary\",reason=\"connect_failed\",to=\"stripe_backup\""), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_primary_fails_over() {
+    let w = world(1000).await;
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 429})).await;
+    let r = pay(&w, "429").await;
+    assert_eq!(r.body["channel"], "stripe_backup", "{}", r.text);
+    assert_eq!(outcomes(&r), ["stripe_primary:not_processed", "stripe_backup:accepted"]);
+    assert_eq!(w.charged("stripe_primary").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_after_processing_is_adopted_not_retried_elsewhere() {
+    let w = world(1000).await;
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 500, "process_before_error": true, "ops": ["create"]})).await;
+    let r = pay(&w, "5xx-processed").await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    assert_eq!(r.body["channel"], "stripe_primary");
+    assert_eq!(outcomes(&r), ["stripe_primary:accepted_after_query"]);
+    assert_eq!(w.charged("stripe_primary").await, 1);
+    assert_eq!(w.charged("stripe_backup").await, 0, "charged twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_without_processing_fails_over_after_query() {
+    let w = world(1000).await;
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 503, "ops": ["create"]})).await;
+    let r = pay(&w, "5xx").await;
+    assert_eq!(r.body["channel"], "stripe_backup", "{}", r.text);
+    assert_eq!(outcomes(&r), ["stripe_primary:not_found_after_query", "stripe_backup:accepted"]);
+    assert_eq!(w.charged("stripe_primary").await, 0);
+    assert_eq!(w.charged("stripe_backup").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_create_times_out_then_query_then_backup() {
+    let w = world(500).await;
+    w.fault("stripe_primary", json!({"blackhole": true, "ops": ["create"]})).await;
+    let t = std::time::Instant::now();
+    let r = pay(&w, "blackhole").await;
+    assert_eq!(r.body["channel"], "stripe_backup", "{}", r.text);
+    assert_eq!(outcomes(&r), ["stripe_primary:not_found_after_query", "stripe_backup:accepted"]);
+    assert!(t.elapsed() >= Duration::from_millis(500), "the per-attempt timeout must apply");
+    assert_eq!(w.charged("stripe_primary").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fully_blackholed_channel_leaves_payment_processing_for_the_reconciler() {
+    let w = world(400).await;
+    w.fault("stripe_primary", json!({"blackhole": true})).await;
+    let r = pay(&w, "blackhole-all").await;
+    assert_eq!(r.body["status"], "processing", "{}", r.text);
+    assert_eq!(r.body["channel"], "stripe_primary");
+    assert_eq!(outcomes(&r), ["stripe_primary:unknown"]);
+    assert_eq!(w.charged("stripe_backup").await, 0, "never try the backup while the outcome is unknown");
+    // The primary recovers; the reconciler learns it never processed the payment.
+    w.clear("stripe_primary").await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let settled = eventually(Duration::from_secs(15), || async {
+        let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+        g.body["status"] == "failed"
+    })
+    .await;
+    assert!(settled, "reconciler did not settle the payment");
+    assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_primary_that_processes_late_is_reversed() {
+    // The primary receives the payment but answers after paymux's timeout and shows nothing to
+    // the status query until it finishes. paymux moves to the backup; when the primary's late
+    // charge appears, the reconciler refunds it, so the payer ends up charged once.
+    let w = world(400).await;
+    w.fault("stripe_primary", json!({"latency_ms": 1500, "ops": ["create"]})).await;
+    let r = pay(&w, "late").await;
+    assert_eq!(r.body["channel"], "stripe_backup", "{}", r.text);
+    w.clear("stripe_primary").await;
+    let reversed = eventually(Duration::from_secs(20), || async {
+        let ps = w.sim_payments("stripe_primary").await;
+        ps.iter().any(|p| p["amount_refunded"].as_i64() == Some(4200) || p["refunded"].as_i64() == Some(4200) || p["status"] == "canceled")
+    })
+    .await;
+    let m = w.metrics().await;
+    assert!(reversed, "late charge on the primary was not reversed; metrics:\n{m}");
+    assert_eq!(metric(&m, "paymux_orphan_reversals_total", "result=\"reversed\""), 1.0);
+}

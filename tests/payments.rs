@@ -1,0 +1,230 @@
+//! User stories 2, 3 and 5 against the real binary and the sandbox: card and AlipayHK
+//! lifecycles through one API, webhooks verified with the providers' schemes, hot reload under
+//! traffic, metrics parsed by the Prometheus client's own parser.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_payment_refunds_partially_then_fully_never_beyond() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "c1", card("order-c1", 10_000)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded");
+    assert_eq!(r.body["channel"], "stripe_primary");
+    assert_eq!(r.body["route"]["rule"], "cards-and-wallets");
+    let id = r.body["id"].as_str().unwrap();
+    let path = format!("/v1/payments/{id}/refunds");
+    let r1 = post(&w.pm.api, &path, Some("r1"), json!({"amount": 3000, "reason": "requested_by_customer"})).await;
+    assert_eq!(r1.status, 201, "{}", r1.text);
+    assert_eq!(r1.body["status"], "succeeded");
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "partially_refunded");
+    let over = post(&w.pm.api, &path, Some("r2"), json!({"amount": 7001})).await;
+    assert_eq!(over.status, 422, "{}", over.text);
+    assert_eq!(over.body["code"], "refund_amount_exceeds");
+    let rest = post(&w.pm.api, &path, Some("r3"), json!({})).await;
+    assert_eq!(rest.status, 201, "{}", rest.text);
+    assert_eq!(rest.body["amount"], 7000);
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(g.body["status"], "refunded");
+    assert_eq!(g.body["amount_refunded"], 10_000);
+    // Replaying a refund key returns the same refund, and moves no more money.
+    let again = post(&w.pm.api, &path, Some("r1"), json!({"amount": 3000, "reason": "requested_by_customer"})).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["id"], r1.body["id"]);
+    let none_left = post(&w.pm.api, &path, Some("r4"), json!({"amount": 1})).await;
+    assert_eq!(none_left.status, 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_tokens_and_declines() {
+    let w = world(3000).await;
+    for (m, tok) in [("apple_pay", "pm_card_visa"), ("google_pay", "pm_card_mastercard"), ("mastercard", "pm_card_mastercard")] {
+        let r = create(&w.pm.api, &format!("w-{m}"), json!({"amount": 500, "currency": "HKD", "method": m, "order_id": format!("o-{m}"), "payment_method_data": {"token": tok}})).await;
+        assert_eq!(r.body["status"], "succeeded", "{m}: {}", r.text);
+    }
+    let d = create(&w.pm.api, "decl", json!({"amount": 500, "currency": "HKD", "method": "visa", "order_id": "o-d", "payment_method_data": {"token": "pm_card_visa_chargeDeclinedInsufficientFunds"}})).await;
+    assert_eq!(d.body["status"], "failed", "{}", d.text);
+    assert_eq!(d.body["error"]["code"], "insufficient_funds");
+    assert_eq!(d.body["attempts"].as_array().unwrap().len(), 1, "a decline is an answer, not a reason to fail over");
+    assert_eq!(w.charged("stripe_backup").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alipayhk_payment_is_approved_notified_and_refunded() {
+    let w = world(3000).await;
+    let body = json!({"amount": 8800, "currency": "HKD", "method": "alipay_hk", "order_id": "order-a1", "return_url": "https://shop.example.hk/done", "customer": {"id": "cus-1", "country": "HK"}});
+    let r = create(&w.pm.api, "a1", body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "requires_action");
+    assert_eq!(r.body["channel"], "antom_hk");
+    assert_eq!(r.body["next_action"]["type"], "redirect");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let sims = w.sim_payments("antom_hk").await;
+    assert_eq!(sims.len(), 1);
+    let pay_id = sims[0]["id"].as_str().unwrap();
+    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
+    assert!(a.status < 300, "{}", a.text);
+    // The signed notify reaches paymux and settles the payment.
+    let ok = eventually(Duration::from_secs(10), || async { get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded" }).await;
+    assert!(ok, "notify did not settle the payment; log:\n{}", w.pm.log());
+    let m = w.metrics().await;
+    assert!(metric(&m, "paymux_webhooks_total", "channel=\"antom_hk\",outcome=\"applied\"") >= 1.0, "{m}");
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("ar1"), json!({"amount": 800})).await;
+    assert_eq!(rf.status, 201, "{}", rf.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "partially_refunded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_payment_can_be_canceled_once() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "x1", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-x", "return_url": "https://s/r"})).await;
+    let id = r.body["id"].as_str().unwrap();
+    let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.body["status"], "canceled");
+    let again = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!(again.status, 409);
+    assert_eq!(again.body["code"], "payment_not_cancelable");
+    let refund = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("xr"), json!({})).await;
+    assert_eq!(refund.body["code"], "payment_not_refundable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_while_in_flight_is_409() {
+    let w = world(3000).await;
+    w.fault("stripe_primary", json!({"latency_ms": 1200, "ops": ["create"]})).await;
+    let api = w.pm.api.clone();
+    let first = tokio::spawn(async move { create(&api, "inflight", card("o-if", 900)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = create(&w.pm.api, "inflight", card("o-if", 900)).await;
+    assert_eq!(second.status, 409, "{}", second.text);
+    assert_eq!(second.body["code"], "idempotency_key_in_use");
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    assert_eq!(create(&w.pm.api, "inflight", card("o-if", 900)).await.body["id"], first.body["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "wh", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-wh", "return_url": "https://s/r"})).await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let sims = w.sim_payments("antom_hk").await;
+    let pay_id = sims[0]["id"].as_str().unwrap().to_string();
+    let attempt_ref = format!("{id}-a1");
+    // Antom notify signed with the wrong key (the merchant's, not Antom's).
+    let body = json!({"notifyType": "PAYMENT_RESULT", "result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "success"}, "paymentRequestId": attempt_ref, "paymentId": pay_id}).to_string();
+    let signer = paymux::crypto::RsaSigner::from_text(include_str!("../sandbox/keys/antom_merchant_private.pem")).unwrap();
+    let t = "2026-11-25T10:00:00+00:00";
+    let sig = signer.sign(&paymux::connector::antom::string_to_sign("/v1/webhooks/antom_hk", "SANDBOX_PAYMUX_DEMO", t, body.as_bytes()));
+    let forged = send(client().post(format!("{}/v1/webhooks/antom_hk", w.pm.api)).header("client-id", "SANDBOX_PAYMUX_DEMO").header("request-time", t).header("signature", paymux::connector::antom::signature_header(1, &sig)).body(body.clone())).await;
+    assert_eq!(forged.status, 401, "{}", forged.text);
+    assert_eq!(forged.body["code"], "webhook_signature_invalid");
+    let unsigned = send(client().post(format!("{}/v1/webhooks/antom_hk", w.pm.api)).body(body)).await;
+    assert_eq!(unsigned.status, 401);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "requires_action");
+
+    // Stripe: a correct signature over an old timestamp (a replay) and a wrong secret.
+    let ev = json!({"id": "evt_forged", "object": "event", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_x", "object": "payment_intent", "status": "succeeded", "metadata": {"paymux_attempt": "pay_x-a1"}}}}).to_string();
+    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
+    let old = time::OffsetDateTime::now_utc().unix_timestamp() - 3600;
+    let mac = paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{old}.{ev}").as_bytes()));
+    let replayed = send(client().post(format!("{}/v1/webhooks/stripe_primary", w.pm.api)).header("stripe-signature", format!("t={old},v1={mac}")).body(ev.clone())).await;
+    assert_eq!(replayed.status, 401, "{}", replayed.text);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let bad = paymux::crypto::hex(&paymux::crypto::hmac_sha256(b"whsec_wrong", format!("{now}.{ev}").as_bytes()));
+    let wrong = send(client().post(format!("{}/v1/webhooks/stripe_primary", w.pm.api)).header("stripe-signature", format!("t={now},v1={bad}")).body(ev)).await;
+    assert_eq!(wrong.status, 401);
+    let unknown = send(client().post(format!("{}/v1/webhooks/nope", w.pm.api)).body("{}")).await;
+    assert_eq!(unknown.body["code"], "unknown_channel");
+    let m = w.metrics().await;
+    assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
+    let w = world(3000).await;
+    let cfg = w.tmp.path().join("cfg");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api = w.pm.api.clone();
+    let s2 = stop.clone();
+    let traffic = tokio::spawn(async move {
+        let (mut ok, mut bad, mut i) = (0, vec![], 0);
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let r = create(&api, &format!("t{i}"), card(&format!("o-t{i}"), 100 + i)).await;
+            if r.status == 201 && r.body["status"] == "succeeded" {
+                ok += 1;
+            } else {
+                bad.push(r.text);
+            }
+        }
+        (ok, bad)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Valid edit: cards now go to the backup first.
+    let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
+    let swapped = routing.replace("channels: [stripe_primary, stripe_backup]", "channels: [stripe_backup, stripe_primary]");
+    assert_ne!(routing, swapped);
+    let tmp = cfg.join(".routing.yaml.tmp");
+    std::fs::write(&tmp, &swapped).unwrap();
+    std::fs::rename(&tmp, cfg.join("routing.yaml")).unwrap(); // editors save by rename
+    let moved = eventually(Duration::from_secs(10), || async {
+        let r = create(&w.pm.api, &format!("probe-{}", paymux::domain::new_id("k")), card("probe", 50)).await;
+        r.body["channel"] == "stripe_backup"
+    })
+    .await;
+    assert!(moved, "valid edit not applied; log:\n{}", w.pm.log());
+    let version = get(&w.pm.admin, "/admin/config").await.body["version"].clone();
+
+    // Broken edit: rejected with file:line:col, the old policy keeps serving.
+    std::fs::write(cfg.join("routing.yaml"), swapped.replace("channels: [stripe_backup, stripe_primary]", "channels: [stripe_backup, stripe_primery]")).unwrap();
+    let rej = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(rej.status, 422, "{}", rej.text);
+    let field = rej.body["errors"][0]["field"].as_str().unwrap().to_string();
+    assert!(field.ends_with("routing.yaml:15:35") || field.contains("routing.yaml:"), "{field}");
+    assert!(rej.text.contains("stripe_primery"), "{}", rej.text);
+    assert_eq!(get(&w.pm.admin, "/admin/config").await.body["version"], version);
+    let still = create(&w.pm.api, "after-reject", card("o-ar", 60)).await;
+    assert_eq!(still.body["channel"], "stripe_backup");
+    assert_eq!(still.body["status"], "succeeded");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = traffic.await.unwrap();
+    assert!(bad.is_empty(), "failed requests during reload: {bad:?}");
+    assert!(ok > 5, "too little traffic to mean anything ({ok})");
+    let m = w.metrics().await;
+    assert!(metric(&m, "paymux_config_reloads_total", "outcome=\"applied\"") >= 1.0, "{m}");
+    assert!(metric(&m, "paymux_config_reloads_total", "outcome=\"rejected\"") >= 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_with_the_prometheus_client() {
+    let w = world(3000).await;
+    w.fault("stripe_primary", json!({"down": true})).await;
+    create(&w.pm.api, "m1", card("o-m1", 100)).await;
+    let py = root().join(".venv/bin/python");
+    assert!(py.exists(), "run scripts/setup.sh first: {} is missing", py.display());
+    let script = r#"
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1]).read().decode()
+fams = {f.name: f for f in text_string_to_metric_families(text)}
+need = ["paymux_http_requests", "paymux_request_duration_seconds", "paymux_payments", "paymux_channel_attempts",
+        "paymux_channel_latency_seconds", "paymux_failovers", "paymux_webhooks", "paymux_config_reloads", "paymux_config_version_info"]
+missing = [n for n in need if n not in fams]
+assert not missing, missing
+fo = [s for s in fams["paymux_failovers"].samples if s.name == "paymux_failovers_total"]
+assert any(s.labels == {"from": "stripe_primary", "to": "stripe_backup", "reason": "connect_failed"} and s.value == 1 for s in fo), fo
+for f in fams.values():
+    for s in f.samples:
+        for v in s.labels.values():
+            assert not v.startswith("pay_") and "order" not in v, ("unbounded label", s)
+print("ok", len(fams))
+"#;
+    let out = std::process::Command::new(py).arg("-c").arg(script).arg(format!("{}/metrics", w.pm.admin)).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
