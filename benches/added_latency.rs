@@ -73,8 +73,11 @@ where
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` / `cargo bench -- --list`: nothing to list.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // and a load run does not belong in the test suite.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("added_latency: load script; run it with `cargo bench --bench added_latency`");
+        return;
     }
     let rate = env_or("PAYMUX_LOAD_RATE", 1000);
     let secs = env_or("PAYMUX_LOAD_SECS", 10);

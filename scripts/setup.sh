@@ -12,7 +12,8 @@ if ! command -v cmake >/dev/null 2>&1; then
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
 fi
 
-if [ "${PAYMUX_SKIP_PY:-0}" != "1" ]; then
+# `scripts/setup.sh demo` installs only what running the demo needs.
+if [ "${1:-}" != "demo" ]; then
   if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import stripe, prometheus_client, com.alipay.ams.api" 2>/dev/null; then
     echo "setup: creating .venv with the provider SDKs (test peers)"
     python3 -m venv .venv

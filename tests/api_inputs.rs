@@ -151,3 +151,65 @@ async fn api_speaks_http2_cleartext() {
     assert_eq!(bad.status().as_u16(), 401);
     assert_eq!(bad.headers()["content-type"], "application/problem+json");
 }
+
+#[tokio::test]
+async fn api_serves_tls_with_http2_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
+    write_config(&cfg, ports, &data, 1000);
+    let tls = root().join("sandbox/tls");
+    let server = std::fs::read_to_string(cfg.join("server.yaml")).unwrap();
+    let server = server.replace("limits:", &format!("tls:\n  cert_file: {}\n  key_file: {}\nlimits:", tls.join("server.pem").display(), tls.join("server.key").display()));
+    std::fs::write(cfg.join("server.yaml"), server).unwrap();
+    let pm = Paymux::start(&cfg, &data, ports);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.join("ca.pem")).unwrap()).unwrap();
+    let c = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let url = format!("https://127.0.0.1:{}/v1/payments", ports.api);
+    let r = c.post(&url).bearer_auth(KEY).header("idempotency-key", "tls").json(&card("o-tls", 100)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", pm.log());
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN should pick h2");
+    // Plain HTTP to the TLS port does not get an answer.
+    assert!(reqwest::get(pm.api.clone() + "/v1/payments/x").await.is_err());
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_every_api_call_is_audited() {
+    let w = world();
+    // A 404, a 401 and a 201: each leaves an api.call record naming the key id, never the key.
+    get(&w.pm.api, "/v1/payments/pay_missing").await;
+    send(client().get(format!("{}/v1/payments/pay_missing", w.pm.api)).bearer_auth("wrong")).await;
+    create(&w.pm.api, "aud", card("o-aud", 100)).await;
+    let cfg = w.pm.config.clone();
+    let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
+    // Stop the watcher from seeing this write first: SIGHUP must work on its own too.
+    std::fs::write(cfg.join("routing.yaml"), routing.replace("name: alipayhk", "name: alipay-hk")).unwrap();
+    let pid = w.pm.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let audit = w.pm.data.join("audit.jsonl");
+    let ok = eventually(std::time::Duration::from_secs(10), || async {
+        let t = std::fs::read_to_string(&audit).unwrap_or_default();
+        t.contains("\"actor\":\"system:sighup\",\"action\":\"config.reload\"") && t.contains("\"outcome\":\"applied\"")
+    })
+    .await;
+    assert!(ok, "reload not audited; log:\n{}", w.pm.log());
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let calls: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["action"] == "api.call").collect();
+    assert!(calls.len() >= 3, "{text}");
+    assert!(calls.iter().any(|c| c["outcome"] == "404" && c["actor"] == "demo_app" && c["payment_id"] == "pay_missing"));
+    assert!(calls.iter().any(|c| c["outcome"] == "401" && c["actor"] == "anonymous"));
+    assert!(calls.iter().any(|c| c["outcome"] == "201" && c["payment_id"].as_str().unwrap_or("").starts_with("pay_")));
+    assert!(!text.contains(KEY));
+    let cfgv = get(&w.pm.admin, "/admin/config").await;
+    assert_eq!(cfgv.status, 200);
+    assert!(cfgv.body["sources"].as_array().unwrap().len() == 3);
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [vec!["--help"], vec!["serve", "--help"], vec!["check", "--help"], vec!["sandbox", "--help"], vec!["audit", "verify", "--help"], vec!["key", "hash", "--help"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_paymux")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+}

@@ -64,3 +64,34 @@ fn shipped_files_point_editors_at_the_schemas() {
         }
     }
 }
+
+/// The README's config reference names every property of every schema.
+#[test]
+fn readme_config_reference_covers_the_schemas() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## Configuration reference").expect("reference section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map(|i| i + 3).unwrap_or(section.len())];
+    fn props(v: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(p) = v.get("properties").and_then(|p| p.as_object()) {
+            out.extend(p.keys().cloned());
+        }
+        match v {
+            serde_json::Value::Object(m) => m.values().for_each(|c| props(c, out)),
+            serde_json::Value::Array(a) => a.iter().for_each(|c| props(c, out)),
+            _ => {}
+        }
+    }
+    let mut missing = vec![];
+    for f in ["server", "channels", "routing"] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{f}.schema.json"))).unwrap();
+        let mut names = vec![];
+        props(&serde_json::from_str(&text).unwrap(), &mut names);
+        for n in names {
+            if !section.contains(&format!("`{n}`")) {
+                missing.push(format!("{f}: {n}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README config reference misses: {missing:?}");
+}

@@ -83,9 +83,13 @@ impl ServeHttp for ApiApp {
         let policy = self.state.policy.load_full();
         let method = s.req_header().method.clone();
         let path = s.req_header().uri.path().to_string();
+        let mut subject: Option<String> = None;
         let (endpoint, resp) = match route(&method, &path) {
             Err(p) => (Endpoint::Other, http_util::problem(&p, &request_id)),
             Ok((ep, param)) => {
+                if matches!(ep, Endpoint::GetPayment | Endpoint::CancelPayment | Endpoint::CreateRefund) {
+                    subject = param.clone();
+                }
                 let ctx = Ctx {
                     request_id: request_id.clone(),
                     actor: String::new(),
@@ -98,6 +102,32 @@ impl ServeHttp for ApiApp {
         let m = &self.state.engine.metrics;
         m.http_requests.with_label_values(&[endpoint.label(), resp.status().as_str()]).inc();
         m.request_duration.with_label_values(&[endpoint.label()]).observe(started.elapsed().as_secs_f64());
+        // One audit record per API call: who (key id, never the key), what, outcome.
+        let actor = match endpoint {
+            Endpoint::Webhook => format!("provider:{}", path.rsplit('/').next().unwrap_or("")),
+            _ => authenticate(&policy, s).unwrap_or_else(|_| "anonymous".into()),
+        };
+        if endpoint == Endpoint::CreatePayment && resp.status().is_success() {
+            subject = serde_json::from_slice::<serde_json::Value>(resp.body())
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(String::from));
+        }
+        let code = (!resp.status().is_success())
+            .then(|| serde_json::from_slice::<serde_json::Value>(resp.body()).ok())
+            .flatten()
+            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(String::from));
+        self.state
+            .engine
+            .audit
+            .record(crate::audit::Event {
+                request_id: Some(request_id),
+                actor,
+                action: "api.call",
+                payment_id: subject,
+                outcome: resp.status().as_u16().to_string(),
+                details: serde_json::json!({"endpoint": endpoint.label(), "method": method.as_str(), "code": code}),
+            })
+            .await;
         resp
     }
 }

@@ -43,7 +43,10 @@ impl Control {
 
     fn all_faults(&self) -> Value {
         Value::Object(
-            self.instances.iter().map(|(n, i)| (n.clone(), serde_json::to_value(i.faults()).unwrap_or_default())).collect(),
+            self.instances
+                .iter()
+                .map(|(n, i)| (n.clone(), serde_json::to_value(i.faults()).unwrap_or_default()))
+                .collect(),
         )
     }
 
@@ -72,7 +75,9 @@ impl Control {
             ("GET", ["_sandbox", name, "payments"]) => {
                 Ok(Response::json(200, &Value::Array(self.instance(name)?.sim.payments())))
             }
-            ("GET", ["_sandbox", name, "stats"]) => Ok(Response::json(200, &self.instance(name)?.sim.stats().snapshot())),
+            ("GET", ["_sandbox", name, "stats"]) => {
+                Ok(Response::json(200, &self.instance(name)?.sim.stats().snapshot()))
+            }
             ("POST", ["_sandbox", name, collection, id, action]) => {
                 let inst = self.instance(name)?;
                 match inst.sim.payer_action(collection, id, action, &req.body) {

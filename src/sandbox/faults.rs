@@ -178,7 +178,12 @@ impl FaultGate {
         }
         if roll(f.error_rate_pct) {
             let processed = f.process_before_error.then(process);
-            tracing::debug!(op = op.name(), status = f.error_status, processed = processed.is_some(), "sandbox fault: error");
+            tracing::debug!(
+                op = op.name(),
+                status = f.error_status,
+                processed = processed.is_some(),
+                "sandbox fault: error"
+            );
             return Gated { reply: Reply::Respond(fail(f.error_status)), processed };
         }
         let r = process();

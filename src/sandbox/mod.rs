@@ -4,7 +4,7 @@
 //!
 //! Layout: `service.rs` starts and stops everything (also as a pingora background service);
 //! `http.rs` is the listener/connection layer; `faults.rs` the fault model and gate;
-//! `control.rs` the control API; `stripe*.rs` and `antom*.rs` the simulators; `callbacks.rs`
+//! `control.rs` the control API; `stripe/` and `antom/` the simulators; `callbacks.rs`
 //! webhook/notify delivery; `form.rs` Stripe form bodies; `pages.rs` the payer pages;
 //! `tls.rs` the HTTPS listener material (`sandbox/tls/`).
 //!
@@ -13,7 +13,6 @@
 //! signing helpers, so the simulators check the same wire rules the connectors produce.
 
 mod antom;
-mod antom_model;
 mod callbacks;
 mod control;
 mod faults;
@@ -24,9 +23,6 @@ mod pages;
 mod service;
 mod sim;
 mod stripe;
-mod stripe_cards;
-mod stripe_model;
-mod stripe_search;
 mod tls;
 
 pub use faults::{CallbackFaults, FaultError, Faults, OPS};

@@ -268,10 +268,9 @@ impl BackgroundService for SandboxService {
 /// `paymux sandbox`: runs the sandbox in a pingora server until SIGINT or SIGTERM.
 pub fn run_standalone(cfg: SandboxConfig) -> anyhow::Result<()> {
     let service = SandboxService::bind(cfg)?;
-    let mut conf = ServerConf::default();
     // Nothing to drain: leave promptly on SIGTERM.
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf =
+        ServerConf { grace_period_seconds: Some(0), graceful_shutdown_timeout_seconds: Some(1), ..Default::default() };
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
     server.add_service(background_service("paymux sandbox", service));

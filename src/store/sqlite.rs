@@ -232,7 +232,10 @@ impl Store for SqliteStore {
     fn update_payment(&self, p: &PaymentRow) -> StoreResult<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12 WHERE id=?1",
+                // A final status never moves back to a non-final one, whichever writer (engine,
+                // webhook, reconciler, status sync) comes last.
+                "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
+                 WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))",
                 params![
                     p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
                     p.error_code, p.error_message, p.refunded, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
@@ -488,6 +491,17 @@ mod tests {
         );
         assert_eq!(s.idem_expire(100).unwrap(), 2);
         assert_eq!(s.idem_claim("k", "key1", "h2", 101, 200).unwrap(), IdemClaim::Claimed);
+    }
+
+    #[test]
+    fn final_status_never_regresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.insert_payment(&payment("p1", PaymentStatus::Succeeded)).unwrap();
+        s.update_payment(&payment("p1", PaymentStatus::Processing)).unwrap();
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Succeeded);
+        s.update_payment(&payment("p1", PaymentStatus::Refunded)).unwrap();
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Refunded);
     }
 
     #[test]

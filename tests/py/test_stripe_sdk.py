@@ -222,7 +222,7 @@ def test_validation_auth_and_not_found():
     e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.retrieve, "pi_does_not_exist")
     assert e.http_status == 404 and e.code == "resource_missing"
     e = expect_raises(stripe.AuthenticationError, stripe.PaymentIntent.retrieve, "pi_x", api_key="sk_test_wrong")
-    assert e.http_status == 401 and e.code == "api_key_invalid"
+    assert e.http_status == 401 and e.error.code == "api_key_invalid", e.error
 
 
 def test_stripe_client_form():

@@ -9,18 +9,20 @@
 //! requires. The payer approves or declines on the `normalUrl` page or through the control
 //! API; the result is notified (signed PAYMENT_RESULT) to `paymentNotifyUrl`.
 
-use super::antom_model::{
+mod model;
+
+use crate::connector::antom::{signature_header, string_to_sign, verify_signed};
+use crate::crypto::{RsaSigner, RsaVerifier};
+use crate::sandbox::callbacks::{Ack, Callback, Dispatcher};
+use crate::sandbox::faults::{FaultGate, Op};
+use crate::sandbox::http::{match_path, Reply, Request, Response};
+use crate::sandbox::pages;
+use crate::sandbox::sim::{ActionError, Simulator, Stats};
+use bytes::Bytes;
+use model::{
     inquiry_json, new_numeric_id, now_hkt, outcome, payment_notify, refund_inquiry_json, refund_notify, success,
     Amount, PayStatus, Payment, RefundRec,
 };
-use super::callbacks::{Ack, Callback, Dispatcher};
-use super::faults::{FaultGate, Op};
-use super::http::{match_path, Reply, Request, Response};
-use super::pages;
-use super::sim::{ActionError, Simulator, Stats};
-use crate::connector::antom::{signature_header, string_to_sign, verify_signed};
-use crate::crypto::{RsaSigner, RsaVerifier};
-use bytes::Bytes;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -171,7 +173,8 @@ impl AntomSim {
 
     /// Checks client-id and the merchant's signature; `Err` is the `result` to answer with.
     fn verify(&self, req: &Request) -> Result<(), Value> {
-        let cid = req.header("client-id").ok_or_else(|| outcome("CLIENT_INVALID", "F", "client-id header is missing."))?;
+        let cid =
+            req.header("client-id").ok_or_else(|| outcome("CLIENT_INVALID", "F", "client-id header is missing."))?;
         if cid != self.setup.client_id {
             return Err(outcome("CLIENT_INVALID", "F", &format!("The client-id {cid} is not valid.")));
         }
@@ -212,7 +215,8 @@ impl AntomSim {
             return;
         };
         let path = uri.path().to_string();
-        let label = format!("{} {}", body["notifyType"].as_str().unwrap_or(""), body["paymentId"].as_str().unwrap_or(""));
+        let label =
+            format!("{} {}", body["notifyType"].as_str().unwrap_or(""), body["paymentId"].as_str().unwrap_or(""));
         let (signer, cid) = (self.setup.signer.clone(), self.setup.client_id.clone());
         self.dispatcher.send(Callback {
             url,
@@ -257,7 +261,8 @@ impl AntomSim {
         let payment_id = new_numeric_id();
         let (created, create_time) = now_hkt();
         let normal_url = format!("{}/pay/{payment_id}", self.setup.base_url);
-        let scheme_url = pages::with_query("alipayhk://platformapi/startapp", &[("appId", "20000067"), ("url", &normal_url)]);
+        let scheme_url =
+            pages::with_query("alipayhk://platformapi/startapp", &[("appId", "20000067"), ("url", &normal_url)]);
         let response = json!({
             "result": {"resultCode": "PAYMENT_IN_PROCESS", "resultStatus": "U", "resultMessage": "payment in process"},
             "paymentRequestId": prid,
@@ -304,7 +309,10 @@ impl AntomSim {
             (Some(pid), _) => st.payments.get(pid),
             (None, Some(r)) => st.by_request.get(r).and_then(|id| st.payments.get(id)),
         };
-        found.filter(|p| prid.is_none_or(|r| p.payment_request_id == r)).map(|p| p.payment_id.clone()).ok_or_else(not_found)
+        found
+            .filter(|p| prid.is_none_or(|r| p.payment_request_id == r))
+            .map(|p| p.payment_id.clone())
+            .ok_or_else(not_found)
     }
 
     fn inquiry_payment(&self, st: &mut State, v: &Value, _: &mut Vec<Notify>) -> Value {
@@ -379,7 +387,10 @@ impl AntomSim {
             );
         }
         if amount.currency != p.amount.currency {
-            return param_illegal(&format!("refundAmount.currency must be the payment currency {}.", p.amount.currency));
+            return param_illegal(&format!(
+                "refundAmount.currency must be the payment currency {}.",
+                p.amount.currency
+            ));
         }
         if p.refunded + amount.value > p.amount.value {
             return outcome("REFUND_AMOUNT_EXCEED", "F", "The total refund amount exceeds the payment amount.");
@@ -536,7 +547,11 @@ impl Simulator for AntomSim {
             .and_then(|name| APIS.iter().find(|(n, _, _)| *n == name))
             .filter(|_| req.method == http::Method::POST);
         let Some(&(_, op, api)) = api else {
-            return Reply::Respond(self.signed(&req.path, 200, &outcome("NO_INTERFACE_DEF", "F", "API is not defined.")));
+            return Reply::Respond(self.signed(
+                &req.path,
+                200,
+                &outcome("NO_INTERFACE_DEF", "F", "API is not defined."),
+            ));
         };
         if let Err(body) = self.verify(&req) {
             return Reply::Respond(self.signed(&req.path, 200, &body));

@@ -2,8 +2,8 @@
 //! rendered in their full JSON shape (every field present, `null` where empty, `object` set),
 //! and Stripe-style API errors.
 
-use super::http::Response;
-use super::stripe_cards::{Card, Decline};
+use super::cards::{Card, Decline};
+use crate::sandbox::http::Response;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -350,7 +350,10 @@ impl ApiError {
         let mut error = Map::new();
         if let Some(c) = code {
             error.insert("code".into(), json!(c));
-            error.insert("doc_url".into(), json!(format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-"))));
+            error.insert(
+                "doc_url".into(),
+                json!(format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-"))),
+            );
         }
         error.insert("message".into(), json!(message.into()));
         if let Some(p) = param {
@@ -382,7 +385,13 @@ impl ApiError {
 
     /// 404 `resource_missing`.
     pub(crate) fn no_such(kind: &str, id: &str, param: &str) -> Self {
-        Self::new(404, "invalid_request_error", Some("resource_missing"), format!("No such {kind}: '{id}'"), Some(param))
+        Self::new(
+            404,
+            "invalid_request_error",
+            Some("resource_missing"),
+            format!("No such {kind}: '{id}'"),
+            Some(param),
+        )
     }
 
     /// 401, for a missing or wrong API key.
@@ -464,7 +473,7 @@ pub(crate) fn decline_error(d: &Decline, charge: &str, pm: &PaymentMethod) -> Ma
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::stripe_cards::lookup;
+    use crate::sandbox::stripe::cards::lookup;
 
     #[test]
     fn errors_have_stripe_shape() {
@@ -500,7 +509,12 @@ mod tests {
         let v = refund_json(&r);
         assert_eq!(v["destination_details"]["card"]["reference_status"], "available");
         assert!(v["failure_reason"].is_null() && v.get("reason").is_some());
-        let pm = PaymentMethod { id: "pm_1".into(), card: lookup("pm_card_visa").unwrap(), created: 1, fingerprint: "f".into() };
+        let pm = PaymentMethod {
+            id: "pm_1".into(),
+            card: lookup("pm_card_visa").unwrap(),
+            created: 1,
+            fingerprint: "f".into(),
+        };
         assert_eq!(payment_method_json(&pm)["card"]["last4"], "4242");
     }
 }

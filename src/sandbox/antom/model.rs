@@ -16,7 +16,8 @@ impl Amount {
     /// Reads an Antom amount, refusing numbers, non-digits and non-positive values.
     pub(crate) fn parse(v: Option<&Value>, field: &str) -> Result<Amount, String> {
         let v = v.filter(|v| !v.is_null()).ok_or_else(|| format!("{field} is required"))?;
-        let currency = v.get("currency").and_then(Value::as_str).ok_or_else(|| format!("{field}.currency is required"))?;
+        let currency =
+            v.get("currency").and_then(Value::as_str).ok_or_else(|| format!("{field}.currency is required"))?;
         if Currency::parse(currency).is_err() {
             return Err(format!("{field}.currency `{currency}` is not an upper-case ISO 4217 code"));
         }

@@ -129,12 +129,27 @@ static CARDS: &[(&[&str], Card)] = &[
         declined("0019", "card_declined", "fraudulent", GENERIC, Some("do_not_try_again"), None),
     ),
     (
-        &["pm_card_chargeDeclinedExpiredCard", "pm_card_visa_chargeDeclinedExpiredCard", "tok_chargeDeclinedExpiredCard"],
+        &[
+            "pm_card_chargeDeclinedExpiredCard",
+            "pm_card_visa_chargeDeclinedExpiredCard",
+            "tok_chargeDeclinedExpiredCard",
+        ],
         declined("0069", "expired_card", "expired_card", "Your card has expired.", None, Some("exp_month")),
     ),
     (
-        &["pm_card_chargeDeclinedIncorrectCvc", "pm_card_visa_chargeDeclinedIncorrectCvc", "tok_chargeDeclinedIncorrectCvc"],
-        declined("0127", "incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect.", None, Some("cvc")),
+        &[
+            "pm_card_chargeDeclinedIncorrectCvc",
+            "pm_card_visa_chargeDeclinedIncorrectCvc",
+            "tok_chargeDeclinedIncorrectCvc",
+        ],
+        declined(
+            "0127",
+            "incorrect_cvc",
+            "incorrect_cvc",
+            "Your card's security code is incorrect.",
+            None,
+            Some("cvc"),
+        ),
     ),
     (
         &[

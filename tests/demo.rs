@@ -1,0 +1,41 @@
+//! User story 1: `paymux serve --config routes --with-sandbox` serves the example policy
+//! against the sandbox and prints a curl line that creates a payment. The printed line is run
+//! as printed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_prints_a_working_curl_line() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["serve", "--config", "routes", "--with-sandbox", "--data-dir"])
+        .arg(data.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut curl = None;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.trim_start().starts_with("curl ") {
+            curl = Some(line.trim().to_string());
+            break;
+        }
+    }
+    let curl = curl.expect("no curl line printed");
+    // Wait for the API and the sandbox.
+    let t = Instant::now();
+    while std::net::TcpStream::connect("127.0.0.1:8080").is_err() || std::net::TcpStream::connect("127.0.0.1:9101").is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "demo did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("sh").arg("-c").arg(&curl).output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(body["status"], "succeeded", "{curl}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(body["channel"], "stripe_primary");
+}
