@@ -89,7 +89,12 @@ fn main() {
         write_config(&cfg, ports, &data, 3000);
         let _sandbox = paymux::sandbox::Sandbox::start(sandbox_config(ports)).await.unwrap();
         let pm = Paymux::start(&cfg, &data, ports);
-        let http = reqwest::Client::builder().pool_max_idle_per_host(512).tcp_nodelay(true).timeout(Duration::from_secs(10)).build().unwrap();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
         let key = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_api_key")).unwrap();
         let stripe = Arc::new(Stripe::new(Secret::new(key.trim().to_string()), Secret::new("unused".into()), 300, 0));
         let direct_base = format!("http://127.0.0.1:{}", ports.stripe_primary);
@@ -104,16 +109,27 @@ fn main() {
                     let md = BTreeMap::new();
                     let pmd = serde_json::json!({"token": "pm_card_visa"});
                     let req = CreateRequest {
-                        payment_id: &aref, attempt_ref: &aref, money: Money::new(1999, Currency::parse("HKD").unwrap()).unwrap(),
-                        method: Method::Visa, order_id: "load", customer_id: None, customer_email: None,
-                        payment_method_data: Some(&pmd), return_url: None, metadata: &md, notify_url: "http://127.0.0.1:1/",
+                        payment_id: &aref,
+                        attempt_ref: &aref,
+                        money: Money::new(1999, Currency::parse("HKD").unwrap()).unwrap(),
+                        method: Method::Visa,
+                        order_id: "load",
+                        customer_id: None,
+                        customer_email: None,
+                        payment_method_data: Some(&pmd),
+                        return_url: None,
+                        metadata: &md,
+                        notify_url: "http://127.0.0.1:1/",
                     };
                     let w = stripe.build_create(&req).unwrap();
                     let mut b = http.post(format!("{base}{}", w.path)).body(w.body.clone());
                     for (k, v) in &w.headers {
                         b = b.header(*k, v);
                     }
-                    matches!(b.send().await, Ok(r) if r.status().is_success() && r.bytes().await.is_ok())
+                    match b.send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                        _ => false,
+                    }
                 }
             }
         };
@@ -123,9 +139,17 @@ fn main() {
                 let (http, api) = (http.clone(), api.clone());
                 let key = format!("{run_id}-pm-{i}");
                 async move {
-                    let r = http.post(format!("{api}/v1/payments")).bearer_auth(KEY).header("idempotency-key", key).json(&card(&format!("load-{i}"), 1999)).send().await;
+                    let r = http
+                        .post(format!("{api}/v1/payments"))
+                        .bearer_auth(KEY)
+                        .header("idempotency-key", key)
+                        .json(&card(&format!("load-{i}"), 1999))
+                        .send()
+                        .await;
                     match r {
-                        Ok(r) if r.status().as_u16() == 201 => r.text().await.map(|t| t.contains("\"succeeded\"")).unwrap_or(false),
+                        Ok(r) if r.status().as_u16() == 201 => {
+                            r.text().await.map(|t| t.contains("\"succeeded\"")).unwrap_or(false)
+                        }
                         _ => false,
                     }
                 }
@@ -141,11 +165,26 @@ fn main() {
         println!("| phase | sent | errors | p50 | p90 | p99 | p99.9 |");
         println!("|---|---|---|---|---|---|---|");
         for s in [&a, &b, &c] {
-            println!("| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.name, s.sent, s.errors, s.pct(0.5), s.pct(0.9), s.pct(0.99), s.pct(0.999));
+            println!(
+                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                s.name,
+                s.sent,
+                s.errors,
+                s.pct(0.5),
+                s.pct(0.9),
+                s.pct(0.99),
+                s.pct(0.999)
+            );
         }
         let base50 = a.pct(0.5).min(c.pct(0.5));
         let base99 = a.pct(0.99).min(c.pct(0.99));
-        println!("\nadded by paymux: p50 {:.3} ms ({:.2}× direct), p99 {:.3} ms ({:.2}× direct)", b.pct(0.5) - base50, b.pct(0.5) / base50, b.pct(0.99) - base99, b.pct(0.99) / base99);
+        println!(
+            "\nadded by paymux: p50 {:.3} ms ({:.2}× direct), p99 {:.3} ms ({:.2}× direct)",
+            b.pct(0.5) - base50,
+            b.pct(0.5) / base50,
+            b.pct(0.99) - base99,
+            b.pct(0.99) / base99
+        );
         drop(pm);
     });
 }

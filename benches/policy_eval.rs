@@ -12,7 +12,10 @@ use paymux::policy::routing::{AmountRange, MethodSet, Router, Rule, Target};
 use paymux::policy::Facts;
 use std::collections::BTreeMap;
 
-const CURRENCIES: [&str; 20] = ["HKD", "USD", "CNY", "EUR", "GBP", "JPY", "SGD", "AUD", "CAD", "TWD", "KRW", "THB", "MYR", "PHP", "IDR", "INR", "NZD", "CHF", "AED", "MOP"];
+const CURRENCIES: [&str; 20] = [
+    "HKD", "USD", "CNY", "EUR", "GBP", "JPY", "SGD", "AUD", "CAD", "TWD", "KRW", "THB", "MYR", "PHP", "IDR", "INR",
+    "NZD", "CHF", "AED", "MOP",
+];
 const COUNTRIES: [&str; 8] = ["HK", "CN", "TW", "SG", "US", "GB", "JP", "MO"];
 
 fn rules(n: usize) -> Router {

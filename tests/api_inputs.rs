@@ -60,7 +60,10 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
     // Field errors name the field.
     let r = create(base, "n", json!({"amount":0,"currency":"hkd","method":"visa","order_id":"o"})).await;
     let fields: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert!(fields.contains(&"amount") && fields.contains(&"currency") && fields.contains(&"payment_method_data.token"), "{fields:?}");
+    assert!(
+        fields.contains(&"amount") && fields.contains(&"currency") && fields.contains(&"payment_method_data.token"),
+        "{fields:?}"
+    );
     for table in ["payments", "attempts", "idempotency", "refunds"] {
         assert_eq!(count_rows(&w.pm.data, table), 0, "{table} must stay empty");
     }
@@ -121,8 +124,15 @@ async fn audit_chain_verifies_and_detects_tampering() {
         create(&w.pm.api, &format!("a{i}"), card(&format!("o-a{i}"), 100 + i)).await;
     }
     let audit = w.pm.data.join("audit.jsonl");
-    assert!(eventually(std::time::Duration::from_secs(5), || async { std::fs::read_to_string(&audit).map(|t| t.lines().count() >= 10).unwrap_or(false) }).await);
-    let verify = |p: &std::path::Path| std::process::Command::new(env!("CARGO_BIN_EXE_paymux")).args(["audit", "verify"]).arg(p).output().unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            std::fs::read_to_string(&audit).map(|t| t.lines().count() >= 10).unwrap_or(false)
+        })
+        .await
+    );
+    let verify = |p: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_paymux")).args(["audit", "verify"]).arg(p).output().unwrap()
+    };
     let copy = w.pm.data.join("copy.jsonl");
     std::fs::copy(&audit, &copy).unwrap();
     let out = verify(&copy);
@@ -131,7 +141,18 @@ async fn audit_chain_verifies_and_detects_tampering() {
     // Never a key or a token in the audit trail.
     assert!(!text.contains(KEY) && !text.contains("pm_card_visa"), "secret in audit log");
     let lines: Vec<&str> = text.lines().collect();
-    let tampered: Vec<String> = lines.iter().enumerate().map(|(i, l)| if i == 4 { l.replace("\"actor\":\"demo_app\"", "\"actor\":\"mallory\"").replace("\"actor\":\"system\"", "\"actor\":\"mallory\"") } else { l.to_string() }).collect();
+    let tampered: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 4 {
+                l.replace("\"actor\":\"demo_app\"", "\"actor\":\"mallory\"")
+                    .replace("\"actor\":\"system\"", "\"actor\":\"mallory\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
     assert_ne!(tampered[4], lines[4], "tamper target must change");
     std::fs::write(&copy, tampered.join("\n") + "\n").unwrap();
     let out = verify(&copy);
@@ -144,10 +165,23 @@ async fn audit_chain_verifies_and_detects_tampering() {
 async fn api_speaks_http2_cleartext() {
     let w = world();
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let r = h2.post(format!("{}/v1/payments", w.pm.api)).bearer_auth(KEY).header("idempotency-key", "h2").json(&card("o-h2", 100)).send().await.unwrap();
+    let r = h2
+        .post(format!("{}/v1/payments", w.pm.api))
+        .bearer_auth(KEY)
+        .header("idempotency-key", "h2")
+        .json(&card("o-h2", 100))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status().as_u16(), 201);
-    let bad = h2.post(format!("{}/v1/payments", w.pm.api)).header("idempotency-key", "h2b").json(&card("o-h2", 100)).send().await.unwrap();
+    let bad = h2
+        .post(format!("{}/v1/payments", w.pm.api))
+        .header("idempotency-key", "h2b")
+        .json(&card("o-h2", 100))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status().as_u16(), 401);
     assert_eq!(bad.headers()["content-type"], "application/problem+json");
 }
@@ -160,13 +194,21 @@ async fn api_serves_tls_with_http2_when_configured() {
     write_config(&cfg, ports, &data, 1000);
     let tls = root().join("sandbox/tls");
     let server = std::fs::read_to_string(cfg.join("server.yaml")).unwrap();
-    let server = server.replace("limits:", &format!("tls:\n  cert_file: {}\n  key_file: {}\nlimits:", tls.join("server.pem").display(), tls.join("server.key").display()));
+    let server = server.replace(
+        "limits:",
+        &format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\nlimits:",
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ),
+    );
     std::fs::write(cfg.join("server.yaml"), server).unwrap();
     let pm = Paymux::start(&cfg, &data, ports);
     let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.join("ca.pem")).unwrap()).unwrap();
     let c = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
     let url = format!("https://127.0.0.1:{}/v1/payments", ports.api);
-    let r = c.post(&url).bearer_auth(KEY).header("idempotency-key", "tls").json(&card("o-tls", 100)).send().await.unwrap();
+    let r =
+        c.post(&url).bearer_auth(KEY).header("idempotency-key", "tls").json(&card("o-tls", 100)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", pm.log());
     assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN should pick h2");
     // Plain HTTP to the TLS port does not get an answer.
@@ -194,9 +236,15 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
     .await;
     assert!(ok, "reload not audited; log:\n{}", w.pm.log());
     let text = std::fs::read_to_string(&audit).unwrap();
-    let calls: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["action"] == "api.call").collect();
+    let calls: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["action"] == "api.call")
+        .collect();
     assert!(calls.len() >= 3, "{text}");
-    assert!(calls.iter().any(|c| c["outcome"] == "404" && c["actor"] == "demo_app" && c["payment_id"] == "pay_missing"));
+    assert!(calls
+        .iter()
+        .any(|c| c["outcome"] == "404" && c["actor"] == "demo_app" && c["payment_id"] == "pay_missing"));
     assert!(calls.iter().any(|c| c["outcome"] == "401" && c["actor"] == "anonymous"));
     assert!(calls.iter().any(|c| c["outcome"] == "201" && c["payment_id"].as_str().unwrap_or("").starts_with("pay_")));
     assert!(!text.contains(KEY));
@@ -207,7 +255,14 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["check", "--help"], vec!["sandbox", "--help"], vec!["audit", "verify", "--help"], vec!["key", "hash", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+        vec!["sandbox", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["key", "hash", "--help"],
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_paymux")).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");

@@ -84,7 +84,9 @@ fn readme_config_reference_covers_the_schemas() {
     }
     let mut missing = vec![];
     for f in ["server", "channels", "routing"] {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{f}.schema.json"))).unwrap();
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{f}.schema.json")))
+                .unwrap();
         let mut names = vec![];
         props(&serde_json::from_str(&text).unwrap(), &mut names);
         for n in names {

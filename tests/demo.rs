@@ -28,7 +28,9 @@ fn demo_prints_a_working_curl_line() {
     let curl = curl.expect("no curl line printed");
     // Wait for the API and the sandbox.
     let t = Instant::now();
-    while std::net::TcpStream::connect("127.0.0.1:8080").is_err() || std::net::TcpStream::connect("127.0.0.1:9101").is_err() {
+    while std::net::TcpStream::connect("127.0.0.1:8080").is_err()
+        || std::net::TcpStream::connect("127.0.0.1:9101").is_err()
+    {
         assert!(t.elapsed() < Duration::from_secs(20), "demo did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -13,7 +13,12 @@ async fn pay(w: &World, order: &str) -> Resp {
 }
 
 fn outcomes(r: &Resp) -> Vec<String> {
-    r.body["attempts"].as_array().unwrap().iter().map(|a| format!("{}:{}", a["channel"].as_str().unwrap(), a["outcome"].as_str().unwrap())).collect()
+    r.body["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}:{}", a["channel"].as_str().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +32,11 @@ async fn connection_refused_fails_over_to_backup() {
     assert_eq!(w.charged("stripe_primary").await, 0);
     assert_eq!(w.charged("stripe_backup").await, 1);
     let m = w.metrics().await;
-    assert_eq!(metric(&m, "paymux_failovers_total", "from=\"stripe_primary\",reason=\"connect_failed\",to=\"stripe_backup\""), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "paymux_failovers_total", "from=\"stripe_primary\",reason=\"connect_failed\",to=\"stripe_backup\""),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +52,11 @@ async fn rate_limited_primary_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_error_after_processing_is_adopted_not_retried_elsewhere() {
     let w = world(1000).await;
-    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 500, "process_before_error": true, "ops": ["create"]})).await;
+    w.fault(
+        "stripe_primary",
+        json!({"error_rate_pct": 100, "error_status": 500, "process_before_error": true, "ops": ["create"]}),
+    )
+    .await;
     let r = pay(&w, "5xx-processed").await;
     assert_eq!(r.body["status"], "succeeded", "{}", r.text);
     assert_eq!(r.body["channel"], "stripe_primary");
@@ -108,7 +121,11 @@ async fn slow_primary_that_processes_late_is_reversed() {
     w.clear("stripe_primary").await;
     let reversed = eventually(Duration::from_secs(20), || async {
         let ps = w.sim_payments("stripe_primary").await;
-        ps.iter().any(|p| p["amount_refunded"].as_i64() == Some(4200) || p["refunded"].as_i64() == Some(4200) || p["status"] == "canceled")
+        ps.iter().any(|p| {
+            p["amount_refunded"].as_i64() == Some(4200)
+                || p["refunded"].as_i64() == Some(4200)
+                || p["status"] == "canceled"
+        })
     })
     .await;
     let m = w.metrics().await;

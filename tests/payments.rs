@@ -41,7 +41,9 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_tokens_and_declines() {
     let w = world(3000).await;
-    for (m, tok) in [("apple_pay", "pm_card_visa"), ("google_pay", "pm_card_mastercard"), ("mastercard", "pm_card_mastercard")] {
+    for (m, tok) in
+        [("apple_pay", "pm_card_visa"), ("google_pay", "pm_card_mastercard"), ("mastercard", "pm_card_mastercard")]
+    {
         let r = create(&w.pm.api, &format!("w-{m}"), json!({"amount": 500, "currency": "HKD", "method": m, "order_id": format!("o-{m}"), "payment_method_data": {"token": tok}})).await;
         assert_eq!(r.body["status"], "succeeded", "{m}: {}", r.text);
     }
@@ -68,7 +70,10 @@ async fn alipayhk_payment_is_approved_notified_and_refunded() {
     let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
     assert!(a.status < 300, "{}", a.text);
     // The signed notify reaches paymux and settles the payment.
-    let ok = eventually(Duration::from_secs(10), || async { get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded" }).await;
+    let ok = eventually(Duration::from_secs(10), || async {
+        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
+    })
+    .await;
     assert!(ok, "notify did not settle the payment; log:\n{}", w.pm.log());
     let m = w.metrics().await;
     assert!(metric(&m, "paymux_webhooks_total", "channel=\"antom_hk\",outcome=\"applied\"") >= 1.0, "{m}");
@@ -117,10 +122,24 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     let attempt_ref = format!("{id}-a1");
     // Antom notify signed with the wrong key (the merchant's, not Antom's).
     let body = json!({"notifyType": "PAYMENT_RESULT", "result": {"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "success"}, "paymentRequestId": attempt_ref, "paymentId": pay_id}).to_string();
-    let signer = paymux::crypto::RsaSigner::from_text(include_str!("../sandbox/keys/antom_merchant_private.pem")).unwrap();
+    let signer =
+        paymux::crypto::RsaSigner::from_text(include_str!("../sandbox/keys/antom_merchant_private.pem")).unwrap();
     let t = "2026-11-25T10:00:00+00:00";
-    let sig = signer.sign(&paymux::connector::antom::string_to_sign("/v1/webhooks/antom_hk", "SANDBOX_PAYMUX_DEMO", t, body.as_bytes()));
-    let forged = send(client().post(format!("{}/v1/webhooks/antom_hk", w.pm.api)).header("client-id", "SANDBOX_PAYMUX_DEMO").header("request-time", t).header("signature", paymux::connector::antom::signature_header(1, &sig)).body(body.clone())).await;
+    let sig = signer.sign(&paymux::connector::antom::string_to_sign(
+        "/v1/webhooks/antom_hk",
+        "SANDBOX_PAYMUX_DEMO",
+        t,
+        body.as_bytes(),
+    ));
+    let forged = send(
+        client()
+            .post(format!("{}/v1/webhooks/antom_hk", w.pm.api))
+            .header("client-id", "SANDBOX_PAYMUX_DEMO")
+            .header("request-time", t)
+            .header("signature", paymux::connector::antom::signature_header(1, &sig))
+            .body(body.clone()),
+    )
+    .await;
     assert_eq!(forged.status, 401, "{}", forged.text);
     assert_eq!(forged.body["code"], "webhook_signature_invalid");
     let unsigned = send(client().post(format!("{}/v1/webhooks/antom_hk", w.pm.api)).body(body)).await;
@@ -131,12 +150,25 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     let ev = json!({"id": "evt_forged", "object": "event", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_x", "object": "payment_intent", "status": "succeeded", "metadata": {"paymux_attempt": "pay_x-a1"}}}}).to_string();
     let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
     let old = time::OffsetDateTime::now_utc().unix_timestamp() - 3600;
-    let mac = paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{old}.{ev}").as_bytes()));
-    let replayed = send(client().post(format!("{}/v1/webhooks/stripe_primary", w.pm.api)).header("stripe-signature", format!("t={old},v1={mac}")).body(ev.clone())).await;
+    let mac =
+        paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{old}.{ev}").as_bytes()));
+    let replayed = send(
+        client()
+            .post(format!("{}/v1/webhooks/stripe_primary", w.pm.api))
+            .header("stripe-signature", format!("t={old},v1={mac}"))
+            .body(ev.clone()),
+    )
+    .await;
     assert_eq!(replayed.status, 401, "{}", replayed.text);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let bad = paymux::crypto::hex(&paymux::crypto::hmac_sha256(b"whsec_wrong", format!("{now}.{ev}").as_bytes()));
-    let wrong = send(client().post(format!("{}/v1/webhooks/stripe_primary", w.pm.api)).header("stripe-signature", format!("t={now},v1={bad}")).body(ev)).await;
+    let wrong = send(
+        client()
+            .post(format!("{}/v1/webhooks/stripe_primary", w.pm.api))
+            .header("stripe-signature", format!("t={now},v1={bad}"))
+            .body(ev),
+    )
+    .await;
     assert_eq!(wrong.status, 401);
     let unknown = send(client().post(format!("{}/v1/webhooks/nope", w.pm.api)).body("{}")).await;
     assert_eq!(unknown.body["code"], "unknown_channel");
@@ -167,7 +199,8 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Valid edit: cards now go to the backup first.
     let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
-    let swapped = routing.replace("channels: [stripe_primary, stripe_backup]", "channels: [stripe_backup, stripe_primary]");
+    let swapped =
+        routing.replace("channels: [stripe_primary, stripe_backup]", "channels: [stripe_backup, stripe_primary]");
     assert_ne!(routing, swapped);
     let tmp = cfg.join(".routing.yaml.tmp");
     std::fs::write(&tmp, &swapped).unwrap();
@@ -181,7 +214,11 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     let version = get(&w.pm.admin, "/admin/config").await.body["version"].clone();
 
     // Broken edit: rejected with file:line:col, the old policy keeps serving.
-    std::fs::write(cfg.join("routing.yaml"), swapped.replace("channels: [stripe_backup, stripe_primary]", "channels: [stripe_backup, stripe_primery]")).unwrap();
+    std::fs::write(
+        cfg.join("routing.yaml"),
+        swapped.replace("channels: [stripe_backup, stripe_primary]", "channels: [stripe_backup, stripe_primery]"),
+    )
+    .unwrap();
     let rej = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
     assert_eq!(rej.status, 422, "{}", rej.text);
     let field = rej.body["errors"][0]["field"].as_str().unwrap().to_string();
@@ -225,6 +262,7 @@ for f in fams.values():
             assert not v.startswith("pay_") and "order" not in v, ("unbounded label", s)
 print("ok", len(fams))
 "#;
-    let out = std::process::Command::new(py).arg("-c").arg(script).arg(format!("{}/metrics", w.pm.admin)).output().unwrap();
+    let out =
+        std::process::Command::new(py).arg("-c").arg(script).arg(format!("{}/metrics", w.pm.admin)).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }

@@ -41,6 +41,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start(save_to: Option<PathBuf>) -> Receiver {
+        Self::start_failing(save_to, 0).await
+    }
+
+    /// Answers the first `fail_first` requests with HTTP 500.
+    async fn start_failing(save_to: Option<PathBuf>, fail_first: usize) -> Receiver {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let hits = Arc::new(Mutex::new(Vec::new()));
@@ -48,7 +53,7 @@ impl Receiver {
         let h = hits.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(receive(s, h.clone(), save_to.clone(), seq.clone()));
+                tokio::spawn(receive(s, h.clone(), save_to.clone(), seq.clone(), fail_first));
             }
         });
         Receiver { addr, hits }
@@ -76,7 +81,13 @@ impl Receiver {
     }
 }
 
-async fn receive(mut s: TcpStream, hits: Arc<Mutex<Vec<Hit>>>, save_to: Option<PathBuf>, seq: Arc<AtomicUsize>) {
+async fn receive(
+    mut s: TcpStream,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    save_to: Option<PathBuf>,
+    seq: Arc<AtomicUsize>,
+    fail_first: usize,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -113,14 +124,19 @@ async fn receive(mut s: TcpStream, hits: Arc<Mutex<Vec<Hit>>>, save_to: Option<P
         std::fs::write(&tmp, saved.to_string()).unwrap();
         std::fs::rename(&tmp, dir.join(format!("{n:05}.json"))).unwrap();
     }
-    hits.lock().unwrap().push(hit);
+    let n = {
+        let mut hits = hits.lock().unwrap();
+        hits.push(hit);
+        hits.len()
+    };
+    let status = if n <= fail_first { "500 Internal Server Error" } else { "200 OK" };
     let ack = if path.starts_with("/antom") {
         r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#
     } else {
         r#"{"received":true}"#
     };
     let resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ack}",
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ack}",
         ack.len()
     );
     let _ = s.write_all(resp.as_bytes()).await;
@@ -469,6 +485,15 @@ async fn fault_latency_delays_answers() {
     assert_eq!(env.stripe_pay(&http, "slow", None).await.unwrap().status(), 200);
     let slow = started.elapsed();
     assert!(slow >= Duration::from_millis(400), "{slow:?}");
+    // While the first request with a key is still running, the same key gets 409.
+    let (a, b) = tokio::join!(env.stripe_pay(&http, "race", Some("key-race")), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        env.stripe_pay(&http, "race", Some("key-race")).await
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 409));
+    let v: Value = b.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "idempotency_error");
     env.set_faults(STRIPE, json!({"latency_ms": 400, "ops": ["refund"]})).await;
     let started = Instant::now();
     assert_eq!(env.stripe_pay(&http, "fast", None).await.unwrap().status(), 200);
@@ -493,7 +518,25 @@ async fn fault_callbacks_drop_and_duplicate() {
     // Baseline: one delivery.
     let v: Value = env.stripe_pay(&http, "normal", None).await.unwrap().json().await.unwrap();
     let pi = v["id"].as_str().unwrap().to_string();
-    rx.wait(5, "one webhook", |h| succeeded_for(h, &pi).len() == 1).await;
+    let hits = rx.wait(5, "one webhook", |h| succeeded_for(h, &pi).len() == 1).await;
+    // paymux's own Stripe connector accepts what the simulator signs.
+    let hit = &succeeded_for(&hits, &pi)[0];
+    let s = &env.cfg.stripe[0];
+    let conn = paymux::connector::stripe::Stripe::new(
+        paymux::domain::Secret::new(s.api_key.clone()),
+        paymux::domain::Secret::new(s.webhook_secret.clone()),
+        300,
+        0,
+    );
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &hit.headers {
+        headers.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    use paymux::connector::Connector;
+    let event =
+        conn.verify_webhook(&hit.path, &headers, hit.body.as_bytes(), now).expect("paymux verifies the webhook");
+    assert_eq!(event.event_id, hit.json()["id"].as_str().unwrap());
 
     env.set_faults(STRIPE, json!({"callbacks": {"drop": true}})).await;
     let v: Value = env.stripe_pay(&http, "dropped", None).await.unwrap().json().await.unwrap();
@@ -512,6 +555,46 @@ async fn fault_callbacks_drop_and_duplicate() {
     assert_eq!(dup.len(), 2, "{hits:#?}");
     assert_eq!(dup[0].json()["id"], dup[1].json()["id"], "the same event, sent twice");
     assert_eq!(dup[0].path, format!("/v1/webhooks/{STRIPE}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_are_retried_until_acknowledged() {
+    // Stripe: the first two deliveries get HTTP 500, the third is acknowledged.
+    let rx = Receiver::start_failing(None, 2).await;
+    let env = Env::start(&rx.base()).await;
+    let v: Value = env.stripe_pay(&client(), "retried", None).await.unwrap().json().await.unwrap();
+    let pi = v["id"].as_str().unwrap().to_string();
+    let hits = rx.wait(10, "three attempts", |h| succeeded_for(h, &pi).len() >= 3).await;
+    let tries = succeeded_for(&hits, &pi);
+    assert!(tries.iter().all(|h| h.json()["id"] == tries[0].json()["id"]), "every attempt carries the same event");
+    let stats = env.control_json(&format!("{STRIPE}/stats")).await;
+    assert_eq!(stats["callbacks_delivered"], 1, "{stats}");
+
+    // Antom: an acknowledgement that is not `resultStatus: S` is retried, then given up.
+    let cid = env.cfg.antom[0].client_id.clone();
+    let pay = json!({
+        "productCode": "CASHIER_PAYMENT",
+        "paymentRequestId": "PAY-retry",
+        "order": {"referenceOrderId": "O-1", "orderDescription": "d"},
+        "paymentAmount": {"currency": "HKD", "value": "1000"},
+        "paymentMethod": {"paymentMethodType": "ALIPAY_HK"},
+        "paymentRedirectUrl": "https://merchant.example/return",
+        "paymentNotifyUrl": format!("{}/not-antom/notify", rx.base()),
+        "env": {"terminalType": "WEB"},
+    });
+    let addr = env.sandbox.addr(ANTOM).unwrap();
+    let (_, _, body) = raw_exchange(addr, &antom_raw_request("/ams/api/v1/payments/pay", &cid, &pay.to_string())).await;
+    let payment_id = serde_json::from_str::<Value>(&body).unwrap()["paymentId"].as_str().unwrap().to_string();
+    let r = env.http.post(env.control(&format!("{ANTOM}/payments/{payment_id}/approve"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let notifies = |h: &[Hit]| h.iter().filter(|h| h.path == "/not-antom/notify").count();
+    rx.wait(15, "five notify attempts", |h| notifies(h) >= 5).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.control_json(&format!("{ANTOM}/stats")).await["callbacks_failed"] != 1 {
+        assert!(Instant::now() < deadline, "the notify was never given up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(notifies(&rx.hits()), 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]

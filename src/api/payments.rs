@@ -205,7 +205,10 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
             json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()}),
         )
         .await;
-    match engine.create(&ctx, policy.clone(), &payment_id, key_id, np, crate::engine::attempts::Route { rule, channels }).await {
+    match engine
+        .create(&ctx, policy.clone(), &payment_id, key_id, np, crate::engine::attempts::Route { rule, channels })
+        .await
+    {
         Ok(v) => {
             let b = payment_json(&v);
             complete(engine, key_id, &key, 201, &b).await;

@@ -92,7 +92,11 @@ impl Engine {
             let Some(ch) = pol.channel(&a.channel).cloned() else { continue };
             // Never reverse the attempt that holds the payment.
             let pid = a.payment_id.clone();
-            let holder = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await.ok().flatten().and_then(|p| p.attempt_ref);
+            let holder = crate::store::call(&self.store, move |s| s.get_payment(&pid))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|p| p.attempt_ref);
             if holder.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
                 a.watch = false;
                 let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;

@@ -50,14 +50,15 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Must be called inside the runtime the deliveries should run on.
+    /// Deliveries run on `runtime` until `shutdown`.
     pub(crate) fn new(
         client: reqwest::Client,
         faults: watch::Receiver<Faults>,
         shutdown: watch::Receiver<bool>,
         stats: Arc<Stats>,
+        runtime: tokio::runtime::Handle,
     ) -> Self {
-        Dispatcher { client, faults, shutdown, stats, runtime: tokio::runtime::Handle::current() }
+        Dispatcher { client, faults, shutdown, stats, runtime }
     }
 
     /// Queues a callback under the instance's current callback faults.

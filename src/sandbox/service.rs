@@ -83,6 +83,7 @@ impl Bound {
 
     /// Starts serving on the current tokio runtime.
     fn start(self) -> anyhow::Result<Sandbox> {
+        let runtime = tokio::runtime::Handle::try_current().context("the sandbox must start inside a tokio runtime")?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -98,7 +99,8 @@ impl Bound {
         let parts = |name: &str| {
             let (tx, rx) = watch::channel(faults.get(name).cloned().unwrap_or_default());
             let stats = Arc::new(Stats::default());
-            let dispatcher = Dispatcher::new(client.clone(), rx.clone(), shutdown_rx.clone(), stats.clone());
+            let dispatcher =
+                Dispatcher::new(client.clone(), rx.clone(), shutdown_rx.clone(), stats.clone(), runtime.clone());
             (tx, rx, stats, dispatcher)
         };
         for (s, l) in self.stripe {
@@ -152,7 +154,7 @@ impl Bound {
             up: None,
         });
         for ep in endpoints {
-            tokio::spawn(serve(ep, shutdown_rx.clone()));
+            runtime.spawn(serve(ep, shutdown_rx.clone()));
         }
         tracing::info!(control = %control_addr, instances = ?addrs, tls = ?tls_addrs, "sandbox started");
         Ok(Sandbox { shutdown, control: control_addr, addrs, tls_addrs })

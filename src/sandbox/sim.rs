@@ -12,6 +12,7 @@ use tokio::sync::watch;
 /// Counters of one simulator instance.
 #[derive(Default, Debug)]
 pub(crate) struct Stats {
+    /// Every request on the simulator's own port(s), payer pages included.
     pub requests: AtomicU64,
     pub payments_created: AtomicU64,
     pub payments_succeeded: AtomicU64,

@@ -27,7 +27,14 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Ports {
-        Ports { api: free_port(), admin: free_port(), stripe_primary: free_port(), stripe_backup: free_port(), antom: free_port(), control: free_port() }
+        Ports {
+            api: free_port(),
+            admin: free_port(),
+            stripe_primary: free_port(),
+            stripe_backup: free_port(),
+            antom: free_port(),
+            control: free_port(),
+        }
     }
 }
 
@@ -79,7 +86,14 @@ impl Paymux {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn paymux");
-        let p = Paymux { child, api: format!("http://127.0.0.1:{}", ports.api), admin: format!("http://127.0.0.1:{}", ports.admin), config: config.into(), data: data.into(), log };
+        let p = Paymux {
+            child,
+            api: format!("http://127.0.0.1:{}", ports.api),
+            admin: format!("http://127.0.0.1:{}", ports.admin),
+            config: config.into(),
+            data: data.into(),
+            log,
+        };
         p.wait_ready();
         p
     }
@@ -87,7 +101,9 @@ impl Paymux {
     fn wait_ready(&self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
-            if std::net::TcpStream::connect(self.admin.trim_start_matches("http://")).is_ok() && std::net::TcpStream::connect(self.api.trim_start_matches("http://")).is_ok() {
+            if std::net::TcpStream::connect(self.admin.trim_start_matches("http://")).is_ok()
+                && std::net::TcpStream::connect(self.api.trim_start_matches("http://")).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -137,7 +153,8 @@ pub async fn send(req: reqwest::RequestBuilder) -> Resp {
 
 /// `POST /v1/payments` with the demo key.
 pub async fn create(base: &str, idem: &str, body: serde_json::Value) -> Resp {
-    send(client().post(format!("{base}/v1/payments")).bearer_auth(KEY).header("idempotency-key", idem).json(&body)).await
+    send(client().post(format!("{base}/v1/payments")).bearer_auth(KEY).header("idempotency-key", idem).json(&body))
+        .await
 }
 
 pub async fn get(base: &str, path: &str) -> Resp {
@@ -234,7 +251,11 @@ impl World {
 
     /// Payments in a charged state at a simulator instance.
     pub async fn charged(&self, instance: &str) -> usize {
-        self.sim_payments(instance).await.iter().filter(|p| matches!(p["status"].as_str(), Some("succeeded" | "SUCCESS"))).count()
+        self.sim_payments(instance)
+            .await
+            .iter()
+            .filter(|p| matches!(p["status"].as_str(), Some("succeeded" | "SUCCESS")))
+            .count()
     }
 
     pub async fn metrics(&self) -> String {

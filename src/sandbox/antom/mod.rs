@@ -9,6 +9,7 @@
 //! requires. The payer approves or declines on the `normalUrl` page or through the control
 //! API; the result is notified (signed PAYMENT_RESULT) to `paymentNotifyUrl`.
 
+mod handlers;
 mod model;
 
 use crate::connector::antom::{signature_header, string_to_sign, verify_signed};
@@ -19,10 +20,8 @@ use crate::sandbox::http::{match_path, Reply, Request, Response};
 use crate::sandbox::pages;
 use crate::sandbox::sim::{ActionError, Simulator, Stats};
 use bytes::Bytes;
-use model::{
-    inquiry_json, new_numeric_id, now_hkt, outcome, payment_notify, refund_inquiry_json, refund_notify, success,
-    Amount, PayStatus, Payment, RefundRec,
-};
+use handlers::param_illegal;
+use model::{now_hkt, outcome, payment_notify, Amount, PayStatus, Payment, RefundRec};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,78 +70,6 @@ const APIS: &[(&str, Op, Api)] = &[
     ("refund", Op::Refund, AntomSim::refund),
     ("inquiryRefund", Op::Query, AntomSim::inquiry_refund),
 ];
-
-fn param_illegal(message: &str) -> Value {
-    outcome("PARAM_ILLEGAL", "F", message)
-}
-
-fn not_found() -> Value {
-    outcome("ORDER_NOT_EXIST", "F", "The order does not exist.")
-}
-
-fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
-    v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-/// Reads a request id (`paymentRequestId`, `refundRequestId`): 1 to 64 characters.
-fn request_id<'a>(v: &'a Value, k: &str) -> Result<&'a str, Value> {
-    match str_field(v, k) {
-        Some(s) if s.chars().count() <= 64 => Ok(s),
-        _ => Err(param_illegal(&format!("{k} is required (a string of 1 to 64 characters)"))),
-    }
-}
-
-/// An optional callback URL: absolute http(s).
-fn url_field(v: &Value, k: &str) -> Result<Option<String>, Value> {
-    match v.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => {
-            match s.parse::<http::Uri>() {
-                Ok(_) => Ok(Some(s.clone())),
-                Err(_) => Err(param_illegal(&format!("{k} is not a valid URL"))),
-            }
-        }
-        Some(_) => Err(param_illegal(&format!("{k} must be an absolute http(s) URL"))),
-    }
-}
-
-/// The checked parts of a `pay` request.
-struct PayInput {
-    amount: Amount,
-    method_type: String,
-    redirect_url: String,
-    notify_url: Option<String>,
-}
-
-fn parse_pay(v: &Value) -> Result<PayInput, Value> {
-    if str_field(v, "productCode") != Some("CASHIER_PAYMENT") {
-        return Err(param_illegal("productCode must be CASHIER_PAYMENT"));
-    }
-    let amount = Amount::parse(v.get("paymentAmount"), "paymentAmount").map_err(|m| param_illegal(&m))?;
-    let method_type = v
-        .pointer("/paymentMethod/paymentMethodType")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| param_illegal("paymentMethod.paymentMethodType is required"))?
-        .to_string();
-    let order = v.get("order").filter(|o| o.is_object()).ok_or_else(|| param_illegal("order is required"))?;
-    for k in ["referenceOrderId", "orderDescription"] {
-        if str_field(order, k).is_none() {
-            return Err(param_illegal(&format!("order.{k} is required")));
-        }
-    }
-    if order.get("orderAmount").is_some() {
-        Amount::parse(order.get("orderAmount"), "order.orderAmount").map_err(|m| param_illegal(&m))?;
-    }
-    match v.pointer("/env/terminalType").and_then(Value::as_str) {
-        Some("WEB" | "WAP" | "APP" | "MINI_APP") => {}
-        _ => return Err(param_illegal("env.terminalType must be one of WEB, WAP, APP, MINI_APP")),
-    }
-    let redirect_url =
-        url_field(v, "paymentRedirectUrl")?.ok_or_else(|| param_illegal("paymentRedirectUrl is required"))?;
-    let notify_url = url_field(v, "paymentNotifyUrl")?;
-    Ok(PayInput { amount, method_type, redirect_url, notify_url })
-}
 
 /// The keyVersion of a Signature header, if it names one.
 fn key_version(sig: &str) -> Option<&str> {
@@ -234,204 +161,6 @@ impl AntomSim {
                 ]
             }),
         });
-    }
-
-    // ---- API handlers ---------------------------------------------------------------------
-
-    fn pay(&self, st: &mut State, v: &Value, _: &mut Vec<Notify>) -> Value {
-        let prid = match request_id(v, "paymentRequestId") {
-            Ok(p) => p,
-            Err(e) => return e,
-        };
-        if let Some(p) = st.by_request.get(prid).and_then(|id| st.payments.get(id)) {
-            return if p.request == *v {
-                p.response.clone()
-            } else {
-                outcome(
-                    "REPEAT_REQ_INCONSISTENT",
-                    "F",
-                    "The paymentRequestId was used before with a different request.",
-                )
-            };
-        }
-        let input = match parse_pay(v) {
-            Ok(i) => i,
-            Err(e) => return e,
-        };
-        let payment_id = new_numeric_id();
-        let (created, create_time) = now_hkt();
-        let normal_url = format!("{}/pay/{payment_id}", self.setup.base_url);
-        let scheme_url =
-            pages::with_query("alipayhk://platformapi/startapp", &[("appId", "20000067"), ("url", &normal_url)]);
-        let response = json!({
-            "result": {"resultCode": "PAYMENT_IN_PROCESS", "resultStatus": "U", "resultMessage": "payment in process"},
-            "paymentRequestId": prid,
-            "paymentId": payment_id,
-            "paymentAmount": input.amount.json(),
-            "paymentCreateTime": create_time,
-            "normalUrl": normal_url,
-            "schemeUrl": scheme_url,
-            "applinkUrl": format!("{normal_url}?via=applink"),
-            "appIdentifier": "hk.alipay.wallet",
-        });
-        st.payments.insert(
-            payment_id.clone(),
-            Payment {
-                payment_id: payment_id.clone(),
-                payment_request_id: prid.to_string(),
-                amount: input.amount,
-                status: PayStatus::Processing,
-                method_type: input.method_type,
-                created,
-                create_time,
-                payment_time: None,
-                cancel_time: None,
-                failure: None,
-                notify_url: input.notify_url,
-                redirect_url: input.redirect_url,
-                request: v.clone(),
-                response: response.clone(),
-                refunded: 0,
-                refund_ids: Vec::new(),
-            },
-        );
-        st.by_request.insert(prid.to_string(), payment_id.clone());
-        st.order.push(payment_id);
-        Stats::bump(&self.stats.payments_created);
-        response
-    }
-
-    /// The paymentId a request names by `paymentId` and/or `paymentRequestId`.
-    fn find(st: &State, v: &Value) -> Result<String, Value> {
-        let (pid, prid) = (str_field(v, "paymentId"), str_field(v, "paymentRequestId"));
-        let found = match (pid, prid) {
-            (None, None) => return Err(param_illegal("paymentId or paymentRequestId is required.")),
-            (Some(pid), _) => st.payments.get(pid),
-            (None, Some(r)) => st.by_request.get(r).and_then(|id| st.payments.get(id)),
-        };
-        found
-            .filter(|p| prid.is_none_or(|r| p.payment_request_id == r))
-            .map(|p| p.payment_id.clone())
-            .ok_or_else(not_found)
-    }
-
-    fn inquiry_payment(&self, st: &mut State, v: &Value, _: &mut Vec<Notify>) -> Value {
-        let id = match Self::find(st, v) {
-            Ok(id) => id,
-            Err(e) => return e,
-        };
-        match st.payments.get(&id) {
-            Some(p) => {
-                let refunds: Vec<&RefundRec> = p.refund_ids.iter().filter_map(|r| st.refunds.get(r)).collect();
-                inquiry_json(p, &refunds)
-            }
-            None => not_found(),
-        }
-    }
-
-    fn cancel(&self, st: &mut State, v: &Value, _: &mut Vec<Notify>) -> Value {
-        let id = match Self::find(st, v) {
-            Ok(id) => id,
-            Err(e) => return e,
-        };
-        let Some(p) = st.payments.get_mut(&id) else { return not_found() };
-        match p.status {
-            PayStatus::Processing => {
-                p.status = PayStatus::Cancelled;
-                p.cancel_time = Some(now_hkt().1);
-            }
-            PayStatus::Cancelled => {}
-            s => {
-                return outcome(
-                    "ORDER_STATUS_INVALID",
-                    "F",
-                    &format!("The payment is {}; only a PROCESSING payment can be cancelled.", s.as_str()),
-                )
-            }
-        }
-        json!({
-            "result": success(),
-            "paymentId": p.payment_id,
-            "paymentRequestId": p.payment_request_id,
-            "cancelTime": p.cancel_time,
-        })
-    }
-
-    fn refund(&self, st: &mut State, v: &Value, notifies: &mut Vec<Notify>) -> Value {
-        let rrid = match request_id(v, "refundRequestId") {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        if let Some(r) = st.refunds_by_request.get(rrid).and_then(|id| st.refunds.get(id)) {
-            return if r.request == *v {
-                r.response.clone()
-            } else {
-                outcome("REPEAT_REQ_INCONSISTENT", "F", "The refundRequestId was used before with a different request.")
-            };
-        }
-        let Some(pid) = str_field(v, "paymentId") else { return param_illegal("paymentId is required.") };
-        let amount = match Amount::parse(v.get("refundAmount"), "refundAmount") {
-            Ok(a) => a,
-            Err(m) => return param_illegal(&m),
-        };
-        let notify_url = match url_field(v, "refundNotifyUrl") {
-            Ok(u) => u,
-            Err(e) => return e,
-        };
-        let Some(p) = st.payments.get_mut(pid) else { return not_found() };
-        if p.status != PayStatus::Success {
-            return outcome(
-                "ORDER_STATUS_INVALID",
-                "F",
-                &format!("The payment is {}; only a SUCCESS payment can be refunded.", p.status.as_str()),
-            );
-        }
-        if amount.currency != p.amount.currency {
-            return param_illegal(&format!(
-                "refundAmount.currency must be the payment currency {}.",
-                p.amount.currency
-            ));
-        }
-        if p.refunded + amount.value > p.amount.value {
-            return outcome("REFUND_AMOUNT_EXCEED", "F", "The total refund amount exceeds the payment amount.");
-        }
-        let refund_id = new_numeric_id();
-        let (_, time) = now_hkt();
-        let response = json!({
-            "result": success(),
-            "refundRequestId": rrid,
-            "refundId": refund_id,
-            "paymentId": pid,
-            "refundAmount": amount.json(),
-            "refundTime": time,
-        });
-        p.refunded += amount.value;
-        p.refund_ids.push(refund_id.clone());
-        let rec = RefundRec {
-            refund_id: refund_id.clone(),
-            refund_request_id: rrid.to_string(),
-            payment_id: pid.to_string(),
-            amount,
-            time,
-            request: v.clone(),
-            response: response.clone(),
-        };
-        if let Some(url) = notify_url {
-            notifies.push((url, refund_notify(&rec)));
-        }
-        st.refunds_by_request.insert(rrid.to_string(), refund_id.clone());
-        st.refunds.insert(refund_id, rec);
-        Stats::bump(&self.stats.refunds);
-        response
-    }
-
-    fn inquiry_refund(&self, st: &mut State, v: &Value, _: &mut Vec<Notify>) -> Value {
-        let rec = match (str_field(v, "refundId"), str_field(v, "refundRequestId")) {
-            (None, None) => return param_illegal("refundId or refundRequestId is required."),
-            (Some(id), _) => st.refunds.get(id),
-            (None, Some(r)) => st.refunds_by_request.get(r).and_then(|id| st.refunds.get(id)),
-        };
-        rec.map(refund_inquiry_json).unwrap_or_else(|| outcome("REFUND_NOT_EXIST", "F", "The refund does not exist."))
     }
 
     // ---- payer -------------------------------------------------------------------------------
@@ -592,37 +321,88 @@ impl Simulator for AntomSim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::faults::Faults;
+    use tokio::sync::watch;
 
-    fn pay_body() -> Value {
-        json!({
-            "productCode": "CASHIER_PAYMENT",
-            "paymentRequestId": "PAY-1",
-            "order": {"referenceOrderId": "O-1", "orderDescription": "d", "orderAmount": {"currency": "HKD", "value": "1000"}},
-            "paymentAmount": {"currency": "HKD", "value": "1000"},
-            "paymentMethod": {"paymentMethodType": "ALIPAY_HK"},
-            "paymentRedirectUrl": "https://merchant.example/return",
-            "paymentNotifyUrl": "https://merchant.example/notify",
-            "env": {"terminalType": "WAP", "osType": "IOS"},
-        })
+    const MERCHANT_PRIVATE: &str = include_str!("../../../sandbox/keys/antom_merchant_private.pem");
+    const MERCHANT_PUBLIC: &str = include_str!("../../../sandbox/keys/antom_merchant_public.pem");
+    const PROVIDER_PRIVATE: &str = include_str!("../../../sandbox/keys/antom_provider_private.pem");
+    const PROVIDER_PUBLIC: &str = include_str!("../../../sandbox/keys/antom_provider_public.pem");
+
+    fn sim() -> AntomSim {
+        let setup = AntomSetup {
+            name: "t".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            client_id: "SANDBOX_T".into(),
+            merchant_key: RsaVerifier::from_text(MERCHANT_PUBLIC).unwrap(),
+            signer: Arc::new(RsaSigner::from_text(PROVIDER_PRIVATE).unwrap()),
+        };
+        let stats = Arc::new(Stats::default());
+        let faults = watch::channel(Faults::default()).1;
+        let runtime = tokio::runtime::Handle::current();
+        let dispatcher =
+            Dispatcher::new(reqwest::Client::new(), faults, watch::channel(false).1, stats.clone(), runtime);
+        AntomSim::new(setup, stats, dispatcher)
     }
 
-    #[test]
-    fn pay_input_is_checked() {
-        assert!(parse_pay(&pay_body()).is_ok());
-        let code = |v: Value| parse_pay(&v).err().map(|e| e["result"]["resultCode"].clone());
-        let mut v = pay_body();
-        v["paymentAmount"]["value"] = json!(1000);
-        assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
-        let mut v = pay_body();
-        v["env"] = json!({});
-        assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
-        let mut v = pay_body();
-        v["paymentNotifyUrl"] = json!("ftp://x");
-        assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
-        let mut v = pay_body();
-        v.as_object_mut().unwrap().remove("paymentRedirectUrl");
-        assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
-        assert!(request_id(&json!({"paymentRequestId": "x".repeat(65)}), "paymentRequestId").is_err());
+    /// A request to `path` signed (by `key`) as if for `signed_path`.
+    fn request(path: &str, signed_path: &str, cid: &str, key_version: u32, key: &str, body: &str) -> Request {
+        let signer = RsaSigner::from_text(key).unwrap();
+        let t = "2026-01-01T00:00:00+00:00";
+        let sig = signer.sign(&string_to_sign(signed_path, cid, t, body.as_bytes()));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("Client-Id", cid.parse().unwrap());
+        headers.insert("Request-Time", t.parse().unwrap());
+        headers.insert("Signature", signature_header(key_version, &sig).parse().unwrap());
+        Request {
+            method: http::Method::POST,
+            path: path.into(),
+            query: String::new(),
+            headers,
+            body: body.to_string().into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_merchant_signatures() {
+        let sim = sim();
+        let p = "/ams/sandbox/api/v1/payments/inquiryPayment";
+        let body = r#"{"paymentRequestId":"x"}"#;
+        let code = |r: Request| sim.verify(&r).err().map(|v| v["result"]["resultCode"].clone());
+        assert_eq!(code(request(p, p, "SANDBOX_T", 1, MERCHANT_PRIVATE, body)), None);
+        assert_eq!(
+            code(request(p, "/ams/api/v1/payments/inquiryPayment", "SANDBOX_T", 1, MERCHANT_PRIVATE, body)),
+            Some(json!("INVALID_SIGNATURE"))
+        );
+        assert_eq!(code(request(p, p, "SANDBOX_T", 1, PROVIDER_PRIVATE, body)), Some(json!("INVALID_SIGNATURE")));
+        assert_eq!(code(request(p, p, "SANDBOX_X", 1, MERCHANT_PRIVATE, body)), Some(json!("CLIENT_INVALID")));
+        assert_eq!(code(request(p, p, "SANDBOX_T", 2, MERCHANT_PRIVATE, body)), Some(json!("KEY_NOT_FOUND")));
+        let mut tampered = request(p, p, "SANDBOX_T", 1, MERCHANT_PRIVATE, body);
+        tampered.body = r#"{"paymentRequestId":"y"}"#.into();
+        assert_eq!(code(tampered), Some(json!("INVALID_SIGNATURE")));
+        let mut unsigned = request(p, p, "SANDBOX_T", 1, MERCHANT_PRIVATE, body);
+        unsigned.headers.remove("signature");
+        assert_eq!(code(unsigned), Some(json!("INVALID_SIGNATURE")));
+    }
+
+    #[tokio::test]
+    async fn answers_are_signed_over_the_request_path() {
+        let sim = sim();
+        let p = "/ams/api/v1/payments/pay";
+        let r = sim.signed(p, 200, &outcome("ORDER_NOT_EXIST", "F", "x"));
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "client-id", "response-time", "signature"]);
+        let get = |n: &str| r.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap();
+        let provider = RsaVerifier::from_text(PROVIDER_PUBLIC).unwrap();
+        assert!(verify_signed(&provider, p, get("client-id"), get("response-time"), get("signature"), &r.body));
+        assert!(!verify_signed(
+            &provider,
+            "/ams/sandbox/api/v1/payments/pay",
+            get("client-id"),
+            get("response-time"),
+            get("signature"),
+            &r.body
+        ));
     }
 
     #[test]

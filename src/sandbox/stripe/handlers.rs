@@ -546,7 +546,7 @@ fn attach(st: &mut State, id: &str, param: &str) -> Result<String, ApiError> {
         }
     };
     let pm_id = if fresh { new_id("pm") } else { id.to_string() };
-    let fingerprint = crypto::sha256_hex(format!("{}{}", card.brand, card.last4).as_bytes())[..16].to_string();
+    let fingerprint = crypto::sha256_hex(format!("{}{}", card.brand, card.last4).as_bytes()).chars().take(16).collect();
     st.methods.insert(pm_id.clone(), PaymentMethod { id: pm_id.clone(), card, created: now(), fingerprint });
     Ok(pm_id)
 }
