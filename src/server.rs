@@ -84,7 +84,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let s = policy.server.clone();
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
-    let audit = AuditLog::open(&s.data_dir).map_err(|e| StartError::Other(e.to_string()))?;
+    let audit = AuditLog::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?;
     let (queued, failed) =
         store.recover_interrupted(crate::store::now_ms()).map_err(|e| StartError::Other(e.to_string()))?;
     if queued + failed > 0 {

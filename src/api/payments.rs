@@ -97,11 +97,18 @@ enum Idem {
     Recover(String),
 }
 
-async fn claim(engine: &Engine, policy: &Policy, key_id: &str, key: &str, hash: &str) -> Result<Idem, Problem> {
-    let (k, kk, h) = (key_id.to_string(), key.to_string(), hash.to_string());
+async fn claim(
+    engine: &Engine,
+    policy: &Policy,
+    key_id: &str,
+    key: &str,
+    hash: &str,
+    resource: Option<&str>,
+) -> Result<Idem, Problem> {
+    let (k, kk, h, r) = (key_id.to_string(), key.to_string(), hash.to_string(), resource.map(String::from));
     let now = now_ms();
     let exp = now + policy.server.idempotency_retention.as_millis() as i64;
-    let c = crate::store::call(&engine.store, move |s| s.idem_claim(&k, &kk, &h, now, exp))
+    let c = crate::store::call(&engine.store, move |s| s.idem_claim(&k, &kk, &h, r.as_deref(), now, exp))
         .await
         .map_err(|e| engine_problem(&e.into()))?;
     match c {
@@ -181,7 +188,10 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
         ));
     }
     let hash = request_hash(Endpoint::CreatePayment, "", &Value::Object(obj));
-    let payment_id = match claim(engine, policy, key_id, &key, &hash).await? {
+    // The payment id is chosen before the claim so the key is linked to it from the start: a
+    // retry after a crash mid-request finds the payment instead of paying again.
+    let payment_id = crate::domain::new_id("pay");
+    match claim(engine, policy, key_id, &key, &hash, Some(&payment_id)).await? {
         Idem::Replay(r) => return Ok(r),
         Idem::Recover(id) => {
             let v = engine.view(&id).await.map_err(|e| engine_problem(&e))?;
@@ -189,12 +199,7 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
             complete(engine, key_id, &key, 201, &b).await;
             return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
         }
-        Idem::Proceed => crate::domain::new_id("pay"),
-    };
-    let (k, kk, pid) = (key_id.to_string(), key.clone(), payment_id.clone());
-    if let Err(e) = crate::store::call(&engine.store, move |s| s.idem_link(&k, &kk, &pid)).await {
-        release(engine, key_id, &key).await;
-        return Err(engine_problem(&e.into()));
+        Idem::Proceed => {}
     }
     engine
         .audit(
@@ -247,7 +252,7 @@ async fn refund(
     owned_by(&v, key_id)?;
     let canon = json!({"amount": nr.amount, "reason": nr.reason});
     let hash = request_hash(Endpoint::CreateRefund, payment_id, &canon);
-    match claim(engine, policy, key_id, &key, &hash).await? {
+    match claim(engine, policy, key_id, &key, &hash, None).await? {
         Idem::Replay(r) => return Ok(r),
         Idem::Recover(_) | Idem::Proceed => {}
     }

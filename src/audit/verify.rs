@@ -81,7 +81,7 @@ mod tests {
     use super::*;
 
     async fn sample(dir: &Path) -> std::path::PathBuf {
-        let log = AuditLog::open(dir).unwrap();
+        let log = AuditLog::open(dir, false).unwrap();
         for i in 0..5 {
             log.record(Event { actor: "k".into(), action: "attempt", outcome: format!("o{i}"), ..Default::default() })
                 .await;

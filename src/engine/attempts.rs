@@ -3,7 +3,7 @@
 use super::*;
 use crate::connector::transport::SendError;
 use crate::connector::{CreateOutcome, CreateRequest, QueryOutcome, QueryRef};
-use crate::store::now_ms;
+use crate::store::{now_ms, Write};
 use serde_json::json;
 
 /// The routing decision resolved to channels: the rule name and the channels to try.
@@ -68,8 +68,8 @@ impl Engine {
             reconcile_at: None,
             reconcile_backoff_ms: 0,
         };
-        let row = p.clone();
-        crate::store::call(&self.store, move |s| s.insert_payment(&row)).await?;
+        // The payment row is written with its first attempt, in one transaction.
+        let mut pending_insert = Some(Write::InsertPayment(p.clone()));
         let ids: Vec<&str> = channels.iter().map(|c| c.id.as_str()).collect();
         self.audit(
             ctx,
@@ -104,8 +104,8 @@ impl Engine {
             };
             // Recorded before sending: after a crash, the reconciler knows this channel may
             // hold the payment under this reference.
-            let row = a.clone();
-            crate::store::call(&self.store, move |s| s.insert_attempt(&row)).await?;
+            let ops: Vec<Write> = pending_insert.take().into_iter().chain([Write::InsertAttempt(a.clone())]).collect();
+            crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
             let (step, latency) = self.attempt(ctx, ch, &p, &np, &attempt_ref).await;
             a.latency_ms = latency as i64;
             match step {
@@ -147,12 +147,13 @@ impl Engine {
             }
             self.metrics.channel_attempts.with_label_values(&[&ch.id, &a.outcome]).inc();
             self.audit(ctx, "attempt", Some(&id), &a.outcome, json!({"channel": ch.id, "n": n, "attempt_ref": attempt_ref, "error_code": a.error_code, "latency_ms": a.latency_ms})).await;
-            let row = a.clone();
-            crate::store::call(&self.store, move |s| s.update_attempt(&row)).await?;
             attempts.push(a);
             if landed {
                 break;
             }
+            // Durable before the next channel is tried (the watch flag must survive a crash).
+            let row = attempts[attempts.len() - 1].clone();
+            crate::store::call(&self.store, move |s| s.update_attempt(&row)).await?;
         }
         if !landed {
             p.status = PaymentStatus::Failed;
@@ -160,8 +161,13 @@ impl Engine {
             p.error_message = Some("no channel could take the payment".into());
             p.updated_at = now_ms();
         }
-        let row = p.clone();
-        crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+        // The last attempt's outcome and the payment's result commit together.
+        let mut ops: Vec<Write> = pending_insert.into_iter().collect();
+        if landed {
+            ops.extend(attempts.last().cloned().map(Write::UpdateAttempt));
+        }
+        ops.push(Write::UpdatePayment(p.clone()));
+        crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
         self.metrics
             .payments
             .with_label_values(&[p.method.as_str(), p.channel.as_deref().unwrap_or("none"), p.status.as_str()])

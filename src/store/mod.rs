@@ -76,6 +76,15 @@ pub struct RefundRow {
     pub updated_at: i64,
 }
 
+/// One write of a [`Store::write_batch`].
+#[derive(Clone, Debug)]
+pub enum Write {
+    InsertPayment(PaymentRow),
+    UpdatePayment(PaymentRow),
+    InsertAttempt(AttemptRow),
+    UpdateAttempt(AttemptRow),
+}
+
 /// The stored first response for an idempotency key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdemState {
@@ -128,17 +137,23 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The persistence interface.
 pub trait Store: Send + Sync + 'static {
-    /// Claims `(api_key_id, key)` for a request whose canonical hash is `request_hash`.
+    /// True when every call is short and never waits on the disk (no fsync), so async code
+    /// may call it inline instead of paying two thread hand-offs on the blocking pool.
+    fn inline_ok(&self) -> bool {
+        false
+    }
+
+    /// Claims `(api_key_id, key)` for a request whose canonical hash is `request_hash`, linked
+    /// to the resource the request will create (so a retry after a crash finds it).
     fn idem_claim(
         &self,
         api_key_id: &str,
         key: &str,
         request_hash: &str,
+        resource_id: Option<&str>,
         now_ms: i64,
         expires_ms: i64,
     ) -> StoreResult<IdemClaim>;
-    /// Links an in-flight key to the resource it created (for crash recovery).
-    fn idem_link(&self, api_key_id: &str, key: &str, resource_id: &str) -> StoreResult<()>;
     /// Stores the first response.
     fn idem_complete(&self, api_key_id: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()>;
     /// Releases a claim whose request stored nothing (e.g. a store error mid-way).
@@ -146,6 +161,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes expired idempotency records; returns how many.
     fn idem_expire(&self, now_ms: i64) -> StoreResult<usize>;
 
+    /// Applies several writes in one transaction (one commit on the hot path instead of many).
+    fn write_batch(&self, ops: &[Write]) -> StoreResult<()>;
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
     fn update_payment(&self, p: &PaymentRow) -> StoreResult<()>;
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>>;
@@ -189,12 +206,16 @@ pub enum ReserveFailure {
     Store(StoreError),
 }
 
-/// Runs a store call on the blocking pool.
+/// Runs a store call: inline when the backend says its calls never wait on the disk, else on
+/// the blocking pool so an fsync never stalls an async worker.
 pub async fn call<T, F>(store: &Arc<dyn Store>, f: F) -> StoreResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
 {
+    if store.inline_ok() {
+        return f(store.as_ref());
+    }
     let s = store.clone();
     tokio::task::spawn_blocking(move || f(s.as_ref()))
         .await

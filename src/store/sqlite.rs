@@ -10,6 +10,7 @@ use std::sync::Mutex;
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    synchronous_full: bool,
 }
 
 const SCHEMA: &str = r#"
@@ -54,8 +55,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), synchronous_full })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
@@ -142,17 +144,70 @@ fn refund_from_row(r: &Row<'_>) -> rusqlite::Result<RefundRow> {
 const REFUND_COLS: &str =
     "id, payment_id, amount, currency, status, reason, provider_refund_ref, error_code, created_at, updated_at";
 
+fn insert_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
+        c.prepare_cached(&format!("INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))?.execute(params![
+                a.payment_id,
+                a.n,
+                a.channel,
+                a.attempt_ref,
+                a.outcome,
+                a.error_code,
+                a.latency_ms,
+                a.provider_ref,
+                a.started_at,
+                i64::from(a.watch)
+            ],)
+        .map(|_| ())
+}
+
+fn insert_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
+        c.prepare_cached(&format!("INSERT INTO payments ({PAYMENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"))?.execute(params![
+                p.id, p.api_key_id, p.order_id, p.method.as_str(), p.amount, p.currency.code(), p.status.as_str(),
+                p.channel, p.attempt_ref, p.provider_ref, p.route_rule, p.next_action.as_ref().map(json_text),
+                p.error_code, p.error_message, p.refunded, json_text(&p.metadata), json_text(&p.customer),
+                p.return_url, p.policy_version, p.created_at, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
+            ],)
+        .map(|_| ())
+}
+
+fn update_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
+        c.prepare_cached("UPDATE attempts SET outcome=?3, error_code=?4, latency_ms=?5, provider_ref=?6, watch=?7 WHERE payment_id=?1 AND n=?2")?.execute(params![a.payment_id, a.n, a.outcome, a.error_code, a.latency_ms, a.provider_ref, i64::from(a.watch)],)
+        .map(|_| ())
+}
+
+fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
+        // A final status never moves back to a non-final one, whichever writer (engine,
+        // webhook, reconciler, status sync) comes last.
+        c.prepare_cached(
+            "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
+             WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))",
+        )?
+        .execute(params![
+                p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
+                p.error_code, p.error_message, p.refunded, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
+            ],)
+        .map(|_| ())
+}
+
 fn json_text(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
 impl Store for SqliteStore {
-    fn idem_claim(&self, k: &str, key: &str, hash: &str, now: i64, expires: i64) -> StoreResult<IdemClaim> {
+    /// In WAL mode with `synchronous=NORMAL` a commit is a write to the WAL and no fsync
+    /// (tens of microseconds), so it runs inline; with `FULL` every commit waits on the disk.
+    fn inline_ok(&self) -> bool {
+        !self.synchronous_full
+    }
+
+    fn idem_claim(&self, k: &str, key: &str, hash: &str, resource: Option<&str>, now: i64, expires: i64) -> StoreResult<IdemClaim> {
         self.with(|c| {
             let tx = c.transaction()?;
             let existing = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT request_hash, state, status, body, created_at, resource_id, expires_at FROM idempotency WHERE api_key_id = ?1 AND key = ?2",
+                )?
+                .query_row(
                     params![k, key],
                     |r| {
                         let state: String = r.get(1)?;
@@ -168,10 +223,7 @@ impl Store for SqliteStore {
             let out = match existing {
                 Some((exp, s)) if exp > now => IdemClaim::Existing(s),
                 _ => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5)",
-                        params![k, key, hash, now, expires],
-                    )?;
+                    tx.prepare_cached("INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, resource_id, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5, ?6)")?.execute(params![k, key, hash, resource, now, expires],)?;
                     IdemClaim::Claimed
                 }
             };
@@ -180,120 +232,73 @@ impl Store for SqliteStore {
         })
     }
 
-    fn idem_link(&self, k: &str, key: &str, resource_id: &str) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE idempotency SET resource_id = ?3 WHERE api_key_id = ?1 AND key = ?2",
-                params![k, key, resource_id],
-            )
-            .map(|_| ())
-        })
-    }
-
     fn idem_complete(&self, k: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()> {
         self.with(|c| {
-            c.execute(
-                "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2",
-                params![k, key, i64::from(status), body],
-            )
+            c.prepare_cached("UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2")?.execute(params![k, key, i64::from(status), body],)
             .map(|_| ())
         })
     }
 
     fn idem_release(&self, k: &str, key: &str) -> StoreResult<()> {
         self.with(|c| {
-            c.execute(
-                "DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight'",
-                params![k, key],
-            )
+            c.prepare_cached("DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight'")?.execute(params![k, key],)
             .map(|_| ())
         })
     }
 
     fn idem_expire(&self, now: i64) -> StoreResult<usize> {
-        self.with(|c| c.execute("DELETE FROM idempotency WHERE expires_at <= ?1", params![now]))
+        self.with(|c| c.prepare_cached("DELETE FROM idempotency WHERE expires_at <= ?1")?.execute(params![now]))
+    }
+
+    fn write_batch(&self, ops: &[Write]) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for op in ops {
+                match op {
+                    Write::InsertPayment(p) => insert_payment(&tx, p)?,
+                    Write::UpdatePayment(p) => update_payment(&tx, p)?,
+                    Write::InsertAttempt(a) => insert_attempt(&tx, a)?,
+                    Write::UpdateAttempt(a) => update_attempt(&tx, a)?,
+                }
+            }
+            tx.commit()
+        })
     }
 
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                &format!("INSERT INTO payments ({PAYMENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"),
-                params![
-                    p.id, p.api_key_id, p.order_id, p.method.as_str(), p.amount, p.currency.code(), p.status.as_str(),
-                    p.channel, p.attempt_ref, p.provider_ref, p.route_rule, p.next_action.as_ref().map(json_text),
-                    p.error_code, p.error_message, p.refunded, json_text(&p.metadata), json_text(&p.customer),
-                    p.return_url, p.policy_version, p.created_at, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
-                ],
-            )
-            .map(|_| ())
-        })
+        self.with(|c| insert_payment(c, p))
     }
 
     fn update_payment(&self, p: &PaymentRow) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                // A final status never moves back to a non-final one, whichever writer (engine,
-                // webhook, reconciler, status sync) comes last.
-                "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
-                 WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))",
-                params![
-                    p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
-                    p.error_code, p.error_message, p.refunded, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
-                ],
-            )
-            .map(|_| ())
-        })
+        self.with(|c| update_payment(c, p))
+    }
+
+    fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
+        self.with(|c| insert_attempt(c, a))
+    }
+
+    fn update_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
+        self.with(|c| update_attempt(c, a))
     }
 
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>> {
         self.with(|c| {
-            c.query_row(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"), params![id], payment_from_row)
+            c.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?.query_row(params![id], payment_from_row)
                 .optional()
         })
     }
 
     fn payments_due(&self, now: i64, limit: usize) -> StoreResult<Vec<PaymentRow>> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE reconcile_at IS NOT NULL AND reconcile_at <= ?1 ORDER BY reconcile_at LIMIT ?2"))?;
+            let mut st = c.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE reconcile_at IS NOT NULL AND reconcile_at <= ?1 ORDER BY reconcile_at LIMIT ?2"))?;
             let rows = st.query_map(params![now, limit as i64], payment_from_row)?;
             rows.collect()
         })
     }
 
-    fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                &format!("INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
-                params![
-                    a.payment_id,
-                    a.n,
-                    a.channel,
-                    a.attempt_ref,
-                    a.outcome,
-                    a.error_code,
-                    a.latency_ms,
-                    a.provider_ref,
-                    a.started_at,
-                    i64::from(a.watch)
-                ],
-            )
-            .map(|_| ())
-        })
-    }
-
-    fn update_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE attempts SET outcome=?3, error_code=?4, latency_ms=?5, provider_ref=?6, watch=?7 WHERE payment_id=?1 AND n=?2",
-                params![a.payment_id, a.n, a.outcome, a.error_code, a.latency_ms, a.provider_ref, i64::from(a.watch)],
-            )
-            .map(|_| ())
-        })
-    }
-
     fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"))?;
+            let mut st = c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"))?;
             let rows = st.query_map(params![payment_id], attempt_from_row)?;
             rows.collect()
         })
@@ -301,29 +306,23 @@ impl Store for SqliteStore {
 
     fn attempt_by_ref(&self, r: &str) -> StoreResult<Option<AttemptRow>> {
         self.with(|c| {
-            c.query_row(
-                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"),
-                params![r],
-                attempt_from_row,
-            )
+            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"))?.query_row(params![r],
+                attempt_from_row,)
             .optional()
         })
     }
 
     fn attempt_by_provider_ref(&self, ch: &str, pr: &str) -> StoreResult<Option<AttemptRow>> {
         self.with(|c| {
-            c.query_row(
-                &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2"),
-                params![ch, pr],
-                attempt_from_row,
-            )
+            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2"))?.query_row(params![ch, pr],
+                attempt_from_row,)
             .optional()
         })
     }
 
     fn watched_attempts(&self, limit: usize) -> StoreResult<Vec<AttemptRow>> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 LIMIT ?1"))?;
+            let mut st = c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 LIMIT ?1"))?;
             let rows = st.query_map(params![limit as i64], attempt_from_row)?;
             rows.collect()
         })
@@ -339,16 +338,13 @@ impl Store for SqliteStore {
     ) -> Result<RefundRow, ReserveFailure> {
         let r = self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let p = tx.query_row(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"), params![payment_id], payment_from_row).optional()?;
+            let p = tx.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?.query_row(params![payment_id], payment_from_row).optional()?;
             let Some(p) = p else { return Ok(Err(RefundReserveError::NotFound)) };
             if !p.status.is_captured() {
                 return Ok(Err(RefundReserveError::NotCaptured(p.status)));
             }
-            let reserved: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded')",
-                params![payment_id],
-                |r| r.get(0),
-            )?;
+            let reserved: i64 = tx.prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded')")?.query_row(params![payment_id],
+                |r| r.get(0),)?;
             let remaining = p.amount - reserved;
             let amount = amount.unwrap_or(remaining);
             if amount <= 0 || amount > remaining {
@@ -366,10 +362,7 @@ impl Store for SqliteStore {
                 created_at: now,
                 updated_at: now,
             };
-            tx.execute(
-                &format!("INSERT INTO refunds ({REFUND_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
-                params![row.id, row.payment_id, row.amount, row.currency.code(), row.status, row.reason, row.provider_refund_ref, row.error_code, row.created_at, row.updated_at],
-            )?;
+            tx.prepare_cached(&format!("INSERT INTO refunds ({REFUND_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))?.execute(params![row.id, row.payment_id, row.amount, row.currency.code(), row.status, row.reason, row.provider_refund_ref, row.error_code, row.created_at, row.updated_at],)?;
             tx.commit()?;
             Ok(Ok(row))
         });
@@ -382,10 +375,7 @@ impl Store for SqliteStore {
 
     fn update_refund(&self, r: &RefundRow) -> StoreResult<()> {
         self.with(|c| {
-            c.execute(
-                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1",
-                params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at],
-            )
+            c.prepare_cached("UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1")?.execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at],)
             .map(|_| ())
         })
     }
@@ -393,7 +383,7 @@ impl Store for SqliteStore {
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>> {
         self.with(|c| {
             let mut st =
-                c.prepare(&format!("SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id"))?;
+                c.prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id"))?;
             let rows = st.query_map(params![payment_id], refund_from_row)?;
             rows.collect()
         })
@@ -401,7 +391,7 @@ impl Store for SqliteStore {
 
     fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>> {
         self.with(|c| {
-            c.query_row(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"), params![id], refund_from_row)
+            c.prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?.query_row(params![id], refund_from_row)
                 .optional()
         })
     }
@@ -409,22 +399,16 @@ impl Store for SqliteStore {
     fn recover_interrupted(&self, now: i64) -> StoreResult<(usize, usize)> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let queued = tx.execute(
-                "UPDATE payments SET
+            let queued = tx.prepare_cached("UPDATE payments SET
                    channel = (SELECT a.channel FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending' ORDER BY a.n DESC LIMIT 1),
                    attempt_ref = (SELECT a.attempt_ref FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending' ORDER BY a.n DESC LIMIT 1),
                    reconcile_at = ?1, reconcile_backoff_ms = 500, error_code = 'interrupted', updated_at = ?1
                  WHERE status = 'processing' AND reconcile_at IS NULL
-                   AND EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending')",
-                params![now],
-            )?;
-            tx.execute("UPDATE attempts SET outcome = 'unknown', error_code = 'interrupted' WHERE outcome = 'pending'", [])?;
-            let failed = tx.execute(
-                "UPDATE payments SET status = 'failed', error_code = 'interrupted_before_sending', error_message = 'paymux stopped before contacting any provider', updated_at = ?1
+                   AND EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending')")?.execute(params![now],)?;
+            tx.prepare_cached("UPDATE attempts SET outcome = 'unknown', error_code = 'interrupted' WHERE outcome = 'pending'")?.execute([])?;
+            let failed = tx.prepare_cached("UPDATE payments SET status = 'failed', error_code = 'interrupted_before_sending', error_message = 'paymux stopped before contacting any provider', updated_at = ?1
                  WHERE status = 'processing' AND reconcile_at IS NULL AND channel IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome IN ('pending', 'unknown', 'accepted', 'accepted_after_query', 'declined'))",
-                params![now],
-            )?;
+                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome IN ('pending', 'unknown', 'accepted', 'accepted_after_query', 'declined'))")?.execute(params![now],)?;
             tx.commit()?;
             Ok((queued, failed))
         })
@@ -432,10 +416,7 @@ impl Store for SqliteStore {
 
     fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
         self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO webhook_events (channel, event_id, received_at) VALUES (?1, ?2, ?3)",
-                params![channel, event_id, now],
-            )
+            c.prepare_cached("INSERT OR IGNORE INTO webhook_events (channel, event_id, received_at) VALUES (?1, ?2, ?3)")?.execute(params![channel, event_id, now],)
             .map(|n| n == 0)
         })
     }
@@ -477,20 +458,20 @@ mod tests {
     fn idempotency_claim_replay_and_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
-        assert_eq!(s.idem_claim("k", "key1", "h1", 10, 100).unwrap(), IdemClaim::Claimed);
+        assert_eq!(s.idem_claim("k", "key1", "h1", None, 10, 100).unwrap(), IdemClaim::Claimed);
         assert!(matches!(
-            s.idem_claim("k", "key1", "h1", 11, 100).unwrap(),
+            s.idem_claim("k", "key1", "h1", None, 11, 100).unwrap(),
             IdemClaim::Existing(IdemState::InFlight { .. })
         ));
         // Keys are scoped per API key.
-        assert_eq!(s.idem_claim("other", "key1", "h1", 11, 100).unwrap(), IdemClaim::Claimed);
+        assert_eq!(s.idem_claim("other", "key1", "h1", None, 11, 100).unwrap(), IdemClaim::Claimed);
         s.idem_complete("k", "key1", 201, b"{}").unwrap();
         assert_eq!(
-            s.idem_claim("k", "key1", "h2", 12, 100).unwrap(),
+            s.idem_claim("k", "key1", "h2", None, 12, 100).unwrap(),
             IdemClaim::Existing(IdemState::Done { request_hash: "h1".into(), status: 201, body: b"{}".to_vec() })
         );
         assert_eq!(s.idem_expire(100).unwrap(), 2);
-        assert_eq!(s.idem_claim("k", "key1", "h2", 101, 200).unwrap(), IdemClaim::Claimed);
+        assert_eq!(s.idem_claim("k", "key1", "h2", None, 101, 200).unwrap(), IdemClaim::Claimed);
     }
 
     #[test]
