@@ -91,7 +91,8 @@ fn main() {
         // also brings two signed webhooks to paymux, tripling its request rate.)
         let mut scfg = sandbox_config(ports);
         for s in &scfg.stripe {
-            let f: paymux::sandbox::Faults = serde_json::from_value(serde_json::json!({"callbacks": {"drop": true}})).unwrap();
+            let f: paymux::sandbox::Faults =
+                serde_json::from_value(serde_json::json!({"callbacks": {"drop": true}})).unwrap();
             scfg.faults.insert(s.name.clone(), f);
         }
         let _sandbox = paymux::sandbox::Sandbox::start(scfg).await.unwrap();

@@ -57,10 +57,18 @@ fn bench(c: &mut Criterion) {
             })
             .collect();
         let mut k = 0;
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("indexed", n), &n, |b, _| {
             b.iter(|| {
                 k = (k + 1) % facts.len();
                 black_box(r.evaluate(black_box(&facts[k])))
+            })
+        });
+        // Baseline in the same run: first match by scanning every rule in order.
+        g.bench_with_input(BenchmarkId::new("linear_scan_baseline", n), &n, |b, _| {
+            b.iter(|| {
+                k = (k + 1) % facts.len();
+                let f = black_box(&facts[k]);
+                black_box(r.rules().iter().position(|rule| rule.matches(f)))
             })
         });
     }

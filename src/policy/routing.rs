@@ -167,6 +167,14 @@ impl Router {
 }
 
 impl Rule {
+    /// Whether this rule alone matches `f` (what the index plus `matches_rest` decide
+    /// together; used by tests and the benchmark's linear-scan baseline).
+    pub fn matches(&self, f: &Facts<'_>) -> bool {
+        self.methods.contains(f.method)
+            && self.currencies.as_ref().is_none_or(|c| c.binary_search(&f.currency).is_ok())
+            && self.matches_rest(f)
+    }
+
     /// Everything but method and currency, which the index already checked.
     fn matches_rest(&self, f: &Facts<'_>) -> bool {
         if let Some(ranges) = &self.amount {
@@ -376,6 +384,44 @@ mod tests {
         assert_eq!(t.order("same"), t.order("same"));
         assert_eq!(t.order("x").len(), 3);
         assert_eq!(*t.order("x").last().unwrap(), 2);
+    }
+
+    #[test]
+    fn index_agrees_with_a_linear_scan() {
+        let usd = Currency::parse("USD").unwrap();
+        let mut rules = vec![];
+        for i in 0..60 {
+            let m = Method::ALL[i % 14];
+            let mut r = rule(
+                &format!("r{i}"),
+                &[m],
+                if i % 3 == 0 { None } else { Some(vec![if i % 2 == 0 { hkd() } else { usd }]) },
+                vec![i],
+            );
+            if i % 4 == 0 {
+                r.amount = r
+                    .currencies
+                    .as_ref()
+                    .map(|cs| vec![AmountRange { currency: cs[0], min: Some(100), max: Some(5000) }]);
+            }
+            if i % 5 == 0 {
+                r.countries = Some(vec!["CN".into()]);
+            }
+            rules.push(r);
+        }
+        let router = Router::new(rules.clone(), Some(Target::Ordered(vec![999])));
+        let md = BTreeMap::new();
+        for m in Method::ALL {
+            for c in [hkd(), usd, Currency::parse("JPY").unwrap()] {
+                for amount in [1, 100, 4999, 5001] {
+                    for country in [Some("HK"), Some("CN"), None] {
+                        let f = Facts { country, ..facts(m, c, amount, &md) };
+                        let linear = rules.iter().find(|r| r.matches(&f)).map(|r| r.name.as_str()).unwrap_or("default");
+                        assert_eq!(router.evaluate(&f).unwrap().rule, linear, "{m} {c} {amount} {country:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -145,23 +145,24 @@ const REFUND_COLS: &str =
     "id, payment_id, amount, currency, status, reason, provider_refund_ref, error_code, created_at, updated_at";
 
 fn insert_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
-        c.prepare_cached(&format!("INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))?.execute(params![
-                a.payment_id,
-                a.n,
-                a.channel,
-                a.attempt_ref,
-                a.outcome,
-                a.error_code,
-                a.latency_ms,
-                a.provider_ref,
-                a.started_at,
-                i64::from(a.watch)
-            ],)
+    c.prepare_cached(&format!("INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))?
+        .execute(params![
+            a.payment_id,
+            a.n,
+            a.channel,
+            a.attempt_ref,
+            a.outcome,
+            a.error_code,
+            a.latency_ms,
+            a.provider_ref,
+            a.started_at,
+            i64::from(a.watch)
+        ])
         .map(|_| ())
 }
 
 fn insert_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
-        c.prepare_cached(&format!("INSERT INTO payments ({PAYMENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"))?.execute(params![
+    c.prepare_cached(&format!("INSERT INTO payments ({PAYMENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"))?.execute(params![
                 p.id, p.api_key_id, p.order_id, p.method.as_str(), p.amount, p.currency.code(), p.status.as_str(),
                 p.channel, p.attempt_ref, p.provider_ref, p.route_rule, p.next_action.as_ref().map(json_text),
                 p.error_code, p.error_message, p.refunded, json_text(&p.metadata), json_text(&p.customer),
@@ -171,14 +172,14 @@ fn insert_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
 }
 
 fn update_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
-        c.prepare_cached("UPDATE attempts SET outcome=?3, error_code=?4, latency_ms=?5, provider_ref=?6, watch=?7 WHERE payment_id=?1 AND n=?2")?.execute(params![a.payment_id, a.n, a.outcome, a.error_code, a.latency_ms, a.provider_ref, i64::from(a.watch)],)
+    c.prepare_cached("UPDATE attempts SET outcome=?3, error_code=?4, latency_ms=?5, provider_ref=?6, watch=?7 WHERE payment_id=?1 AND n=?2")?.execute(params![a.payment_id, a.n, a.outcome, a.error_code, a.latency_ms, a.provider_ref, i64::from(a.watch)],)
         .map(|_| ())
 }
 
 fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
-        // A final status never moves back to a non-final one, whichever writer (engine,
-        // webhook, reconciler, status sync) comes last.
-        c.prepare_cached(
+    // A final status never moves back to a non-final one, whichever writer (engine,
+    // webhook, reconciler, status sync) comes last.
+    c.prepare_cached(
             "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
              WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))",
         )?
@@ -200,7 +201,15 @@ impl Store for SqliteStore {
         !self.synchronous_full
     }
 
-    fn idem_claim(&self, k: &str, key: &str, hash: &str, resource: Option<&str>, now: i64, expires: i64) -> StoreResult<IdemClaim> {
+    fn idem_claim(
+        &self,
+        k: &str,
+        key: &str,
+        hash: &str,
+        resource: Option<&str>,
+        now: i64,
+        expires: i64,
+    ) -> StoreResult<IdemClaim> {
         self.with(|c| {
             let tx = c.transaction()?;
             let existing = tx
@@ -234,15 +243,19 @@ impl Store for SqliteStore {
 
     fn idem_complete(&self, k: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()> {
         self.with(|c| {
-            c.prepare_cached("UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2")?.execute(params![k, key, i64::from(status), body],)
+            c.prepare_cached(
+                "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2",
+            )?
+            .execute(params![k, key, i64::from(status), body])
             .map(|_| ())
         })
     }
 
     fn idem_release(&self, k: &str, key: &str) -> StoreResult<()> {
         self.with(|c| {
-            c.prepare_cached("DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight'")?.execute(params![k, key],)
-            .map(|_| ())
+            c.prepare_cached("DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight'")?
+                .execute(params![k, key])
+                .map(|_| ())
         })
     }
 
@@ -283,7 +296,8 @@ impl Store for SqliteStore {
 
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>> {
         self.with(|c| {
-            c.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?.query_row(params![id], payment_from_row)
+            c.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?
+                .query_row(params![id], payment_from_row)
                 .optional()
         })
     }
@@ -298,7 +312,8 @@ impl Store for SqliteStore {
 
     fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"))?;
+            let mut st =
+                c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"))?;
             let rows = st.query_map(params![payment_id], attempt_from_row)?;
             rows.collect()
         })
@@ -306,17 +321,17 @@ impl Store for SqliteStore {
 
     fn attempt_by_ref(&self, r: &str) -> StoreResult<Option<AttemptRow>> {
         self.with(|c| {
-            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"))?.query_row(params![r],
-                attempt_from_row,)
-            .optional()
+            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"))?
+                .query_row(params![r], attempt_from_row)
+                .optional()
         })
     }
 
     fn attempt_by_provider_ref(&self, ch: &str, pr: &str) -> StoreResult<Option<AttemptRow>> {
         self.with(|c| {
-            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2"))?.query_row(params![ch, pr],
-                attempt_from_row,)
-            .optional()
+            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2"))?
+                .query_row(params![ch, pr], attempt_from_row)
+                .optional()
         })
     }
 
@@ -375,15 +390,19 @@ impl Store for SqliteStore {
 
     fn update_refund(&self, r: &RefundRow) -> StoreResult<()> {
         self.with(|c| {
-            c.prepare_cached("UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1")?.execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at],)
+            c.prepare_cached(
+                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1",
+            )?
+            .execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at])
             .map(|_| ())
         })
     }
 
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>> {
         self.with(|c| {
-            let mut st =
-                c.prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id"))?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id"
+            ))?;
             let rows = st.query_map(params![payment_id], refund_from_row)?;
             rows.collect()
         })
@@ -391,7 +410,8 @@ impl Store for SqliteStore {
 
     fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>> {
         self.with(|c| {
-            c.prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?.query_row(params![id], refund_from_row)
+            c.prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?
+                .query_row(params![id], refund_from_row)
                 .optional()
         })
     }
@@ -416,7 +436,10 @@ impl Store for SqliteStore {
 
     fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
         self.with(|c| {
-            c.prepare_cached("INSERT OR IGNORE INTO webhook_events (channel, event_id, received_at) VALUES (?1, ?2, ?3)")?.execute(params![channel, event_id, now],)
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO webhook_events (channel, event_id, received_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![channel, event_id, now])
             .map(|n| n == 0)
         })
     }
