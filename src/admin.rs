@@ -33,12 +33,23 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => json(200, br#"{"status":"ok"}"#.to_vec(), &[]),
             ("GET", "/readyz") => {
                 let store_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();
-                let v = self.policy.load().version.clone();
-                let body = serde_json::to_vec(
-                    &json!({"ready": store_ok, "policy_version": v, "store": if store_ok {"ok"} else {"unavailable"}}),
+                let p = self.policy.load_full();
+                // The payments listener must be accepting, not just this admin one.
+                let api_ok = tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(p.server.listen.as_str()),
                 )
+                .await
+                .is_ok_and(|r| r.is_ok());
+                let ready = store_ok && api_ok;
+                let body = serde_json::to_vec(&json!({
+                    "ready": ready,
+                    "policy_version": p.version,
+                    "store": if store_ok { "ok" } else { "unavailable" },
+                    "payments_listener": if api_ok { "ok" } else { "not accepting" },
+                }))
                 .unwrap_or_default();
-                json(if store_ok { 200 } else { 503 }, body, &[])
+                json(if ready { 200 } else { 503 }, body, &[])
             }
             ("GET", "/admin/config") => {
                 let p = self.policy.load_full();

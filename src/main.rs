@@ -190,13 +190,16 @@ fn sandbox_config(control: std::net::SocketAddr, callback_base: &str) -> paymux:
     let mut cfg = paymux::sandbox::SandboxConfig::demo(callback_base);
     cfg.control_listen = control;
     let mut port = control.port();
+    let mut next = || {
+        // Past the last port: 0 lets the OS pick (the startup banner shows the real ports).
+        port = port.checked_add(1).unwrap_or(0);
+        std::net::SocketAddr::new(control.ip(), port)
+    };
     for s in cfg.stripe.iter_mut() {
-        port += 1;
-        s.listen = std::net::SocketAddr::new(control.ip(), port);
+        s.listen = next();
     }
     for a in cfg.antom.iter_mut() {
-        port += 1;
-        a.listen = std::net::SocketAddr::new(control.ip(), port);
+        a.listen = next();
     }
     cfg
 }

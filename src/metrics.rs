@@ -62,7 +62,7 @@ impl Metrics {
             )),
             payments: reg!(counter(
                 "paymux_payments_total",
-                "Payments created, by method, holding channel and resulting status.",
+                "Payments created, by method, holding channel and the status the create call returned (later changes: webhooks and reconciliation metrics).",
                 &["method", "channel", "status"]
             )),
             channel_attempts: reg!(counter(
@@ -77,7 +77,7 @@ impl Metrics {
             )),
             failovers: reg!(counter(
                 "paymux_failovers_total",
-                "Moves from one channel to the next, with the reason.",
+                "Moves from one channel to the next, by reason: connect_failed, not_sendable, not_processed, ambiguous_not_processed.",
                 &["from", "to", "reason"]
             )),
             webhooks: reg!(counter(

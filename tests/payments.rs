@@ -266,3 +266,29 @@ print("ok", len(fams))
         std::process::Command::new(py).arg("-c").arg(script).arg(format!("{}/metrics", w.pm.admin)).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_return_the_first_answer_whatever_changed_since() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "first", card("o-first", 1000)).await;
+    assert_eq!(r.status, 201);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // A refund error replays as the same error, not as a success.
+    let over = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("ref-k"), json!({"amount": 5000})).await;
+    assert_eq!(over.status, 422);
+    let again = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("ref-k"), json!({"amount": 5000})).await;
+    assert_eq!(again.status, 422, "{}", again.text);
+    assert_eq!(again.headers["content-type"], "application/problem+json");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // A policy change after the first request does not change its replay.
+    let cfg = w.tmp.path().join("cfg");
+    let ch = std::fs::read_to_string(cfg.join("channels.yaml")).unwrap();
+    std::fs::write(cfg.join("channels.yaml"), ch.replace("currencies: [HKD, USD, CNY]", "currencies: [USD, CNY]"))
+        .unwrap();
+    let rl = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(rl.status, 200, "{}", rl.text);
+    assert_eq!(create(&w.pm.api, "fresh", card("o-fresh", 1000)).await.body["code"], "no_route");
+    let replay = create(&w.pm.api, "first", card("o-first", 1000)).await;
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(replay.body["id"], id.as_str());
+}

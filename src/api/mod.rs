@@ -85,7 +85,17 @@ impl ServeHttp for ApiApp {
         let path = s.req_header().uri.path().to_string();
         let mut subject: Option<String> = None;
         let (endpoint, resp) = match route(&method, &path) {
-            Err(p) => (Endpoint::Other, http_util::problem(&p, &request_id)),
+            Err(p) => {
+                let mut r = http_util::problem(&p, &request_id);
+                if p.status == 405 {
+                    if let Some(allow) = p.detail.rsplit(' ').nth(1) {
+                        if let Ok(v) = http::HeaderValue::from_str(allow) {
+                            r.headers_mut().insert(http::header::ALLOW, v);
+                        }
+                    }
+                }
+                (Endpoint::Other, r)
+            }
             Ok((ep, param)) => {
                 if matches!(ep, Endpoint::GetPayment | Endpoint::CancelPayment | Endpoint::CreateRefund) {
                     subject = param.clone();
@@ -104,7 +114,10 @@ impl ServeHttp for ApiApp {
         m.request_duration.with_label_values(&[endpoint.label()]).observe(started.elapsed().as_secs_f64());
         // One audit record per API call: who (key id, never the key), what, outcome.
         let actor = match endpoint {
-            Endpoint::Webhook => format!("provider:{}", path.rsplit('/').next().unwrap_or("")),
+            Endpoint::Webhook => {
+                let ch = path.rsplit('/').next().unwrap_or("");
+                format!("provider:{}", if policy.channel(ch).is_some() { ch } else { "unknown" })
+            }
             _ => authenticate(&policy, s).unwrap_or_else(|_| "anonymous".into()),
         };
         if endpoint == Endpoint::CreatePayment && resp.status().is_success() {
@@ -135,7 +148,12 @@ impl ServeHttp for ApiApp {
 /// Authenticates `Authorization: Bearer <key>`; returns the key id.
 pub fn authenticate(policy: &Policy, s: &ServerSession) -> Result<String, Problem> {
     let h = s.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let key = h.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).filter(|k| !k.is_empty());
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let key = h
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim())
+        .filter(|k| !k.is_empty());
     let Some(key) = key else {
         return Err(Problem::new(401, "unauthorized", "send `Authorization: Bearer <api key>`"));
     };

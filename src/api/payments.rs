@@ -31,8 +31,9 @@ pub async fn handle(
     match ep {
         Endpoint::CreatePayment => create(engine, policy, s, &key_id, ctx).await,
         Endpoint::GetPayment => {
+            // Ownership first: another key's id must not trigger a provider query.
+            owned_by(&engine.view(&param).await.map_err(|e| engine_problem(&e))?, &key_id)?;
             let v = engine.get(&ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
-            owned_by(&v, &key_id)?;
             Ok(json(200, payment_json(&v), &[]))
         }
         Endpoint::CancelPayment => {
@@ -113,11 +114,11 @@ async fn claim(
         .map_err(|e| engine_problem(&e.into()))?;
     match c {
         IdemClaim::Claimed => Ok(Idem::Proceed),
-        IdemClaim::Existing(IdemState::Done { request_hash, body, .. }) => {
+        IdemClaim::Existing(IdemState::Done { request_hash, status, body }) => {
             if request_hash != hash {
                 return Err(reused());
             }
-            Ok(Idem::Replay(json(200, body, &[("idempotent-replayed", "true".into())])))
+            Ok(Idem::Replay(replay(status, body)))
         }
         IdemClaim::Existing(IdemState::InFlight { request_hash, since, resource_id }) => {
             if request_hash != hash {
@@ -134,6 +135,16 @@ async fn claim(
             }
         }
     }
+}
+
+/// The first response again: a created resource replays as 200 (Stripe's convention), an
+/// error replays with its own status and problem+json type.
+fn replay(status: u16, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = json(if status == 201 { 200 } else { status }, body, &[("idempotent-replayed", "true".into())]);
+    if status >= 400 {
+        r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/problem+json"));
+    }
+    r
 }
 
 fn reused() -> Problem {
@@ -157,7 +168,40 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
     let body = read_body(s, policy.server.max_body_bytes).await?;
     let obj = validate::parse_object(&body)?;
     let np = validate::create(&obj)?;
-    // Route before storing anything: a payment no channel can take is not created.
+    let hash = request_hash(Endpoint::CreatePayment, "", &Value::Object(obj));
+    // The payment id is chosen before the claim so the key is linked to it from the start: a
+    // retry after a crash mid-request finds the payment instead of paying again.
+    let payment_id = crate::domain::new_id("pay");
+    match claim(engine, policy, key_id, &key, &hash, Some(&payment_id)).await? {
+        Idem::Replay(r) => return Ok(r),
+        Idem::Recover(id) => match engine.view(&id).await {
+            Ok(v) => {
+                let b = payment_json(&v);
+                complete(engine, key_id, &key, 201, &b).await;
+                return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
+            }
+            // The first request stopped before it stored its payment: nothing was sent to any
+            // provider (attempts are stored before sending), so this request takes over.
+            Err(crate::engine::EngineError::NotFound) => {
+                release(engine, key_id, &key).await;
+                match claim(engine, policy, key_id, &key, &hash, Some(&payment_id)).await? {
+                    Idem::Proceed => {}
+                    Idem::Replay(r) => return Ok(r),
+                    Idem::Recover(_) => {
+                        return Err(Problem::new(
+                            409,
+                            "idempotency_key_in_use",
+                            "a request with this Idempotency-Key is still being processed; retry later",
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(engine_problem(&e)),
+        },
+        Idem::Proceed => {}
+    }
+    // Routed after the claim, so a replay returns the first answer even if the policy
+    // changed since; a payment no channel can take is not created and releases the key.
     let facts = Facts {
         method: np.method,
         currency: np.money.currency(),
@@ -181,25 +225,12 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
         None => (String::new(), vec![]),
     };
     if channels.is_empty() {
+        release(engine, key_id, &key).await;
         return Err(Problem::new(
             422,
             "no_route",
             format!("no configured channel takes `{}` in {}", np.method, np.money.currency()),
         ));
-    }
-    let hash = request_hash(Endpoint::CreatePayment, "", &Value::Object(obj));
-    // The payment id is chosen before the claim so the key is linked to it from the start: a
-    // retry after a crash mid-request finds the payment instead of paying again.
-    let payment_id = crate::domain::new_id("pay");
-    match claim(engine, policy, key_id, &key, &hash, Some(&payment_id)).await? {
-        Idem::Replay(r) => return Ok(r),
-        Idem::Recover(id) => {
-            let v = engine.view(&id).await.map_err(|e| engine_problem(&e))?;
-            let b = payment_json(&v);
-            complete(engine, key_id, &key, 201, &b).await;
-            return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
-        }
-        Idem::Proceed => {}
     }
     engine
         .audit(
@@ -252,11 +283,26 @@ async fn refund(
     owned_by(&v, key_id)?;
     let canon = json!({"amount": nr.amount, "reason": nr.reason});
     let hash = request_hash(Endpoint::CreateRefund, payment_id, &canon);
-    match claim(engine, policy, key_id, &key, &hash, None).await? {
+    let refund_id = crate::domain::new_id("re");
+    match claim(engine, policy, key_id, &key, &hash, Some(&refund_id)).await? {
         Idem::Replay(r) => return Ok(r),
-        Idem::Recover(_) | Idem::Proceed => {}
+        Idem::Recover(id) => match engine.get_refund(&id).await {
+            // A crash left the refund reserved: answer with it (it settles by callback).
+            Ok(r) => {
+                let b = refund_json(&r);
+                complete(engine, key_id, &key, 201, &b).await;
+                return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
+            }
+            Err(_) => {
+                release(engine, key_id, &key).await;
+                if let Idem::Replay(r) = claim(engine, policy, key_id, &key, &hash, Some(&refund_id)).await? {
+                    return Ok(r);
+                }
+            }
+        },
+        Idem::Proceed => {}
     }
-    match engine.refund(&ctx, policy, payment_id, nr.amount, nr.reason).await {
+    match engine.refund(&ctx, policy, payment_id, &refund_id, nr.amount, nr.reason).await {
         Ok(r) => {
             let b = refund_json(&r);
             complete(engine, key_id, &key, 201, &b).await;
@@ -290,6 +336,14 @@ async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, c
             let mut r = json(200, b.to_vec(), &[]);
             r.headers_mut().insert("content-type", http::HeaderValue::from_static(ct));
             Ok(r)
+        }
+        WebhookResult::Retry => Err(Problem::new(
+            503,
+            "webhook_deferred",
+            "the payment this callback is about is still being created; deliver it again",
+        )),
+        WebhookResult::Rejected(e @ crate::connector::WebhookError::Malformed(_)) => {
+            Err(Problem::new(400, "webhook_malformed", format!("callback verified but not understood: {e}")))
         }
         WebhookResult::Rejected(e) => {
             Err(Problem::new(401, "webhook_signature_invalid", format!("callback refused: {e}")))

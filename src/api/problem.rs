@@ -75,6 +75,8 @@ fn title(code: &str) -> &'static str {
         "store_unavailable" => "Storage unavailable",
         "webhook_signature_invalid" => "Webhook signature invalid",
         "unknown_channel" => "Unknown channel",
+        "webhook_deferred" => "Callback arrived early; retry",
+        "webhook_malformed" => "Callback payload not understood",
         "not_found" => "Not found",
         "config_rejected" => "Config rejected",
         "method_not_allowed" => "Method not allowed",

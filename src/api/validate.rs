@@ -210,7 +210,7 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
                     }
                 }
             }
-            if m.get("return_url").is_none() {
+            if m.get("return_url").is_none_or(Value::is_null) {
                 e.add("return_url", "is required for `alipay_hk`: the payer returns there after approving");
             }
         }

@@ -10,7 +10,7 @@ pub mod verify;
 
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -77,24 +77,47 @@ impl AuditLog {
         let err = |msg: String| AuditError { path: path.display().to_string(), msg };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let (mut seq, mut prev) = (0u64, GENESIS.to_string());
+        let mut recovered = None;
         if path.exists() {
-            let f = File::open(&path).map_err(|e| err(e.to_string()))?;
-            let mut last = None;
-            for line in BufReader::new(f).lines() {
-                let line = line.map_err(|e| err(e.to_string()))?;
-                if !line.trim().is_empty() {
-                    last = Some(line);
+            let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+            // Find the last complete record. A torn tail (a crash or a full disk during a
+            // write) is cut off, and the cut is itself recorded, so the chain stays verifiable.
+            let mut good_end = 0usize;
+            let mut pos = 0usize;
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                let start = pos;
+                pos += line.len();
+                let text = String::from_utf8_lossy(line);
+                if text.trim().is_empty() {
+                    good_end = pos;
+                    continue;
+                }
+                let complete = line.ends_with(b"\n");
+                match serde_json::from_str::<serde_json::Value>(text.trim()) {
+                    Ok(v) if complete => {
+                        seq = v.get("seq").and_then(|s| s.as_u64()).ok_or_else(|| err("a record has no seq".into()))?;
+                        prev = v
+                            .get("hash")
+                            .and_then(|s| s.as_str())
+                            .ok_or_else(|| err("a record has no hash".into()))?
+                            .to_string();
+                        good_end = pos;
+                    }
+                    _ if pos == bytes.len() => {
+                        recovered = Some(bytes.len() - start);
+                    }
+                    _ => {
+                        return Err(err(format!(
+                            "record ending at byte {pos} is unreadable; run `paymux audit verify`"
+                        )))
+                    }
                 }
             }
-            if let Some(l) = last {
-                let v: serde_json::Value =
-                    serde_json::from_str(&l).map_err(|e| err(format!("last record unreadable: {e}")))?;
-                seq = v.get("seq").and_then(|s| s.as_u64()).ok_or_else(|| err("last record has no seq".into()))?;
-                prev = v
-                    .get("hash")
-                    .and_then(|s| s.as_str())
-                    .ok_or_else(|| err("last record has no hash".into()))?
-                    .to_string();
+            if recovered.is_some() {
+                let f = OpenOptions::new().write(true).open(&path).map_err(|e| err(e.to_string()))?;
+                f.set_len(good_end as u64).map_err(|e| err(e.to_string()))?;
+                f.sync_all().map_err(|e| err(e.to_string()))?;
+                tracing::warn!(bytes = recovered, "audit log ended in a torn record; it was cut off");
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| err(e.to_string()))?;
@@ -103,7 +126,19 @@ impl AuditLog {
             .name("paymux-audit".into())
             .spawn(move || writer(file, rx, seq, prev, sync_every_batch))
             .map_err(|e| err(e.to_string()))?;
-        Ok(AuditLog { tx, path: Arc::new(path) })
+        let log = AuditLog { tx, path: Arc::new(path) };
+        if let Some(bytes) = recovered {
+            // The channel is empty here, so this cannot fail for lack of room.
+            let _ = log.tx.try_send(Msg::Event(Box::new(Event {
+                request_id: None,
+                actor: "system".into(),
+                action: "audit.recovered",
+                payment_id: None,
+                outcome: "torn_tail_removed".into(),
+                details: serde_json::json!({"bytes_removed": bytes}),
+            })));
+        }
+        Ok(log)
     }
 
     /// Path of the log file.
@@ -185,13 +220,26 @@ fn writer(mut file: File, mut rx: mpsc::Receiver<Msg>, mut seq: u64, mut prev: S
         }
         let flush_requested = !flushes.is_empty();
         let sync = sync_every_batch || flush_requested || last_sync.elapsed() >= std::time::Duration::from_secs(1);
-        let result = file.write_all(buf.as_bytes()).and_then(|_| if sync { file.sync_data() } else { Ok(()) });
+        // Never drop a batch: the chain already includes it. On failure (disk full, I/O
+        // error) cut any partial write off and try again, while producers wait.
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let len = file.metadata().map(|m| m.len()).ok();
+            let result = file.write_all(buf.as_bytes()).and_then(|_| if sync { file.sync_data() } else { Ok(()) });
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log write failed; retrying (requests wait for the audit log)");
+                    if let Some(l) = len {
+                        let _ = file.set_len(l);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
         if sync {
             last_sync = std::time::Instant::now();
-        }
-        if let Err(e) = result {
-            // Losing the audit trail silently is not an option: make it loud.
-            tracing::error!(error = %e, "audit log write failed");
         }
         for f in flushes {
             let _ = f.send(());
@@ -207,6 +255,27 @@ fn writer(mut file: File, mut rx: mpsc::Receiver<Msg>, mut seq: u64, mut prev: S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn torn_last_record_is_cut_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), true).unwrap();
+        for i in 0..3 {
+            log.record(Event { actor: "k".into(), action: "attempt", outcome: format!("o{i}"), ..Default::default() })
+                .await;
+        }
+        log.flush().await;
+        drop(log);
+        let p = dir.path().join("audit.jsonl");
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len - 20).unwrap();
+        let log = AuditLog::open(dir.path(), true).unwrap();
+        log.flush().await;
+        let r = verify::verify_file(&p).unwrap();
+        assert_eq!(r.records, 3, "2 intact + the recovery record");
+        assert!(std::fs::read_to_string(&p).unwrap().contains("audit.recovered"));
+    }
 
     #[tokio::test]
     async fn chain_continues_across_reopen_and_verifies() {

@@ -85,6 +85,9 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     let public_base = server.as_ref().map(|s| s.public_base_url.clone()).unwrap_or_default();
     let mut channels: Vec<Arc<Channel>> = Vec::new();
     let mut specs: Vec<Spec> = Vec::new();
+    // Digests of resolved secrets go into the version, so rotating a secret file or variable
+    // and reloading takes effect (the YAML text alone did not change).
+    let mut secret_digests: Vec<String> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut first_def: HashMap<String, String> = HashMap::new();
     for (p, raw) in &t.channels {
@@ -99,7 +102,7 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
             }
             let pos = p.spans.locate_value(&format!("{base}/id"));
             first_def.insert(c.id.clone(), format!("{}:{}:{}", p.file, pos.line, pos.col));
-            if let Some((spec, ch)) = build_channel(p, &base, c, &public_base, mode, &mut d) {
+            if let Some((spec, ch)) = build_channel(p, &base, c, &public_base, mode, &mut d, &mut secret_digests) {
                 index.insert(c.id.clone(), specs.len());
                 specs.push(spec);
                 if let Some(ch) = ch {
@@ -195,6 +198,10 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
         h.push_str(&s.sha256);
         h.push('\n');
     }
+    for dg in &secret_digests {
+        h.push_str(dg);
+        h.push('\n');
+    }
     let version = crate::crypto::sha256_hex(h.as_bytes())[..16].to_string();
     let api_keys = t.server[0]
         .1
@@ -240,6 +247,15 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
             }
         }
     }
+    for (ptr, addr) in [("/listen", &r.listen), ("/admin_listen", &r.admin_listen)] {
+        let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).filter(|p| *p > 0);
+        if port.is_none() {
+            d.push(p.diag_value(ptr, format!("`{}` needs a port between 1 and 65535", &ptr[1..])));
+        }
+    }
+    if r.listen == r.admin_listen {
+        d.push(p.diag_value("/admin_listen", "`admin_listen` must differ from `listen`"));
+    }
     let retention_hours = r.idempotency.retention_hours.unwrap_or(24);
     ServerSettings {
         listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
@@ -280,6 +296,7 @@ fn build_channel(
     public_base: &str,
     mode: Mode,
     d: &mut Vec<Diagnostic>,
+    secret_digests: &mut Vec<String>,
 ) -> Option<(Spec, Option<Channel>)> {
     let before = d.len();
     let carriable = connector::kind_methods(&c.connector);
@@ -315,8 +332,11 @@ fn build_channel(
     }
     let connect = Duration::from_millis(u64::from(c.timeouts.connect_ms.unwrap_or(1000)));
     let attempt = Duration::from_millis(u64::from(c.timeouts.attempt_ms.unwrap_or(3000)));
-    let secret = |ptr: &str, r: &str, d: &mut Vec<Diagnostic>| match secret_ref::resolve(r, &p.dir) {
-        Ok(s) => Some(s),
+    let mut secret = |ptr: &str, r: &str, d: &mut Vec<Diagnostic>| match secret_ref::resolve(r, &p.dir) {
+        Ok(s) => {
+            secret_digests.push(crate::crypto::sha256_hex(s.expose().as_bytes()));
+            Some(s)
+        }
         Err(e) => {
             d.push(p.diag_value(ptr, e));
             None

@@ -117,7 +117,10 @@ fn load(dir: &Path, overrides: &Overrides, mode: compile::Mode) -> Result<Option
                 Some(_) => p.diag_value("/kind", format!("unknown kind; expected one of: {}", kinds.join(", "))),
             };
             let got = p.doc.get("kind").and_then(Value::as_str).unwrap_or("");
-            d.help = diag::suggest(got, kinds.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+            d.help = (!got.is_empty())
+                .then(|| diag::suggest(got, kinds.iter().copied()))
+                .flatten()
+                .map(|s| format!("did you mean `{s}`?"));
             diags.push(d);
             continue;
         };
@@ -157,11 +160,16 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
             return Err(vec![at(line, col, format!("YAML syntax error: {msg}"))]);
         }
     };
-    Ok(Parsed {
-        spans: SpanMap::build(&text),
-        file,
-        dir: dir.to_path_buf(),
-        doc,
-        sha256: crate::crypto::sha256_hex(text.as_bytes()),
-    })
+    let spans = SpanMap::build(&text);
+    if !spans.duplicates().is_empty() {
+        return Err(spans
+            .duplicates()
+            .iter()
+            .map(|(ptr, pos)| {
+                at(pos.line, pos.col, format!("duplicate key `{}`", schema::display_path(ptr)))
+                    .with_help("a YAML mapping takes each key once; merge the two entries")
+            })
+            .collect());
+    }
+    Ok(Parsed { spans, file, dir: dir.to_path_buf(), doc, sha256: crate::crypto::sha256_hex(text.as_bytes()) })
 }

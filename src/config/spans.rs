@@ -26,6 +26,7 @@ pub struct Span {
 #[derive(Debug, Default, Clone)]
 pub struct SpanMap {
     map: HashMap<String, Span>,
+    duplicates: Vec<(String, Pos)>,
 }
 
 impl SpanMap {
@@ -36,7 +37,13 @@ impl SpanMap {
         if parser.load(&mut b, false).is_err() {
             return SpanMap::default();
         }
-        SpanMap { map: b.out }
+        SpanMap { map: b.out, duplicates: b.duplicates }
+    }
+
+    /// Keys that appear twice in one mapping (YAML forbids it; serde_yaml would keep the
+    /// last silently): the pointer of the key and where the repeat is.
+    pub fn duplicates(&self) -> &[(String, Pos)] {
+        &self.duplicates
     }
 
     /// The span of exactly this pointer.
@@ -79,7 +86,7 @@ pub fn escape(seg: &str) -> String {
 }
 
 enum Frame {
-    Map { path: String, pending_key: Option<(String, Pos)> },
+    Map { path: String, pending_key: Option<(String, Pos)>, seen: std::collections::HashSet<String> },
     Seq { path: String, next: usize },
 }
 
@@ -87,6 +94,7 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     out: HashMap<String, Span>,
+    duplicates: Vec<(String, Pos)>,
     done: bool,
 }
 
@@ -105,7 +113,7 @@ impl Builder {
                 *next += 1;
                 Some((p, None))
             }
-            Some(Frame::Map { path, pending_key }) => {
+            Some(Frame::Map { path, pending_key, .. }) => {
                 let (k, kpos) = pending_key.take()?;
                 Some((format!("{path}/{}", escape(&k)), Some(kpos)))
             }
@@ -127,7 +135,10 @@ impl MarkedEventReceiver for Builder {
         match ev {
             Event::Scalar(s, ..) => {
                 if self.expecting_key() {
-                    if let Some(Frame::Map { pending_key, path }) = self.stack.last_mut() {
+                    if let Some(Frame::Map { pending_key, path, seen }) = self.stack.last_mut() {
+                        if !seen.insert(s.clone()) {
+                            self.duplicates.push((format!("{path}/{}", escape(&s)), pos));
+                        }
                         *pending_key = Some((s, pos));
                         // A block mapping's start mark sits oddly; its first key is where a
                         // reader sees the mapping begin.
@@ -161,7 +172,7 @@ impl MarkedEventReceiver for Builder {
                 let (path, key) = self.slot().unwrap_or_default();
                 self.out.insert(path.clone(), Span { key, value: pos });
                 self.stack.push(if is_map {
-                    Frame::Map { path, pending_key: None }
+                    Frame::Map { path, pending_key: None, seen: Default::default() }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });
@@ -191,6 +202,14 @@ mod tests {
         assert_eq!(m.locate("/channels/1/id"), Pos { line: 6, col: 5 });
         // Unknown pointers fall back to the nearest ancestor.
         assert_eq!(m.locate("/channels/1/nope"), Pos { line: 6, col: 5 });
+    }
+
+    #[test]
+    fn finds_duplicate_keys() {
+        let m = SpanMap::build("a: 1\nb:\n  c: 1\n  c: 2\na: 3\n");
+        let d: Vec<&str> = m.duplicates().iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(d, ["/b/c", "/a"]);
+        assert_eq!(m.duplicates()[1].1, Pos { line: 5, col: 1 });
     }
 
     #[test]

@@ -132,11 +132,18 @@ impl Connector for Stripe {
         if let Some(e) = req.customer_email {
             p.push(("receipt_email".into(), e.into()));
         }
+        // Stripe allows 50 metadata keys; paymux needs one (the attempt reference its status
+        // queries search by), so the app's metadata may use the other 49 on this channel.
+        if req.metadata.len() > 49 {
+            return Err(BuildError {
+                code: "metadata_too_large",
+                message: "Stripe channels take at most 49 metadata keys (paymux uses one)".into(),
+            });
+        }
         for (k, v) in req.metadata {
             p.push((format!("metadata[{k}]"), v.clone()));
         }
-        p.push(("metadata[order_id]".into(), req.order_id.into()));
-        p.push(("metadata[paymux_payment]".into(), req.payment_id.into()));
+        p.push(("description".into(), format!("Order {}", req.order_id)));
         p.push(("metadata[paymux_attempt]".into(), req.attempt_ref.into()));
         Ok(self.request(http::Method::POST, "/v1/payment_intents".into(), Some(req.attempt_ref), Some(encode(&p))))
     }
@@ -195,7 +202,7 @@ impl Connector for Stripe {
         Ok(self.request(http::Method::GET, path, None, None))
     }
 
-    fn parse_query(&self, q: &QueryRef<'_>, _req: &WireRequest, resp: &WireResponse) -> QueryOutcome {
+    fn parse_query(&self, q: &QueryRef<'_>, req: &WireRequest, resp: &WireResponse) -> QueryOutcome {
         let v = parse_json(resp);
         match (resp.status, v) {
             (200, Some(v)) => {
@@ -215,7 +222,15 @@ impl Connector for Stripe {
                     .map(QueryOutcome::Found)
                     .unwrap_or(QueryOutcome::Unknown { code: "unparseable_response".into() })
             }
-            (404, _) => QueryOutcome::NotFound { authoritative: true },
+            // Only Stripe's own "no such payment_intent" on a retrieve by id is an answer; a
+            // 404 on search (no search endpoint, a proxy's page) says nothing about the payment.
+            (404, v)
+                if !req.path.contains("/search")
+                    && v.as_ref().and_then(|v| v.pointer("/error/code")).and_then(Value::as_str)
+                        == Some("resource_missing") =>
+            {
+                QueryOutcome::NotFound { authoritative: true }
+            }
             (s, _) => QueryOutcome::Unknown { code: format!("http_{s}") },
         }
     }
@@ -427,6 +442,28 @@ mod tests {
         assert!(matches!(c.parse_create(&w, &resp(500, "{}")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(200, "<html>")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(409, "{}")), CreateOutcome::Ambiguous { .. }));
+    }
+
+    #[test]
+    fn search_lag_and_404s_are_not_answers() {
+        let lagging = Stripe::new(Secret::new("sk".into()), Secret::new("wh".into()), 300, 60_000);
+        let q = QueryRef { attempt_ref: "pay_1-a1", provider_ref: None, since_send_ms: 5_000 };
+        let w = lagging.build_query(&q).unwrap();
+        assert!(w.path.starts_with("/v1/payment_intents/search?query="));
+        let empty = resp(200, r#"{"object":"search_result","data":[]}"#);
+        assert_eq!(lagging.parse_query(&q, &w, &empty), QueryOutcome::NotFound { authoritative: false });
+        let late = QueryRef { since_send_ms: 60_000, ..q.clone() };
+        assert_eq!(lagging.parse_query(&late, &w, &empty), QueryOutcome::NotFound { authoritative: true });
+        // A 404 on search (no such endpoint, a proxy page) is not "no such payment".
+        assert!(matches!(
+            lagging.parse_query(&late, &w, &resp(404, "<html>not found</html>")),
+            QueryOutcome::Unknown { .. }
+        ));
+        let by_id = QueryRef { provider_ref: Some("pi_9"), ..late.clone() };
+        let w2 = lagging.build_query(&by_id).unwrap();
+        let missing = resp(404, r#"{"error":{"type":"invalid_request_error","code":"resource_missing"}}"#);
+        assert_eq!(lagging.parse_query(&by_id, &w2, &missing), QueryOutcome::NotFound { authoritative: true });
+        assert!(matches!(lagging.parse_query(&by_id, &w2, &resp(404, "nope")), QueryOutcome::Unknown { .. }));
     }
 
     #[test]

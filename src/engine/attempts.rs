@@ -129,7 +129,15 @@ impl Engine {
                     a.error_code = Some(code.clone());
                     a.watch = watch;
                     if let Some(next) = channels.get(i + 1) {
-                        self.metrics.failovers.with_label_values(&[&ch.id, &next.id, &code]).inc();
+                        // The label is a bounded class; the provider's own code is in the
+                        // attempt record and the audit log.
+                        let reason = match outcome {
+                            "not_sent" if code == "connect_failed" => "connect_failed",
+                            "not_sent" => "not_sendable",
+                            "not_found_after_query" => "ambiguous_not_processed",
+                            _ => "not_processed",
+                        };
+                        self.metrics.failovers.with_label_values(&[ch.id.as_str(), next.id.as_str(), reason]).inc();
                     }
                     last_error = code;
                 }

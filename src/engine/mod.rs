@@ -110,7 +110,11 @@ pub fn status_of(state: &ProviderState) -> PaymentStatus {
 
 /// Applies a provider state to a stored payment; final statuses never move backwards.
 pub fn apply_state(p: &mut PaymentRow, state: &ProviderState, now: i64) -> bool {
-    if p.status.is_final() {
+    // One exception to "final never changes": a failure paymux inferred (the provider showed
+    // no such payment) yields to the provider later saying it succeeded.
+    let inferred_failure =
+        p.status == PaymentStatus::Failed && p.error_code.as_deref() == Some("provider_did_not_process");
+    if p.status.is_final() && !(inferred_failure && *state == ProviderState::Succeeded) {
         return false;
     }
     let new = status_of(state);
@@ -161,6 +165,16 @@ impl Engine {
         let el = t.elapsed();
         self.metrics.channel_latency.with_label_values(&[&ch.id]).observe(el.as_secs_f64());
         (r, el.as_millis() as u64)
+    }
+
+    /// Milliseconds since the attempt `attempt_ref` was sent (0 when unknown, which keeps a
+    /// lagging provider's "not found" non-authoritative).
+    pub(crate) async fn since_send(&self, attempt_ref: &str) -> u64 {
+        let r = attempt_ref.to_string();
+        match crate::store::call(&self.store, move |s| s.attempt_by_ref(&r)).await {
+            Ok(Some(a)) => (crate::store::now_ms() - a.started_at).max(0) as u64,
+            _ => 0,
+        }
     }
 
     /// Loads a payment with its attempts.

@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::connector::{CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundRequest, RefundState};
-use crate::domain::new_id;
 use crate::store::{now_ms, RefundReserveError, RefundRow, ReserveFailure};
 use serde_json::json;
 
@@ -12,6 +11,8 @@ impl Engine {
         let mut v = self.view(id).await?;
         if !v.payment.status.is_final() {
             if let Some(state) = self.query_holding(ctx, policy, &v.payment).await {
+                // Re-read: a webhook or refund may have changed the row during the query.
+                v = self.view(id).await?;
                 if apply_state(&mut v.payment, &state, now_ms()) {
                     let row = v.payment.clone();
                     crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
@@ -34,15 +35,16 @@ impl Engine {
         let ch = holding_channel(policy, p)?;
         let aref = p.attempt_ref.clone()?;
         let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
+        let since = self.since_send(&aref).await;
         let (a2, p2) = (aref.clone(), pref.clone());
         let req = self
             .build(&ch, move |c| {
-                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: u64::MAX })
+                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: since })
             })
             .await
             .ok()?;
         let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
-        let q = QueryRef { attempt_ref: &aref, provider_ref: pref.as_deref(), since_send_ms: u64::MAX };
+        let q = QueryRef { attempt_ref: &aref, provider_ref: pref.as_deref(), since_send_ms: since };
         match ch.connector.parse_query(&q, &req, &res.ok()?) {
             QueryOutcome::Found(pp) => Some(pp.state),
             _ => None,
@@ -105,15 +107,19 @@ impl Engine {
         ctx: &Ctx,
         policy: &Policy,
         id: &str,
+        refund_id: &str,
         amount: Option<i64>,
         reason: Option<String>,
     ) -> Result<RefundRow, EngineError> {
         let v = self.view(id).await?;
         let p = v.payment;
+        if !p.status.is_captured() {
+            return Err(EngineError::NotRefundable(p.status));
+        }
         let ch = holding_channel(policy, &p).ok_or_else(|| {
             EngineError::ProviderUnavailable("the holding channel is not in the current policy".into())
         })?;
-        let refund_id = new_id("re");
+        let refund_id = refund_id.to_string();
         let (pid, rid, rsn) = (id.to_string(), refund_id.clone(), reason.clone());
         let reserved = tokio::task::spawn_blocking({
             let store = self.store.clone();
@@ -177,7 +183,12 @@ impl Engine {
             RefundOutcome::NotProcessed { code, message } => {
                 r.status = "failed".into();
                 r.error_code = Some(code.clone());
-                Err(EngineError::ProviderRefused { code: code.clone(), message: message.clone() })
+                if code == "connect_failed" {
+                    // Nothing reached the provider: a transient failure, not an answer.
+                    Err(EngineError::ProviderUnavailable(format!("{code}: {message}")))
+                } else {
+                    Err(EngineError::ProviderRefused { code: code.clone(), message: message.clone() })
+                }
             }
             // Stays pending and reserved: the provider's callback settles it.
             RefundOutcome::Ambiguous { code } => {

@@ -25,7 +25,15 @@ impl Engine {
                 deadline: Instant::now() + pol.server.request_deadline,
             };
             let channel = p.channel.clone().unwrap_or_default();
-            let result = match self.query_state(&ctx, &pol, &p).await {
+            let outcome = self.query_state(&ctx, &pol, &p).await;
+            // Re-read: a webhook may have settled the payment while the query ran.
+            let pid = p.id.clone();
+            match crate::store::call(&self.store, move |s| s.get_payment(&pid)).await {
+                Ok(Some(fresh)) if fresh.status.is_final() => continue,
+                Ok(Some(fresh)) => p = fresh,
+                _ => continue,
+            }
+            let result = match outcome {
                 Some(QueryOutcome::Found(pp)) => {
                     if p.provider_ref.is_none() && !pp.provider_ref.is_empty() {
                         p.provider_ref = Some(pp.provider_ref.clone());
@@ -73,15 +81,16 @@ impl Engine {
     }
 
     async fn query_ref(&self, ctx: &Ctx, ch: &Arc<Channel>, aref: &str, pref: Option<String>) -> Option<QueryOutcome> {
+        let since = self.since_send(aref).await;
         let (a2, p2) = (aref.to_string(), pref.clone());
         let req = self
             .build(ch, move |c| {
-                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: u64::MAX })
+                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: since })
             })
             .await
             .ok()?;
         let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
-        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms: u64::MAX };
+        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms: since };
         Some(ch.connector.parse_query(&q, &req, &res.ok()?))
     }
 

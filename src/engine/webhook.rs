@@ -10,6 +10,9 @@ use serde_json::json;
 pub enum WebhookResult {
     /// Verified (and applied, or a duplicate): answer with the provider's ack.
     Ack { duplicate: bool },
+    /// Verified, but about an attempt still in flight: not recorded, so the provider's
+    /// redelivery is applied once the attempt has settled.
+    Retry,
     /// Refused: answer 401, change nothing.
     Rejected(WebhookError),
 }
@@ -59,8 +62,11 @@ impl Engine {
                 Some(rid) => match self.get_refund(rid).await {
                     Ok(mut r) => {
                         payment_id = Some(r.payment_id.clone());
-                        if r.status == "pending" {
-                            r.status = super::ops::refund_status(state).into();
+                        let new_status = super::ops::refund_status(state);
+                        // Pending settles either way; a refund the provider reports failed
+                        // after all (Stripe's refund.failed) is reversed too.
+                        if r.status == "pending" || (r.status == "succeeded" && new_status == "failed") {
+                            r.status = new_status.into();
                             r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
                             r.updated_at = now_ms();
                             let row = r.clone();

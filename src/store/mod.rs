@@ -195,6 +195,9 @@ pub trait Store: Send + Sync + 'static {
     /// Returns (queued, failed).
     fn recover_interrupted(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
 
+    /// Forgets a webhook event id, so a redelivery is processed (used when an event arrived
+    /// too early to apply).
+    fn webhook_forget(&self, channel: &str, event_id: &str) -> StoreResult<()>;
     /// Records a webhook event id; returns true when it had been seen before (a duplicate).
     fn webhook_seen(&self, channel: &str, event_id: &str, now_ms: i64) -> StoreResult<bool>;
 }
