@@ -62,6 +62,12 @@ impl BackgroundService for Housekeeping {
                 _ = tokio::time::sleep(interval) => {}
             }
             self.engine.reconcile_once(&self.policy).await;
+            let store = self.engine.store.clone();
+            match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "store checkpoint failed"),
+                Err(e) => tracing::warn!(error = %e, "store checkpoint task failed"),
+                Ok(Ok(())) => {}
+            }
             if last_expiry.elapsed() > Duration::from_secs(60) {
                 last_expiry = tokio::time::Instant::now();
                 let now = crate::store::now_ms();

@@ -132,3 +132,37 @@ async fn slow_primary_that_processes_late_is_reversed() {
     assert!(reversed, "late charge on the primary was not reversed; metrics:\n{m}");
     assert_eq!(metric(&m, "paymux_orphan_reversals_total", "result=\"reversed\""), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_with_lost_answers_are_settled_by_the_reconciler() {
+    let w = world(400).await;
+    let r = pay(&w, "refund-lost").await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // The provider processes the refund but its answer and its callback are lost.
+    w.fault(
+        "stripe_primary",
+        json!({"blackhole": true, "process_before_error": true, "ops": ["refund"], "callbacks": {"drop": true}}),
+    )
+    .await;
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("lost-1"), json!({"amount": 1000})).await;
+    assert_eq!(rf.status, 201, "{}", rf.text);
+    assert_eq!(rf.body["status"], "pending");
+    // A refund that never reached the provider.
+    w.fault("stripe_primary", json!({"blackhole": true, "ops": ["refund"], "callbacks": {"drop": true}})).await;
+    let rf2 = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("lost-2"), json!({"amount": 2000})).await;
+    assert_eq!(rf2.body["status"], "pending", "{}", rf2.text);
+    w.clear("stripe_primary").await;
+    let settled = eventually(Duration::from_secs(15), || async {
+        let a = get(&w.pm.api, &format!("/v1/refunds/{}", rf.body["id"].as_str().unwrap())).await;
+        let b = get(&w.pm.api, &format!("/v1/refunds/{}", rf2.body["id"].as_str().unwrap())).await;
+        a.body["status"] == "succeeded" && b.body["status"] == "failed"
+    })
+    .await;
+    assert!(settled, "pending refunds were not reconciled; log:\n{}", w.pm.log());
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(g.body["status"], "partially_refunded");
+    assert_eq!(g.body["amount_refunded"], 1000);
+    // The failed one released its reservation: the rest can be refunded.
+    let rest = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("rest"), json!({})).await;
+    assert_eq!(rest.body["amount"], 3200, "{}", rest.text);
+}

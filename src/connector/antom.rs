@@ -332,6 +332,36 @@ impl Connector for Antom {
         }
     }
 
+    fn build_refund_query(&self, q: &RefundQuery<'_>) -> Result<WireRequest, BuildError> {
+        Ok(self.signed("inquiryRefund", json!({"refundRequestId": q.refund_id})))
+    }
+
+    fn parse_refund_query(&self, _q: &RefundQuery<'_>, req: &WireRequest, resp: &WireResponse) -> RefundQueryOutcome {
+        if resp.status != 200 {
+            return RefundQueryOutcome::Unknown { code: format!("http_{}", resp.status) };
+        }
+        let Some(v) = self.verified(req, resp) else {
+            return RefundQueryOutcome::Unknown { code: "response_signature_invalid".into() };
+        };
+        match result(&v) {
+            ("S", _, _) => {
+                let state = match v.get("refundStatus").and_then(Value::as_str) {
+                    Some("SUCCESS") => RefundState::Succeeded,
+                    Some("FAIL") => {
+                        RefundState::Failed { code: "REFUND_FAILED".into(), message: "refund failed at Antom".into() }
+                    }
+                    _ => RefundState::Pending,
+                };
+                RefundQueryOutcome::Found {
+                    provider_refund_ref: v.get("refundId").and_then(Value::as_str).map(String::from),
+                    state,
+                }
+            }
+            ("F", "REFUND_NOT_EXIST", _) => RefundQueryOutcome::NotFound,
+            (_, c, _) => RefundQueryOutcome::Unknown { code: c.into() },
+        }
+    }
+
     fn verify_webhook(
         &self,
         path: &str,

@@ -156,6 +156,30 @@ pub enum RefundOutcome {
     Ambiguous { code: String },
 }
 
+/// How to find a refund at the provider.
+#[derive(Debug, Clone)]
+pub struct RefundQuery<'a> {
+    /// paymux's refund id (the idempotency reference sent with the refund).
+    pub refund_id: &'a str,
+    pub provider_refund_ref: Option<&'a str>,
+    /// The payment's id at the provider.
+    pub provider_ref: &'a str,
+}
+
+/// Outcome of a refund status query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefundQueryOutcome {
+    Found {
+        provider_refund_ref: Option<String>,
+        state: RefundState,
+    },
+    /// The provider has no such refund.
+    NotFound,
+    Unknown {
+        code: String,
+    },
+}
+
 /// A verified provider callback, normalised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookEvent {
@@ -222,6 +246,8 @@ pub trait Connector: Send + Sync + 'static {
     fn parse_cancel(&self, req: &WireRequest, resp: &WireResponse) -> CancelOutcome;
     fn build_refund(&self, r: &RefundRequest<'_>) -> Result<WireRequest, BuildError>;
     fn parse_refund(&self, req: &WireRequest, resp: &WireResponse) -> RefundOutcome;
+    fn build_refund_query(&self, q: &RefundQuery<'_>) -> Result<WireRequest, BuildError>;
+    fn parse_refund_query(&self, q: &RefundQuery<'_>, req: &WireRequest, resp: &WireResponse) -> RefundQueryOutcome;
     /// Verifies and parses a callback. `path` is the path the provider signed (Antom signs it).
     fn verify_webhook(
         &self,

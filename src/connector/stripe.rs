@@ -304,6 +304,38 @@ impl Connector for Stripe {
         }
     }
 
+    fn build_refund_query(&self, q: &RefundQuery<'_>) -> Result<WireRequest, BuildError> {
+        let enc = |x: &str| percent_encoding::utf8_percent_encode(x, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let path = match q.provider_refund_ref {
+            Some(id) => format!("/v1/refunds/{}", enc(id)),
+            None => format!("/v1/refunds?payment_intent={}&limit=100", enc(q.provider_ref)),
+        };
+        Ok(self.request(http::Method::GET, path, None, None))
+    }
+
+    fn parse_refund_query(&self, q: &RefundQuery<'_>, _req: &WireRequest, resp: &WireResponse) -> RefundQueryOutcome {
+        let v = parse_json(resp);
+        let found = |r: &Value| RefundQueryOutcome::Found {
+            provider_refund_ref: r.get("id").and_then(Value::as_str).map(String::from),
+            state: refund_state(r),
+        };
+        match (resp.status, v) {
+            (200, Some(v)) if v.get("object").and_then(Value::as_str) == Some("list") => {
+                let data = v.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+                match data
+                    .iter()
+                    .find(|r| r.pointer("/metadata/paymux_refund").and_then(Value::as_str) == Some(q.refund_id))
+                {
+                    Some(r) => found(r),
+                    None if v.get("has_more").and_then(Value::as_bool) == Some(false) => RefundQueryOutcome::NotFound,
+                    None => RefundQueryOutcome::Unknown { code: "refund_list_truncated".into() },
+                }
+            }
+            (200, Some(v)) => found(&v),
+            (s, _) => RefundQueryOutcome::Unknown { code: format!("http_{s}") },
+        }
+    }
+
     fn verify_webhook(
         &self,
         _path: &str,

@@ -3,7 +3,9 @@
 //! send are watched, and reversed (cancel or refund) if they turn out to have processed.
 
 use super::*;
-use crate::connector::{CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundRequest};
+use crate::connector::{
+    CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundQuery, RefundQueryOutcome, RefundRequest,
+};
 use crate::store::now_ms;
 use arc_swap::ArcSwap;
 use serde_json::json;
@@ -70,7 +72,74 @@ impl Engine {
             }
         }
         self.check_watched(&pol).await;
+        self.check_refunds(&pol).await;
         n
+    }
+
+    /// Refunds whose answer never came (ambiguous send, lost callback): ask the provider.
+    async fn check_refunds(&self, pol: &Policy) {
+        let before = now_ms() - pol.server.reconcile_initial_backoff.as_millis() as i64;
+        let pending = crate::store::call(&self.store, move |s| s.pending_refunds(before, 50)).await.unwrap_or_default();
+        for mut r in pending {
+            let pid = r.payment_id.clone();
+            let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
+            let Some(ch) = holding_channel(pol, &p) else { continue };
+            let ctx = Ctx {
+                request_id: crate::domain::new_id("rec"),
+                actor: "system".into(),
+                deadline: Instant::now() + pol.server.request_deadline,
+            };
+            let (rid, rref, pref) =
+                (r.id.clone(), r.provider_refund_ref.clone(), p.provider_ref.clone().unwrap_or_default());
+            let (rid2, rref2, pref2) = (rid.clone(), rref.clone(), pref.clone());
+            let Ok(req) = self
+                .build(&ch, move |c| {
+                    c.build_refund_query(&RefundQuery {
+                        refund_id: &rid2,
+                        provider_refund_ref: rref2.as_deref(),
+                        provider_ref: &pref2,
+                    })
+                })
+                .await
+            else {
+                continue;
+            };
+            let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
+            let q = RefundQuery { refund_id: &rid, provider_refund_ref: rref.as_deref(), provider_ref: &pref };
+            let out = match res {
+                Ok(resp) => ch.connector.parse_refund_query(&q, &req, &resp),
+                Err(e) => RefundQueryOutcome::Unknown { code: e.code().into() },
+            };
+            let result = match out {
+                RefundQueryOutcome::Found { provider_refund_ref, state } => {
+                    r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
+                    r.status = super::ops::refund_status(&state).into();
+                    "found"
+                }
+                // The provider never got it: release the reserved amount.
+                RefundQueryOutcome::NotFound => {
+                    r.status = "failed".into();
+                    r.error_code = Some("provider_did_not_process".into());
+                    "not_found"
+                }
+                RefundQueryOutcome::Unknown { .. } => "unknown",
+            };
+            r.updated_at = now_ms();
+            let row = r.clone();
+            let _ = crate::store::call(&self.store, move |s| s.update_refund(&row)).await;
+            if result != "unknown" {
+                let _ = self.settle_refund_totals(&r.payment_id).await;
+                self.metrics.reconciliations.with_label_values(&[ch.id.as_str(), "refund"]).inc();
+                self.audit(
+                    &ctx,
+                    "refund.reconcile",
+                    Some(&r.payment_id),
+                    &r.status,
+                    json!({"refund_id": r.id, "channel": ch.id, "result": result}),
+                )
+                .await;
+            }
+        }
     }
 
     async fn query_state(&self, ctx: &Ctx, pol: &Policy, p: &PaymentRow) -> Option<QueryOutcome> {

@@ -186,6 +186,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<RefundRow, ReserveFailure>;
     fn update_refund(&self, r: &RefundRow) -> StoreResult<()>;
+    /// Refunds still `pending` that were last touched before `before_ms`, oldest first.
+    fn pending_refunds(&self, before_ms: i64, limit: usize) -> StoreResult<Vec<RefundRow>>;
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>>;
     fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>>;
 
@@ -195,6 +197,9 @@ pub trait Store: Send + Sync + 'static {
     /// Returns (queued, failed).
     fn recover_interrupted(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
 
+    /// Moves committed data from the log into the main database (SQLite: a WAL checkpoint).
+    /// Called periodically off the request path, never while a request holds the store.
+    fn checkpoint(&self) -> StoreResult<()>;
     /// Forgets a webhook event id, so a redelivery is processed (used when an event arrived
     /// too early to apply).
     fn webhook_forget(&self, channel: &str, event_id: &str) -> StoreResult<()>;

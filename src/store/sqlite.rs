@@ -10,6 +10,9 @@ use std::sync::Mutex;
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// A second connection used only for WAL checkpoints, so a checkpoint (which fsyncs)
+    /// never holds the connection request handlers use.
+    checkpointer: Mutex<Connection>,
     synchronous_full: bool,
 }
 
@@ -56,8 +59,13 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Checkpoints run from the housekeeping task on `checkpointer`, not inside a
+        // request's commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), synchronous_full })
+        let checkpointer = Connection::open(dir.join("paymux.db"))?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(SqliteStore { conn: Mutex::new(conn), checkpointer: Mutex::new(checkpointer), synchronous_full })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
@@ -398,6 +406,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pending_refunds(&self, before: i64, limit: usize) -> StoreResult<Vec<RefundRow>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {REFUND_COLS} FROM refunds WHERE status = 'pending' AND updated_at <= ?1 ORDER BY updated_at LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![before, limit as i64], refund_from_row)?;
+            rows.collect()
+        })
+    }
+
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>> {
         self.with(|c| {
             let mut st = c.prepare_cached(&format!(
@@ -432,6 +450,11 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok((queued, failed))
         })
+    }
+
+    fn checkpoint(&self) -> StoreResult<()> {
+        let c = self.checkpointer.lock().map_err(|_| StoreError("checkpoint mutex poisoned".into()))?;
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(StoreError::from)
     }
 
     fn webhook_forget(&self, channel: &str, event_id: &str) -> StoreResult<()> {

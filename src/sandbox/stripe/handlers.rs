@@ -484,6 +484,24 @@ requires_action, processing.",
         Ok(created)
     }
 
+    /// `GET /v1/refunds?payment_intent=pi_...` (Stripe's list, filtered by intent; newest first).
+    pub(super) fn list_refunds(
+        &self,
+        st: &mut State,
+        _: &mut Ctx<'_>,
+        p: &Params,
+        _: &[String],
+    ) -> Result<Value, ApiError> {
+        allow(p, &["limit", "expand", "payment_intent", "charge", "starting_after", "ending_before", "created"])?;
+        let limit = limit_param(p)?;
+        let pi = scalar(p, "payment_intent")?;
+        let mut all: Vec<&Refund> =
+            st.refunds.values().filter(|r| pi.is_none_or(|x| r.payment_intent == x)).collect();
+        all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        let page: Vec<Value> = all.iter().take(limit).map(|r| refund_json(r)).collect();
+        Ok(json!({"object": "list", "data": page, "has_more": all.len() > limit, "url": "/v1/refunds"}))
+    }
+
     pub(super) fn retrieve_refund(
         &self,
         st: &mut State,
