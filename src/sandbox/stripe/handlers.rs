@@ -495,8 +495,7 @@ requires_action, processing.",
         allow(p, &["limit", "expand", "payment_intent", "charge", "starting_after", "ending_before", "created"])?;
         let limit = limit_param(p)?;
         let pi = scalar(p, "payment_intent")?;
-        let mut all: Vec<&Refund> =
-            st.refunds.values().filter(|r| pi.is_none_or(|x| r.payment_intent == x)).collect();
+        let mut all: Vec<&Refund> = st.refunds.values().filter(|r| pi.is_none_or(|x| r.payment_intent == x)).collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
         let page: Vec<Value> = all.iter().take(limit).map(|r| refund_json(r)).collect();
         Ok(json!({"object": "list", "data": page, "has_more": all.len() > limit, "url": "/v1/refunds"}))
