@@ -31,6 +31,10 @@ enum Cmd {
         /// Data directory for the database and audit log (overrides `data_dir`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Base URL providers call back to (overrides `public_base_url`; with `--listen`,
+        /// set this too so callbacks reach the new address).
+        #[arg(long)]
+        public_base_url: Option<String>,
         /// Worker threads per service (default: number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
@@ -100,10 +104,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.cmd {
-        Cmd::Serve { config, listen, admin_listen, data_dir, threads, with_sandbox } => {
+        Cmd::Serve { config, listen, admin_listen, data_dir, public_base_url, threads, with_sandbox } => {
             let opts = paymux::server::ServeOptions {
                 config_dir: config,
-                overrides: paymux::config::Overrides { listen, admin_listen, data_dir },
+                overrides: paymux::config::Overrides { listen, admin_listen, data_dir, public_base_url },
                 threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             };
             serve(&opts, with_sandbox)

@@ -232,15 +232,7 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
             format!("no configured channel takes `{}` in {}", np.method, np.money.currency()),
         ));
     }
-    engine
-        .audit(
-            &ctx,
-            "payment.create",
-            Some(&payment_id),
-            "received",
-            json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()}),
-        )
-        .await;
+    let summary = json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()});
     match engine
         .create(&ctx, policy.clone(), &payment_id, key_id, np, crate::engine::attempts::Route { rule, channels })
         .await
@@ -254,7 +246,7 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
                     "payment.create",
                     Some(&payment_id),
                     v.payment.status.as_str(),
-                    json!({"channel": v.payment.channel, "attempts": v.attempts.len()}),
+                    json!({"channel": v.payment.channel, "attempts": v.attempts.len(), "payment": summary}),
                 )
                 .await;
             Ok(json(201, b, &[("location", format!("/v1/payments/{payment_id}"))]))
@@ -262,7 +254,15 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
         Err(e) => {
             // The payment row may exist (its attempts are recorded); the key stays linked to
             // it so a retry with the same key recovers instead of paying again.
-            engine.audit(&ctx, "payment.create", Some(&payment_id), "error", json!({"error": e.to_string()})).await;
+            engine
+                .audit(
+                    &ctx,
+                    "payment.create",
+                    Some(&payment_id),
+                    "error",
+                    json!({"error": e.to_string(), "payment": summary}),
+                )
+                .await;
             Err(engine_problem(&e))
         }
     }

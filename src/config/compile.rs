@@ -260,7 +260,7 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
     ServerSettings {
         listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
         admin_listen: ov.admin_listen.clone().unwrap_or_else(|| r.admin_listen.clone()),
-        public_base_url: r.public_base_url.trim_end_matches('/').to_string(),
+        public_base_url: ov.public_base_url.as_deref().unwrap_or(&r.public_base_url).trim_end_matches('/').to_string(),
         data_dir: ov.data_dir.clone().unwrap_or_else(|| rel(r.data_dir.as_deref().unwrap_or("data"))),
         tls,
         max_body_bytes: r.limits.max_body_bytes.unwrap_or(65536) as usize,
@@ -486,19 +486,30 @@ fn target(
     (d.len() == before).then_some(t)
 }
 
-/// Parses a major-unit decimal into minor units of `c`; `None` when it has more non-zero
-/// decimal places than the currency's exponent.
-pub fn decimal_to_minor(s: &str, c: Currency) -> Option<i64> {
+/// Why a rule amount cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecimalError {
+    /// More non-zero decimal places than the currency's exponent.
+    TooPrecise,
+    /// Above the largest amount paymux accepts (10^15 minor units).
+    TooLarge,
+}
+
+/// Parses a major-unit decimal into minor units of `c`.
+pub fn decimal_to_minor(s: &str, c: Currency) -> Result<i64, DecimalError> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     let e = c.exponent() as usize;
     let frac_trimmed = frac.trim_end_matches('0');
     if frac_trimmed.len() > e {
-        return None;
+        return Err(DecimalError::TooPrecise);
     }
     let mut digits = String::from(int);
     digits.push_str(frac_trimmed);
     digits.extend(std::iter::repeat_n('0', e - frac_trimmed.len()));
-    digits.parse::<i64>().ok()
+    match digits.parse::<i64>() {
+        Ok(v) if v <= crate::domain::MAX_AMOUNT_MINOR => Ok(v),
+        _ => Err(DecimalError::TooLarge),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -550,8 +561,17 @@ fn build_rule(
                 let mut bound = |s: &Option<String>, key: &str| -> Option<i64> {
                     let s = s.as_ref()?;
                     match decimal_to_minor(s, *c) {
-                        Some(v) => Some(v),
-                        None => {
+                        Ok(v) => Some(v),
+                        Err(DecimalError::TooLarge) => {
+                            d.push(p.diag_value(
+                                &format!("{base}/match/amount/{key}"),
+                                format!(
+                                    "amount `{s}` {c} is above the largest payment paymux accepts (10^15 minor units)"
+                                ),
+                            ));
+                            None
+                        }
+                        Err(DecimalError::TooPrecise) => {
                             d.push(p.diag_value(
                                 &format!("{base}/match/amount/{key}"),
                                 format!(
@@ -653,10 +673,11 @@ mod tests {
     fn decimals_respect_exponent() {
         let hkd = Currency::parse("HKD").unwrap();
         let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(decimal_to_minor("100.5", hkd), Some(10050));
-        assert_eq!(decimal_to_minor("100", hkd), Some(10000));
-        assert_eq!(decimal_to_minor("100.00", jpy), Some(100));
-        assert_eq!(decimal_to_minor("100.5", jpy), None);
-        assert_eq!(decimal_to_minor("0.001", hkd), None);
+        assert_eq!(decimal_to_minor("100.5", hkd), Ok(10050));
+        assert_eq!(decimal_to_minor("100", hkd), Ok(10000));
+        assert_eq!(decimal_to_minor("100.00", jpy), Ok(100));
+        assert_eq!(decimal_to_minor("100.5", jpy), Err(DecimalError::TooPrecise));
+        assert_eq!(decimal_to_minor("0.001", hkd), Err(DecimalError::TooPrecise));
+        assert_eq!(decimal_to_minor("9999999999999999", Currency::parse("KWD").unwrap()), Err(DecimalError::TooLarge));
     }
 }

@@ -28,6 +28,8 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
+    /// Where providers call back (`public_base_url`).
+    pub public_base_url: Option<String>,
     pub admin_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
 }
