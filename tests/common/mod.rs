@@ -76,7 +76,17 @@ impl Paymux {
     pub fn start(config: &Path, data: &Path, ports: Ports) -> Paymux {
         let log = data.join(format!("paymux-{}.log", ports.api));
         std::fs::create_dir_all(data).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_paymux"))
+        // PAYMUX_PIN_CPU=N runs paymux on CPU N only (the load bench uses it to keep the
+        // load generator and the simulators off the proxy's core).
+        let mut cmd = match std::env::var("PAYMUX_PIN_CPU") {
+            Ok(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu, env!("CARGO_BIN_EXE_paymux")]);
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_paymux")),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .arg("--data-dir")
