@@ -72,6 +72,26 @@ impl SqliteStore {
         let mut c = self.conn.lock().map_err(|_| StoreError("store mutex poisoned".into()))?;
         f(&mut c).map_err(StoreError::from)
     }
+
+    /// Every row of a cached query.
+    fn all<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Vec<T>> {
+        self.with(|c| c.prepare_cached(sql)?.query_map(params, row)?.collect())
+    }
+
+    /// At most one row of a cached query.
+    fn one<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
+        self.with(|c| c.prepare_cached(sql)?.query_row(params, row).optional())
+    }
 }
 
 fn payment_from_row(r: &Row<'_>) -> rusqlite::Result<PaymentRow> {
@@ -303,52 +323,39 @@ impl Store for SqliteStore {
     }
 
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>> {
-        self.with(|c| {
-            c.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?
-                .query_row(params![id], payment_from_row)
-                .optional()
-        })
+        self.one(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"), params![id], payment_from_row)
     }
 
     fn payments_due(&self, now: i64, limit: usize) -> StoreResult<Vec<PaymentRow>> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE reconcile_at IS NOT NULL AND reconcile_at <= ?1 ORDER BY reconcile_at LIMIT ?2"))?;
-            let rows = st.query_map(params![now, limit as i64], payment_from_row)?;
-            rows.collect()
-        })
+        let sql = format!(
+            "SELECT {PAYMENT_COLS} FROM payments WHERE reconcile_at IS NOT NULL AND reconcile_at <= ?1 ORDER BY reconcile_at LIMIT ?2"
+        );
+        self.all(&sql, params![now, limit as i64], payment_from_row)
     }
 
     fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>> {
-        self.with(|c| {
-            let mut st =
-                c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"))?;
-            let rows = st.query_map(params![payment_id], attempt_from_row)?;
-            rows.collect()
-        })
+        self.all(
+            &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 ORDER BY n"),
+            params![payment_id],
+            attempt_from_row,
+        )
     }
 
     fn attempt_by_ref(&self, r: &str) -> StoreResult<Option<AttemptRow>> {
-        self.with(|c| {
-            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"))?
-                .query_row(params![r], attempt_from_row)
-                .optional()
-        })
+        self.one(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"), params![r], attempt_from_row)
     }
 
     fn attempt_by_provider_ref(&self, ch: &str, pr: &str) -> StoreResult<Option<AttemptRow>> {
-        self.with(|c| {
-            c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2"))?
-                .query_row(params![ch, pr], attempt_from_row)
-                .optional()
-        })
+        let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE channel = ?1 AND provider_ref = ?2");
+        self.one(&sql, params![ch, pr], attempt_from_row)
     }
 
     fn watched_attempts(&self, limit: usize) -> StoreResult<Vec<AttemptRow>> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 LIMIT ?1"))?;
-            let rows = st.query_map(params![limit as i64], attempt_from_row)?;
-            rows.collect()
-        })
+        self.all(
+            &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 LIMIT ?1"),
+            params![limit as i64],
+            attempt_from_row,
+        )
     }
 
     fn reserve_refund(
@@ -407,31 +414,17 @@ impl Store for SqliteStore {
     }
 
     fn pending_refunds(&self, before: i64, limit: usize) -> StoreResult<Vec<RefundRow>> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {REFUND_COLS} FROM refunds WHERE status = 'pending' AND updated_at <= ?1 ORDER BY updated_at LIMIT ?2"
-            ))?;
-            let rows = st.query_map(params![before, limit as i64], refund_from_row)?;
-            rows.collect()
-        })
+        let sql = format!("SELECT {REFUND_COLS} FROM refunds WHERE status = 'pending' AND updated_at <= ?1 ORDER BY updated_at LIMIT ?2");
+        self.all(&sql, params![before, limit as i64], refund_from_row)
     }
 
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id"
-            ))?;
-            let rows = st.query_map(params![payment_id], refund_from_row)?;
-            rows.collect()
-        })
+        let sql = format!("SELECT {REFUND_COLS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at, id");
+        self.all(&sql, params![payment_id], refund_from_row)
     }
 
     fn get_refund(&self, id: &str) -> StoreResult<Option<RefundRow>> {
-        self.with(|c| {
-            c.prepare_cached(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"))?
-                .query_row(params![id], refund_from_row)
-                .optional()
-        })
+        self.one(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = ?1"), params![id], refund_from_row)
     }
 
     fn recover_interrupted(&self, now: i64) -> StoreResult<(usize, usize)> {
