@@ -427,7 +427,13 @@ impl ApiError {
                 "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.",
                 None,
             ),
-            400..=499 => Self::invalid("The request could not be processed (sandbox fault injection).", None, None),
+            400..=499 => Self::new(
+                status,
+                "invalid_request_error",
+                None,
+                "The request could not be processed (sandbox fault injection).",
+                None,
+            ),
             _ => Self::new(
                 status,
                 "api_error",
