@@ -9,9 +9,19 @@ use std::time::{Duration, Instant};
 
 pub const KEY: &str = "pmx_test_demo_key";
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), never the same one twice in this process:
+/// tests run in parallel, and pingora listeners use SO_REUSEPORT, so two tests given the same
+/// port would silently share it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Ports of one test's world.
