@@ -85,12 +85,9 @@ impl ServeHttp for AdminApp {
             }
             (_, "/admin/reload" | "/admin/config" | "/metrics" | "/healthz" | "/readyz") => {
                 let allow = if path == "/admin/reload" { "POST" } else { "GET" };
-                let mut r = crate::api::http_util::problem(
-                    &Problem::new(405, "method_not_allowed", format!("{path} accepts {allow} only")),
-                    &rid,
-                );
-                r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
-                r
+                let mut p = Problem::new(405, "method_not_allowed", format!("{path} accepts {allow} only"));
+                p.allow = Some(allow);
+                crate::api::http_util::problem(&p, &rid)
             }
             _ => crate::api::http_util::problem(
                 &Problem::new(404, "not_found", format!("no admin endpoint at {method} {path}")),

@@ -69,7 +69,9 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
     }
     // Unknown endpoint and method.
     assert_eq!(get(base, "/v1/nope").await.status, 404);
-    assert_eq!(send(client().delete(format!("{base}/v1/payments")).bearer_auth(KEY)).await.status, 405);
+    let m = send(client().delete(format!("{base}/v1/payments")).bearer_auth(KEY)).await;
+    assert_eq!(m.status, 405);
+    assert_eq!(m.headers["allow"], "POST");
     assert_eq!(get(base, "/v1/payments/pay_doesnotexist").await.body["code"], "payment_not_found");
 }
 

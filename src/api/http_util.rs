@@ -59,6 +59,9 @@ pub fn problem(p: &Problem, request_id: &str) -> Response<Vec<u8>> {
     let body = serde_json::to_vec(&p).unwrap_or_default();
     let mut r = json(p.status, body, &[("x-request-id", request_id.to_string())]);
     r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/problem+json"));
+    if let Some(allow) = p.allow {
+        r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    }
     r
 }
 

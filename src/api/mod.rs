@@ -70,7 +70,9 @@ pub fn route(method: &http::Method, path: &str) -> Result<(Endpoint, Option<Stri
         _ => return Err(Problem::new(404, "not_found", format!("no endpoint at {path}"))),
     };
     if method.as_str() != allowed {
-        return Err(Problem::new(405, "method_not_allowed", format!("{path} accepts {allowed} only")));
+        let mut p = Problem::new(405, "method_not_allowed", format!("{path} accepts {allowed} only"));
+        p.allow = Some(allowed);
+        return Err(p);
     }
     Ok((ep, param.map(String::from)))
 }
@@ -85,17 +87,7 @@ impl ServeHttp for ApiApp {
         let path = s.req_header().uri.path().to_string();
         let mut subject: Option<String> = None;
         let (endpoint, resp) = match route(&method, &path) {
-            Err(p) => {
-                let mut r = http_util::problem(&p, &request_id);
-                if p.status == 405 {
-                    if let Some(allow) = p.detail.rsplit(' ').nth(1) {
-                        if let Ok(v) = http::HeaderValue::from_str(allow) {
-                            r.headers_mut().insert(http::header::ALLOW, v);
-                        }
-                    }
-                }
-                (Endpoint::Other, r)
-            }
+            Err(p) => (Endpoint::Other, http_util::problem(&p, &request_id)),
             Ok((ep, param)) => {
                 if matches!(ep, Endpoint::GetPayment | Endpoint::CancelPayment | Endpoint::CreateRefund) {
                     subject = param.clone();

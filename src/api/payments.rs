@@ -287,7 +287,7 @@ async fn refund(
     match claim(engine, policy, key_id, &key, &hash, Some(&refund_id)).await? {
         Idem::Replay(r) => return Ok(r),
         Idem::Recover(id) => match engine.get_refund(&id).await {
-            // A crash left the refund reserved: answer with it (it settles by callback).
+            // A crash left the refund reserved: answer with it (a callback or the reconciler settles it).
             Ok(r) => {
                 let b = refund_json(&r);
                 complete(engine, key_id, &key, 201, &b).await;

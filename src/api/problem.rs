@@ -17,6 +17,8 @@ pub struct Problem {
     pub detail: String,
     pub errors: Vec<FieldError>,
     pub request_id: Option<String>,
+    /// For 405: the method the resource accepts (sent as the `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 impl Serialize for Problem {
@@ -41,7 +43,7 @@ impl Serialize for Problem {
 impl Problem {
     /// A problem with a code, status and detail; the title comes from the code.
     pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, code, detail: detail.into(), errors: vec![], request_id: None }
+        Problem { status, code, detail: detail.into(), errors: vec![], request_id: None, allow: None }
     }
 
     /// 422 `validation_failed` with field errors.
