@@ -22,6 +22,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// CPU time (user + system) a process has used, in seconds, from /proc (Linux; USER_HZ 100).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
 fn env_or(name: &str, d: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
 }
@@ -166,8 +175,12 @@ fn main() {
         println!("warming up…");
         run("warmup-direct", rate / 2, 2, direct("w1")).await;
         run("warmup-paymux", rate / 2, 2, via("w2")).await;
+        let pid = pm.child.id().to_string();
+        let (me0, pm0) = (cpu_seconds("self"), cpu_seconds(&pid));
         let a = run("direct", rate, secs, direct("d1")).await;
+        let (me1, pm1) = (cpu_seconds("self"), cpu_seconds(&pid));
         let b = run("via paymux", rate, secs, via("p1")).await;
+        let (me2, pm2) = (cpu_seconds("self"), cpu_seconds(&pid));
         let c = run("direct (again)", rate, secs, direct("d2")).await;
         println!("\nopen loop, {rate} req/s, {secs} s per phase, loopback; latency in ms from scheduled send\n");
         println!("| phase | sent | errors | p50 | p90 | p99 | p99.9 |");
@@ -192,6 +205,16 @@ fn main() {
             b.pct(0.5) / base50,
             b.pct(0.99) - base99,
             b.pct(0.99) / base99
+        );
+        // CPU per request: paymux's own, against what the generator and the simulator spend
+        // per direct request in the same run.
+        let per = |cpu: f64, n: usize| cpu * 1000.0 / n as f64;
+        println!(
+            "CPU per request: paymux {:.3} ms; generator + simulator {:.3} ms direct, {:.3} ms via paymux (paymux idle during direct: {:.3} ms)",
+            per(pm2 - pm1, b.sent),
+            per(me1 - me0, a.sent),
+            per(me2 - me1, b.sent),
+            per(pm1 - pm0, a.sent)
         );
         drop(pm);
     });

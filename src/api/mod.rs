@@ -86,41 +86,29 @@ impl ServeHttp for ApiApp {
         let method = s.req_header().method.clone();
         let path = s.req_header().uri.path().to_string();
         let mut subject: Option<String> = None;
-        let (endpoint, resp) = match route(&method, &path) {
-            Err(p) => (Endpoint::Other, http_util::problem(&p, &request_id)),
+        let mut ctx = Ctx {
+            request_id: request_id.clone(),
+            actor: String::new(),
+            deadline: started + policy.server.request_deadline,
+        };
+        let (endpoint, result) = match route(&method, &path) {
+            Err(p) => (Endpoint::Other, Err(p)),
             Ok((ep, param)) => {
                 if matches!(ep, Endpoint::GetPayment | Endpoint::CancelPayment | Endpoint::CreateRefund) {
                     subject = param.clone();
                 }
-                let ctx = Ctx {
-                    request_id: request_id.clone(),
-                    actor: String::new(),
-                    deadline: started + policy.server.request_deadline,
-                };
-                let r = payments::handle(&self.state.engine, &policy, s, ep, param.unwrap_or_default(), ctx).await;
-                (ep, r.unwrap_or_else(|p| http_util::problem(&p, &request_id)))
+                let engine = &self.state.engine;
+                let param = param.unwrap_or_default();
+                (ep, payments::handle(engine, &policy, s, ep, param, &mut ctx, &mut subject).await)
             }
         };
+        let code = result.as_ref().err().map(|p| p.code);
+        let resp = result.unwrap_or_else(|p| http_util::problem(&p, &request_id));
         let m = &self.state.engine.metrics;
         m.http_requests.with_label_values(&[endpoint.label(), resp.status().as_str()]).inc();
         m.request_duration.with_label_values(&[endpoint.label()]).observe(started.elapsed().as_secs_f64());
         // One audit record per API call: who (key id, never the key), what, outcome.
-        let actor = match endpoint {
-            Endpoint::Webhook => {
-                let ch = path.rsplit('/').next().unwrap_or("");
-                format!("provider:{}", if policy.channel(ch).is_some() { ch } else { "unknown" })
-            }
-            _ => authenticate(&policy, s).unwrap_or_else(|_| "anonymous".into()),
-        };
-        if endpoint == Endpoint::CreatePayment && resp.status().is_success() {
-            subject = serde_json::from_slice::<serde_json::Value>(resp.body())
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(String::from));
-        }
-        let code = (!resp.status().is_success())
-            .then(|| serde_json::from_slice::<serde_json::Value>(resp.body()).ok())
-            .flatten()
-            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(String::from));
+        let actor = if ctx.actor.is_empty() { "anonymous".to_string() } else { ctx.actor };
         self.state
             .engine
             .audit

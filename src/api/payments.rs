@@ -3,10 +3,11 @@
 use super::http_util::{json, read_body};
 use super::problem::Problem;
 use super::{authenticate, engine_problem, validate, Endpoint};
+use crate::engine::attempts::{Create, IdemSlot, Route};
 use crate::engine::webhook::WebhookResult;
-use crate::engine::{Ctx, Engine, PaymentView};
+use crate::engine::{Ctx, Engine, EngineError, PaymentView};
 use crate::policy::{Facts, Policy};
-use crate::store::{now_ms, IdemClaim, IdemState, RefundRow};
+use crate::store::{now_ms, IdemClaim, IdemRecord, IdemState, RefundRow, StoreError};
 use http::Response;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
@@ -14,32 +15,35 @@ use std::sync::Arc;
 
 type Resp = Result<Response<Vec<u8>>, Problem>;
 
-/// Dispatches one API request.
+/// Dispatches one API request. Sets `ctx.actor` once the caller is known, and `subject` to
+/// the payment a create made: the per-call audit record names both.
 pub async fn handle(
     engine: &Engine,
     policy: &Arc<Policy>,
     s: &mut ServerSession,
     ep: Endpoint,
     param: String,
-    mut ctx: Ctx,
+    ctx: &mut Ctx,
+    subject: &mut Option<String>,
 ) -> Resp {
     if ep == Endpoint::Webhook {
         return webhook(engine, policy, s, &param, ctx).await;
     }
     let key_id = authenticate(policy, s)?;
     ctx.actor = key_id.clone();
+    let ctx = &*ctx;
     match ep {
-        Endpoint::CreatePayment => create(engine, policy, s, &key_id, ctx).await,
+        Endpoint::CreatePayment => create(engine, policy, s, &key_id, ctx, subject).await,
         Endpoint::GetPayment => {
             // Ownership first: another key's id must not trigger a provider query.
             owned_by(&engine.view(&param).await.map_err(|e| engine_problem(&e))?, &key_id)?;
-            let v = engine.get(&ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
+            let v = engine.get(ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
             Ok(json(200, payment_json(&v), &[]))
         }
         Endpoint::CancelPayment => {
             let v = engine.view(&param).await.map_err(|e| engine_problem(&e))?;
             owned_by(&v, &key_id)?;
-            let v = engine.cancel(&ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
+            let v = engine.cancel(ctx, policy, &param).await.map_err(|e| engine_problem(&e))?;
             Ok(json(200, payment_json(&v), &[]))
         }
         Endpoint::CreateRefund => refund(engine, policy, s, &key_id, &param, ctx).await,
@@ -90,51 +94,64 @@ fn request_hash(ep: Endpoint, param: &str, body: &Value) -> String {
     crate::crypto::sha256_hex(format!("{ep:?}\n{param}\n{body}").as_bytes())
 }
 
-/// What to do with an idempotency key.
-enum Idem {
-    Proceed,
-    Replay(Response<Vec<u8>>),
-    /// An abandoned in-flight claim (a crash mid-request) linked to this resource.
-    Recover(String),
+/// A key already held by an earlier request: what that means for this one.
+enum Held {
+    /// Answer with this (a replay, a recovered resource, or a problem).
+    Answer(Resp),
+    /// The earlier request died before creating its resource; the key was released, so
+    /// this request may claim it and proceed.
+    Released,
 }
 
-async fn claim(
-    engine: &Engine,
-    policy: &Policy,
-    key_id: &str,
-    key: &str,
-    hash: &str,
-    resource: Option<&str>,
-) -> Result<Idem, Problem> {
-    let (k, kk, h, r) = (key_id.to_string(), key.to_string(), hash.to_string(), resource.map(String::from));
-    let now = now_ms();
-    let exp = now + policy.server.idempotency_retention.as_millis() as i64;
-    let c = crate::store::call(&engine.store, move |s| s.idem_claim(&k, &kk, &h, r.as_deref(), now, exp))
-        .await
-        .map_err(|e| engine_problem(&e.into()))?;
-    match c {
-        IdemClaim::Claimed => Ok(Idem::Proceed),
-        IdemClaim::Existing(IdemState::Done { request_hash, status, body }) => {
-            if request_hash != hash {
-                return Err(reused());
+/// Applies Stripe's idempotency rules to the record holding a key: a finished request
+/// replays; a different request under the same key is 422; one still running is 409; one
+/// abandoned by a crash is answered from the resource it created (`recover` renders it, or
+/// says it does not exist).
+async fn held<F, Fut>(engine: &Engine, policy: &Policy, r: &IdemRecord, state: IdemState, recover: F) -> Held
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, Problem>>,
+{
+    let (first_hash, resource) = match state {
+        IdemState::Done { request_hash, status, body } => {
+            if request_hash != r.request_hash {
+                return Held::Answer(Err(reused()));
             }
-            Ok(Idem::Replay(replay(status, body)))
+            return Held::Answer(Ok(replay(status, body)));
         }
-        IdemClaim::Existing(IdemState::InFlight { request_hash, since, resource_id }) => {
-            if request_hash != hash {
-                return Err(reused());
-            }
-            let abandoned = now - since > 2 * policy.server.request_deadline.as_millis() as i64;
-            match (abandoned, resource_id) {
-                (true, Some(r)) => Ok(Idem::Recover(r)),
-                _ => Err(Problem::new(
-                    409,
-                    "idempotency_key_in_use",
-                    "a request with this Idempotency-Key is still being processed; retry later",
-                )),
-            }
+        IdemState::InFlight { request_hash, since, resource_id } => {
+            let abandoned = r.created_at - since > 2 * policy.server.request_deadline.as_millis() as i64;
+            (request_hash, resource_id.filter(|_| abandoned))
         }
+    };
+    if first_hash != r.request_hash {
+        return Held::Answer(Err(reused()));
     }
+    let Some(resource) = resource else {
+        return Held::Answer(Err(in_use()));
+    };
+    match recover(resource).await {
+        Ok(Some(body)) => {
+            complete(engine, &r.api_key_id, &r.key, 201, &body).await;
+            Held::Answer(Ok(json(200, body, &[("idempotent-replayed", "true".into())])))
+        }
+        Ok(None) => {
+            let (k, kk) = (r.api_key_id.clone(), r.key.clone());
+            match crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk)).await {
+                Ok(()) => Held::Released,
+                Err(e) => Held::Answer(Err(engine_problem(&e.into()))),
+            }
+        }
+        Err(p) => Held::Answer(Err(p)),
+    }
+}
+
+fn in_use() -> Problem {
+    Problem::new(
+        409,
+        "idempotency_key_in_use",
+        "a request with this Idempotency-Key is still being processed; retry later",
+    )
 }
 
 /// The first response again: a created resource replays as 200 (Stripe's convention), an
@@ -158,50 +175,51 @@ async fn complete(engine: &Engine, key_id: &str, key: &str, status: u16, body: &
     }
 }
 
-async fn release(engine: &Engine, key_id: &str, key: &str) {
-    let (k, kk) = (key_id.to_string(), key.to_string());
-    let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk)).await;
+/// A claim for `key`, linked to the resource the request will create (chosen up front, so a
+/// retry after a crash mid-request finds it instead of paying again).
+fn idem_record(policy: &Policy, key_id: &str, key: &str, hash: String, resource: &str) -> IdemRecord {
+    let now = now_ms();
+    IdemRecord {
+        api_key_id: key_id.to_string(),
+        key: key.to_string(),
+        request_hash: hash,
+        resource_id: Some(resource.to_string()),
+        created_at: now,
+        expires_at: now + policy.server.idempotency_retention.as_millis() as i64,
+    }
 }
 
-async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, key_id: &str, ctx: Ctx) -> Resp {
+/// The payment id in a replayed create response (replays are rare; the first answer is
+/// stored as rendered, so it is read back from there).
+fn replayed_id(r: &Resp) -> Option<String> {
+    let body = r.as_ref().ok().filter(|r| r.status().is_success())?.body();
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("id")?.as_str().map(String::from)
+}
+
+async fn recover_payment(engine: &Engine, id: String) -> Result<Option<Vec<u8>>, Problem> {
+    match engine.view(&id).await {
+        Ok(v) => Ok(Some(payment_json(&v))),
+        Err(crate::engine::EngineError::NotFound) => Ok(None),
+        Err(e) => Err(engine_problem(&e)),
+    }
+}
+
+async fn create(
+    engine: &Engine,
+    policy: &Arc<Policy>,
+    s: &mut ServerSession,
+    key_id: &str,
+    ctx: &Ctx,
+    subject: &mut Option<String>,
+) -> Resp {
     let key = idempotency_key(s)?;
     let body = read_body(s, policy.server.max_body_bytes).await?;
     let obj = validate::parse_object(&body)?;
     let np = validate::create(&obj)?;
     let hash = request_hash(Endpoint::CreatePayment, "", &Value::Object(obj));
-    // The payment id is chosen before the claim so the key is linked to it from the start: a
-    // retry after a crash mid-request finds the payment instead of paying again.
     let payment_id = crate::domain::new_id("pay");
-    match claim(engine, policy, key_id, &key, &hash, Some(&payment_id)).await? {
-        Idem::Replay(r) => return Ok(r),
-        Idem::Recover(id) => match engine.view(&id).await {
-            Ok(v) => {
-                let b = payment_json(&v);
-                complete(engine, key_id, &key, 201, &b).await;
-                return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
-            }
-            // The first request stopped before it stored its payment: nothing was sent to any
-            // provider (attempts are stored before sending), so this request takes over.
-            Err(crate::engine::EngineError::NotFound) => {
-                release(engine, key_id, &key).await;
-                match claim(engine, policy, key_id, &key, &hash, Some(&payment_id)).await? {
-                    Idem::Proceed => {}
-                    Idem::Replay(r) => return Ok(r),
-                    Idem::Recover(_) => {
-                        return Err(Problem::new(
-                            409,
-                            "idempotency_key_in_use",
-                            "a request with this Idempotency-Key is still being processed; retry later",
-                        ))
-                    }
-                }
-            }
-            Err(e) => return Err(engine_problem(&e)),
-        },
-        Idem::Proceed => {}
-    }
-    // Routed after the claim, so a replay returns the first answer even if the policy
-    // changed since; a payment no channel can take is not created and releases the key.
+    let rec = idem_record(policy, key_id, &key, hash, &payment_id);
     let facts = Facts {
         method: np.method,
         currency: np.money.currency(),
@@ -211,8 +229,7 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
         customer_id: np.customer.as_ref().and_then(|c| c.id.as_deref()),
         order_id: &np.order_id,
     };
-    let decision = policy.router.evaluate(&facts);
-    let (rule, channels) = match decision {
+    let (rule, channels) = match policy.router.evaluate(&facts) {
         Some(d) => {
             let chs: Vec<_> = d
                 .channels
@@ -225,7 +242,18 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
         None => (String::new(), vec![]),
     };
     if channels.is_empty() {
-        release(engine, key_id, &key).await;
+        // A replay returns the first answer even if the policy no longer routes the request;
+        // a payment no channel can take is not created and claims nothing.
+        let (k, kk, now) = (rec.api_key_id.clone(), rec.key.clone(), rec.created_at);
+        let existing = crate::store::call(&engine.store, move |s| s.idem_get(&k, &kk, now))
+            .await
+            .map_err(|e| engine_problem(&e.into()))?;
+        if let Some(state) = existing {
+            if let Held::Answer(r) = held(engine, policy, &rec, state, |id| recover_payment(engine, id)).await {
+                *subject = replayed_id(&r);
+                return r;
+            }
+        }
         return Err(Problem::new(
             422,
             "no_route",
@@ -233,39 +261,57 @@ async fn create(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, ke
         ));
     }
     let summary = json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()});
-    match engine
-        .create(&ctx, policy.clone(), &payment_id, key_id, np, crate::engine::attempts::Route { rule, channels })
-        .await
-    {
-        Ok(v) => {
-            let b = payment_json(&v);
-            complete(engine, key_id, &key, 201, &b).await;
-            engine
-                .audit(
-                    &ctx,
-                    "payment.create",
-                    Some(&payment_id),
-                    v.payment.status.as_str(),
-                    json!({"channel": v.payment.channel, "attempts": v.attempts.len(), "payment": summary}),
-                )
-                .await;
-            Ok(json(201, b, &[("location", format!("/v1/payments/{payment_id}"))]))
-        }
-        Err(e) => {
-            // The payment row may exist (its attempts are recorded); the key stays linked to
-            // it so a retry with the same key recovers instead of paying again.
-            engine
-                .audit(
-                    &ctx,
-                    "payment.create",
-                    Some(&payment_id),
-                    "error",
-                    json!({"error": e.to_string(), "payment": summary}),
-                )
-                .await;
-            Err(engine_problem(&e))
+    // At most twice: a key released by `held` (its first request died before storing
+    // anything) is claimed again by the second try.
+    for _ in 0..2 {
+        let job = Create {
+            id: payment_id.clone(),
+            api_key_id: key_id.to_string(),
+            payment: np.clone(),
+            route: Route { rule: rule.clone(), channels: channels.clone() },
+            idem: IdemSlot { claim: rec.clone(), render: payment_json },
+        };
+        match engine.create(ctx, policy.clone(), job).await {
+            Ok((v, b)) => {
+                *subject = Some(payment_id.clone());
+                engine
+                    .audit(
+                        ctx,
+                        "payment.create",
+                        Some(&payment_id),
+                        v.payment.status.as_str(),
+                        json!({"channel": v.payment.channel, "attempts": v.attempts.len(), "payment": summary}),
+                    )
+                    .await;
+                return Ok(json(201, b, &[("location", format!("/v1/payments/{payment_id}"))]));
+            }
+            Err(EngineError::Store(StoreError::KeyTaken(state))) => {
+                match held(engine, policy, &rec, state, |id| recover_payment(engine, id)).await {
+                    Held::Answer(r) => {
+                        *subject = replayed_id(&r);
+                        return r;
+                    }
+                    Held::Released => continue,
+                }
+            }
+            Err(e) => {
+                // The payment row may exist (its attempts are recorded); the key stays linked
+                // to it so a retry with the same key recovers instead of paying again.
+                *subject = Some(payment_id.clone());
+                engine
+                    .audit(
+                        ctx,
+                        "payment.create",
+                        Some(&payment_id),
+                        "error",
+                        json!({"error": e.to_string(), "payment": summary}),
+                    )
+                    .await;
+                return Err(engine_problem(&e));
+            }
         }
     }
+    Err(in_use())
 }
 
 async fn refund(
@@ -274,7 +320,7 @@ async fn refund(
     s: &mut ServerSession,
     key_id: &str,
     payment_id: &str,
-    ctx: Ctx,
+    ctx: &Ctx,
 ) -> Resp {
     let key = idempotency_key(s)?;
     let body = read_body(s, policy.server.max_body_bytes).await?;
@@ -284,25 +330,37 @@ async fn refund(
     let canon = json!({"amount": nr.amount, "reason": nr.reason});
     let hash = request_hash(Endpoint::CreateRefund, payment_id, &canon);
     let refund_id = crate::domain::new_id("re");
-    match claim(engine, policy, key_id, &key, &hash, Some(&refund_id)).await? {
-        Idem::Replay(r) => return Ok(r),
-        Idem::Recover(id) => match engine.get_refund(&id).await {
-            // A crash left the refund reserved: answer with it (a callback or the reconciler settles it).
-            Ok(r) => {
-                let b = refund_json(&r);
-                complete(engine, key_id, &key, 201, &b).await;
-                return Ok(json(200, b, &[("idempotent-replayed", "true".into())]));
+    let rec = idem_record(policy, key_id, &key, hash, &refund_id);
+    let mut claimed = false;
+    for _ in 0..2 {
+        let r = rec.clone();
+        let c = crate::store::call(&engine.store, move |s| s.idem_claim(&r))
+            .await
+            .map_err(|e| engine_problem(&e.into()))?;
+        let state = match c {
+            IdemClaim::Claimed => {
+                claimed = true;
+                break;
             }
-            Err(_) => {
-                release(engine, key_id, &key).await;
-                if let Idem::Replay(r) = claim(engine, policy, key_id, &key, &hash, Some(&refund_id)).await? {
-                    return Ok(r);
-                }
+            IdemClaim::Existing(state) => state,
+        };
+        // A crash after the claim may have left the refund reserved: answer with it (a
+        // callback or the reconciler settles it).
+        let recover = |id: String| async move {
+            match engine.get_refund(&id).await {
+                Ok(r) => Ok(Some(refund_json(&r))),
+                Err(EngineError::RefundNotFound) => Ok(None),
+                Err(e) => Err(engine_problem(&e)),
             }
-        },
-        Idem::Proceed => {}
+        };
+        if let Held::Answer(r) = held(engine, policy, &rec, state, recover).await {
+            return r;
+        }
     }
-    match engine.refund(&ctx, policy, payment_id, &refund_id, nr.amount, nr.reason).await {
+    if !claimed {
+        return Err(in_use());
+    }
+    match engine.refund(ctx, policy, payment_id, &refund_id, nr.amount, nr.reason).await {
         Ok(r) => {
             let b = refund_json(&r);
             complete(engine, key_id, &key, 201, &b).await;
@@ -316,21 +374,25 @@ async fn refund(
                 stored.request_id = None;
                 complete(engine, key_id, &key, p.status, &serde_json::to_vec(&stored).unwrap_or_default()).await;
             } else {
-                release(engine, key_id, &key).await;
+                let (k, kk) = (key_id.to_string(), key.clone());
+                let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk)).await;
             }
             Err(p)
         }
     }
 }
 
-async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, channel: &str, mut ctx: Ctx) -> Resp {
+async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, channel: &str, ctx: &mut Ctx) -> Resp {
     let Some(ch) = policy.channel(channel).cloned() else {
+        // Never a caller-chosen string in the audit log's actor field.
+        ctx.actor = "provider:unknown".into();
         return Err(Problem::new(404, "unknown_channel", format!("no channel `{channel}` in the current policy")));
     };
     ctx.actor = format!("provider:{channel}");
+    let ctx = &*ctx;
     let body = read_body(s, policy.server.max_body_bytes).await?;
     let headers = s.req_header().headers.clone();
-    match engine.webhook(&ctx, &ch, &headers, &body).await.map_err(|e| engine_problem(&e))? {
+    match engine.webhook(ctx, &ch, &headers, &body).await.map_err(|e| engine_problem(&e))? {
         WebhookResult::Ack { .. } => {
             let (ct, b) = ch.connector.webhook_ack();
             let mut r = json(200, b.to_vec(), &[]);

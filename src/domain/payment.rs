@@ -62,31 +62,61 @@ impl PaymentStatus {
     }
 }
 
-/// Generates an opaque id with a type prefix: `pay_` + 24 base62 characters from the OS CSPRNG.
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Generates an opaque, time-ordered id with a type prefix: `pay_` + 8 base62 characters of
+/// the creation time in Unix milliseconds + 16 base62 characters (95 bits) from the OS CSPRNG.
+/// Ids sort by creation, so new rows land at the end of the store's b-trees (one hot page
+/// instead of a random one per insert); the random part keeps them unguessable.
 pub fn new_id(prefix: &str) -> String {
-    use ring::rand::{SecureRandom, SystemRandom};
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let rng = SystemRandom::new();
+    let ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
     let mut s = String::with_capacity(prefix.len() + 25);
     s.push_str(prefix);
     s.push('_');
-    let mut produced = 0;
-    while produced < 24 {
-        let mut bytes = [0u8; 32];
-        // SystemRandom only fails when the OS has no entropy source; there is no safe fallback.
-        if rng.fill(&mut bytes).is_err() {
-            panic!("operating system random number generator unavailable");
-        }
-        // Rejection sampling: 248 = 62 * 4, so bytes below it map to base62 without bias.
-        for b in bytes.into_iter().filter(|b| *b < 248) {
-            if produced == 24 {
-                break;
-            }
-            s.push(ALPHABET[(b % 62) as usize] as char);
-            produced += 1;
-        }
+    // 62^8 ms reaches past the year 8000; the width is fixed, so text order is time order.
+    let mut t = [0u8; 8];
+    let mut v = ms;
+    for c in t.iter_mut().rev() {
+        *c = BASE62[(v % 62) as usize];
+        v /= 62;
     }
+    s.extend(t.iter().map(|c| *c as char));
+    random_base62(&mut s, 16);
     s
+}
+
+/// Appends `n` uniformly random base62 characters, drawing from a per-thread buffer that is
+/// refilled from the OS CSPRNG (one system call per few ids instead of one per id).
+fn random_base62(out: &mut String, n: usize) {
+    use ring::rand::{SecureRandom, SystemRandom};
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    POOL.with(|p| {
+        let (buf, pos) = &mut *p.borrow_mut();
+        let mut produced = 0;
+        while produced < n {
+            if *pos >= buf.len() {
+                buf.resize(256, 0);
+                // SystemRandom only fails when the OS has no entropy source; there is no
+                // safe fallback.
+                if SystemRandom::new().fill(buf).is_err() {
+                    panic!("operating system random number generator unavailable");
+                }
+                *pos = 0;
+            }
+            let b = buf[*pos];
+            // Bytes are used once, then overwritten with the next refill.
+            buf[*pos] = 0;
+            *pos += 1;
+            // Rejection sampling: 248 = 62 * 4, so bytes below it map to base62 without bias.
+            if b < 248 {
+                out.push(BASE62[(b % 62) as usize] as char);
+                produced += 1;
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -99,6 +129,18 @@ mod tests {
         let b = new_id("pay");
         assert!(a.starts_with("pay_") && a.len() == 28);
         assert_ne!(a, b);
+        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let a = new_id("pay");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id("pay");
+        assert!(a[..12] < b[..12], "{a} !< {b}");
+        // The random part varies within one millisecond too.
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_id("x")[10..].to_string()).collect();
+        assert_eq!(ids.len(), 10_000);
     }
 
     #[test]

@@ -3,13 +3,32 @@
 use super::*;
 use crate::connector::transport::SendError;
 use crate::connector::{CreateOutcome, CreateRequest, QueryOutcome, QueryRef};
-use crate::store::{now_ms, Write};
+use crate::store::{now_ms, IdemRecord, Write};
 use serde_json::json;
 
 /// The routing decision resolved to channels: the rule name and the channels to try.
 pub struct Route {
     pub rule: String,
     pub channels: Vec<Arc<Channel>>,
+}
+
+/// One payment to create.
+pub struct Create {
+    /// Chosen by the caller, so its idempotency record can name it up front.
+    pub id: String,
+    pub api_key_id: String,
+    pub payment: NewPayment,
+    pub route: Route,
+    pub idem: IdemSlot,
+}
+
+/// The idempotency key a create runs under. It is claimed in the transaction that records the
+/// payment and its first attempt, and completed, with the rendered response, in the one that
+/// records the result: two commits per payment in all.
+pub struct IdemSlot {
+    pub claim: IdemRecord,
+    /// Renders the response a replay returns.
+    pub render: fn(&PaymentView) -> Vec<u8>,
 }
 
 /// How one attempt ended, for the loop's decision.
@@ -29,23 +48,22 @@ enum Step {
 }
 
 impl Engine {
-    /// Creates a payment: stores it, tries `channels` in order, returns the result.
+    /// Creates a payment: stores it, tries its route's channels in order, returns the result
+    /// and its rendered response. Fails with `StoreError::KeyTaken` (nothing stored) when the
+    /// idempotency key turns out to be held already.
     pub async fn create(
         &self,
         ctx: &Ctx,
         policy: Arc<Policy>,
-        id: &str,
-        api_key_id: &str,
-        np: NewPayment,
-        route: Route,
-    ) -> Result<PaymentView, EngineError> {
+        c: Create,
+    ) -> Result<(PaymentView, Vec<u8>), EngineError> {
+        let Create { id, api_key_id, payment: np, route, idem } = c;
         let Route { rule, channels } = route;
         let rule = rule.as_str();
         let now = now_ms();
-        let id = id.to_string();
         let mut p = PaymentRow {
             id: id.clone(),
-            api_key_id: api_key_id.to_string(),
+            api_key_id,
             order_id: np.order_id.clone(),
             method: np.method,
             amount: np.money.minor(),
@@ -68,8 +86,10 @@ impl Engine {
             reconcile_at: None,
             reconcile_backoff_ms: 0,
         };
-        // The payment row is written with its first attempt, in one transaction.
-        let mut pending_insert = Some(Write::InsertPayment(p.clone()));
+        // The key's claim and the payment row are written with the first attempt, in one
+        // transaction.
+        let (api_key, key) = (idem.claim.api_key_id.clone(), idem.claim.key.clone());
+        let mut pending_insert = vec![Write::ClaimIdempotency(idem.claim), Write::InsertPayment(p.clone())];
         let ids: Vec<&str> = channels.iter().map(|c| c.id.as_str()).collect();
         self.audit(
             ctx,
@@ -104,7 +124,8 @@ impl Engine {
             };
             // Recorded before sending: after a crash, the reconciler knows this channel may
             // hold the payment under this reference.
-            let ops: Vec<Write> = pending_insert.take().into_iter().chain([Write::InsertAttempt(a.clone())]).collect();
+            let ops: Vec<Write> =
+                std::mem::take(&mut pending_insert).into_iter().chain([Write::InsertAttempt(a.clone())]).collect();
             crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
             let (step, latency) = self.attempt(ctx, ch, &p, &np, &attempt_ref).await;
             a.latency_ms = latency as i64;
@@ -169,18 +190,23 @@ impl Engine {
             p.error_message = Some("no channel could take the payment".into());
             p.updated_at = now_ms();
         }
-        // The last attempt's outcome and the payment's result commit together.
-        let mut ops: Vec<Write> = pending_insert.into_iter().collect();
+        // The last attempt's outcome, the payment's result and the response replays return
+        // commit together.
+        let view = PaymentView { payment: p, attempts };
+        let body = (idem.render)(&view);
+        let mut ops = pending_insert;
         if landed {
-            ops.extend(attempts.last().cloned().map(Write::UpdateAttempt));
+            ops.extend(view.attempts.last().cloned().map(Write::UpdateAttempt));
         }
-        ops.push(Write::UpdatePayment(p.clone()));
+        ops.push(Write::UpdatePayment(view.payment.clone()));
+        ops.push(Write::CompleteIdempotency { api_key_id: api_key, key, status: 201, body: body.clone() });
         crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
+        let p = &view.payment;
         self.metrics
             .payments
             .with_label_values(&[p.method.as_str(), p.channel.as_deref().unwrap_or("none"), p.status.as_str()])
             .inc();
-        Ok(PaymentView { payment: p, attempts })
+        Ok((view, body))
     }
 
     async fn attempt(

@@ -126,7 +126,7 @@ impl Engine {
             move || store.reserve_refund(&pid, &rid, amount, rsn.as_deref(), now_ms())
         })
         .await
-        .map_err(|e| StoreError(e.to_string()))?;
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut r = match reserved {
             Ok(r) => r,
             Err(ReserveFailure::Store(e)) => return Err(e.into()),

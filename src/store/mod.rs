@@ -83,6 +83,29 @@ pub enum Write {
     UpdatePayment(PaymentRow),
     InsertAttempt(AttemptRow),
     UpdateAttempt(AttemptRow),
+    /// Claims an idempotency key. When a live record already holds it, the whole batch is
+    /// rolled back and fails with [`StoreError::KeyTaken`] carrying that record.
+    ClaimIdempotency(IdemRecord),
+    /// Stores the first response for a claimed key.
+    CompleteIdempotency {
+        api_key_id: String,
+        key: String,
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+/// A new idempotency claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub api_key_id: String,
+    pub key: String,
+    /// Canonical hash of the request; a replay must match it.
+    pub request_hash: String,
+    /// The resource the request creates, so a retry after a crash finds it.
+    pub resource_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 /// The stored first response for an idempotency key.
@@ -121,14 +144,20 @@ pub enum RefundReserveError {
     },
 }
 
-/// A store failure (I/O, corruption). Maps to HTTP 503.
+/// A store failure.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// I/O, corruption, a poisoned lock. Maps to HTTP 503.
+    #[error("store: {0}")]
+    Backend(String),
+    /// A [`Write::ClaimIdempotency`] found the key held by a live record (nothing was written).
+    #[error("idempotency key already used")]
+    KeyTaken(IdemState),
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+        StoreError::Backend(e.to_string())
     }
 }
 
@@ -143,25 +172,33 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Claims `(api_key_id, key)` for a request whose canonical hash is `request_hash`, linked
-    /// to the resource the request will create (so a retry after a crash finds it).
-    fn idem_claim(
-        &self,
-        api_key_id: &str,
-        key: &str,
-        request_hash: &str,
-        resource_id: Option<&str>,
-        now_ms: i64,
-        expires_ms: i64,
-    ) -> StoreResult<IdemClaim>;
+    /// Claims a key on its own (requests whose first write is not a batch of their own; a
+    /// payment claims its key in the transaction that records its first attempt).
+    fn idem_claim(&self, claim: &IdemRecord) -> StoreResult<IdemClaim> {
+        match self.write_batch(&[Write::ClaimIdempotency(claim.clone())]) {
+            Ok(()) => Ok(IdemClaim::Claimed),
+            Err(StoreError::KeyTaken(s)) => Ok(IdemClaim::Existing(s)),
+            Err(e) => Err(e),
+        }
+    }
+    /// The live record holding a key, if any.
+    fn idem_get(&self, api_key_id: &str, key: &str, now_ms: i64) -> StoreResult<Option<IdemState>>;
     /// Stores the first response.
-    fn idem_complete(&self, api_key_id: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()>;
+    fn idem_complete(&self, api_key_id: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()> {
+        self.write_batch(&[Write::CompleteIdempotency {
+            api_key_id: api_key_id.into(),
+            key: key.into(),
+            status,
+            body: body.to_vec(),
+        }])
+    }
     /// Releases a claim whose request stored nothing (e.g. a store error mid-way).
     fn idem_release(&self, api_key_id: &str, key: &str) -> StoreResult<()>;
     /// Deletes expired idempotency records; returns how many.
     fn idem_expire(&self, now_ms: i64) -> StoreResult<usize>;
 
-    /// Applies several writes in one transaction (one commit on the hot path instead of many).
+    /// Applies several writes in one transaction (one commit on the hot path instead of many);
+    /// all or nothing.
     fn write_batch(&self, ops: &[Write]) -> StoreResult<()>;
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
     fn update_payment(&self, p: &PaymentRow) -> StoreResult<()>;
@@ -227,7 +264,7 @@ where
     let s = store.clone();
     tokio::task::spawn_blocking(move || f(s.as_ref()))
         .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
 /// Milliseconds since the Unix epoch.

@@ -16,6 +16,12 @@ pub struct SqliteStore {
     synchronous_full: bool,
 }
 
+// Every WAL frame a commit writes is a page, so the layout keeps the pages a payment touches
+// few and hot: tables keyed by (time-ordered) ids are WITHOUT ROWID, so a row lives in its
+// primary-key b-tree and new rows append at its right edge; idempotency records, keyed by
+// the client's random keys, live in an append-only rowid table (their large stored
+// responses never split random pages) with a small unique index; indexes most rows never
+// enter are partial.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS payments (
   id TEXT PRIMARY KEY, api_key_id TEXT NOT NULL, order_id TEXT NOT NULL, method TEXT NOT NULL,
@@ -24,35 +30,37 @@ CREATE TABLE IF NOT EXISTS payments (
   refunded INTEGER NOT NULL DEFAULT 0, metadata TEXT NOT NULL, customer TEXT NOT NULL, return_url TEXT,
   policy_version TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
   reconcile_at INTEGER, reconcile_backoff_ms INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS payments_reconcile ON payments(reconcile_at) WHERE reconcile_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS attempts (
   payment_id TEXT NOT NULL, n INTEGER NOT NULL, channel TEXT NOT NULL, attempt_ref TEXT NOT NULL UNIQUE,
   outcome TEXT NOT NULL, error_code TEXT, latency_ms INTEGER NOT NULL, provider_ref TEXT,
   started_at INTEGER NOT NULL, watch INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (payment_id, n)
-);
-CREATE INDEX IF NOT EXISTS attempts_provider ON attempts(channel, provider_ref);
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attempts_provider ON attempts(channel, provider_ref) WHERE provider_ref IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attempts_watch ON attempts(watch) WHERE watch = 1;
 CREATE TABLE IF NOT EXISTS refunds (
   id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
   status TEXT NOT NULL, reason TEXT, provider_refund_ref TEXT, error_code TEXT,
   created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refunds_payment ON refunds(payment_id);
 CREATE TABLE IF NOT EXISTS idempotency (
   api_key_id TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, state TEXT NOT NULL,
   status INTEGER, body BLOB, resource_id TEXT, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-  PRIMARY KEY (api_key_id, key)
+  UNIQUE (api_key_id, key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency(expires_at);
 CREATE TABLE IF NOT EXISTS webhook_events (
   channel TEXT NOT NULL, event_id TEXT NOT NULL, received_at INTEGER NOT NULL, PRIMARY KEY (channel, event_id)
-);
+) WITHOUT ROWID;
 "#;
 
 impl SqliteStore {
     /// Opens (or creates) `dir/paymux.db`.
     pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let conn = Connection::open(dir.join("paymux.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
@@ -69,7 +77,7 @@ impl SqliteStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        let mut c = self.conn.lock().map_err(|_| StoreError("store mutex poisoned".into()))?;
+        let mut c = self.conn.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
         f(&mut c).map_err(StoreError::from)
     }
 
@@ -218,6 +226,22 @@ fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
         .map(|_| ())
 }
 
+/// The record holding `(k, key)` unless it expired by `now`.
+fn idem_live(c: &Connection, k: &str, key: &str, now: i64) -> rusqlite::Result<Option<IdemState>> {
+    c.prepare_cached(
+        "SELECT request_hash, state, status, body, created_at, resource_id FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND expires_at > ?3",
+    )?
+    .query_row(params![k, key, now], |r| {
+        let state: String = r.get(1)?;
+        Ok(if state == "done" {
+            IdemState::Done { request_hash: r.get(0)?, status: r.get::<_, i64>(2)? as u16, body: r.get(3)? }
+        } else {
+            IdemState::InFlight { request_hash: r.get(0)?, since: r.get(4)?, resource_id: r.get(5)? }
+        })
+    })
+    .optional()
+}
+
 fn json_text(v: &serde_json::Value) -> String {
     v.to_string()
 }
@@ -229,54 +253,8 @@ impl Store for SqliteStore {
         !self.synchronous_full
     }
 
-    fn idem_claim(
-        &self,
-        k: &str,
-        key: &str,
-        hash: &str,
-        resource: Option<&str>,
-        now: i64,
-        expires: i64,
-    ) -> StoreResult<IdemClaim> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let existing = tx
-                .prepare_cached(
-                    "SELECT request_hash, state, status, body, created_at, resource_id, expires_at FROM idempotency WHERE api_key_id = ?1 AND key = ?2",
-                )?
-                .query_row(
-                    params![k, key],
-                    |r| {
-                        let state: String = r.get(1)?;
-                        let exp: i64 = r.get(6)?;
-                        Ok((exp, if state == "done" {
-                            IdemState::Done { request_hash: r.get(0)?, status: r.get::<_, i64>(2)? as u16, body: r.get(3)? }
-                        } else {
-                            IdemState::InFlight { request_hash: r.get(0)?, since: r.get(4)?, resource_id: r.get(5)? }
-                        }))
-                    },
-                )
-                .optional()?;
-            let out = match existing {
-                Some((exp, s)) if exp > now => IdemClaim::Existing(s),
-                _ => {
-                    tx.prepare_cached("INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, resource_id, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5, ?6)")?.execute(params![k, key, hash, resource, now, expires],)?;
-                    IdemClaim::Claimed
-                }
-            };
-            tx.commit()?;
-            Ok(out)
-        })
-    }
-
-    fn idem_complete(&self, k: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()> {
-        self.with(|c| {
-            c.prepare_cached(
-                "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2",
-            )?
-            .execute(params![k, key, i64::from(status), body])
-            .map(|_| ())
-        })
+    fn idem_get(&self, k: &str, key: &str, now: i64) -> StoreResult<Option<IdemState>> {
+        self.with(|c| idem_live(c, k, key, now))
     }
 
     fn idem_release(&self, k: &str, key: &str) -> StoreResult<()> {
@@ -292,18 +270,37 @@ impl Store for SqliteStore {
     }
 
     fn write_batch(&self, ops: &[Write]) -> StoreResult<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            for op in ops {
-                match op {
-                    Write::InsertPayment(p) => insert_payment(&tx, p)?,
-                    Write::UpdatePayment(p) => update_payment(&tx, p)?,
-                    Write::InsertAttempt(a) => insert_attempt(&tx, a)?,
-                    Write::UpdateAttempt(a) => update_attempt(&tx, a)?,
+        let mut c = self.conn.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+        // IMMEDIATE when a claim is in the batch: its check and its insert see the same state.
+        let claims = ops.iter().any(|o| matches!(o, Write::ClaimIdempotency(_)));
+        let tx = c.transaction_with_behavior(if claims {
+            rusqlite::TransactionBehavior::Immediate
+        } else {
+            rusqlite::TransactionBehavior::Deferred
+        })?;
+        for op in ops {
+            match op {
+                Write::InsertPayment(p) => insert_payment(&tx, p)?,
+                Write::UpdatePayment(p) => update_payment(&tx, p)?,
+                Write::InsertAttempt(a) => insert_attempt(&tx, a)?,
+                Write::UpdateAttempt(a) => update_attempt(&tx, a)?,
+                Write::ClaimIdempotency(r) => {
+                    // Dropping `tx` rolls the whole batch back.
+                    if let Some(s) = idem_live(&tx, &r.api_key_id, &r.key, r.created_at)? {
+                        return Err(StoreError::KeyTaken(s));
+                    }
+                    tx.prepare_cached("INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, resource_id, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5, ?6)")?
+                        .execute(params![r.api_key_id, r.key, r.request_hash, r.resource_id, r.created_at, r.expires_at])?;
+                }
+                Write::CompleteIdempotency { api_key_id, key, status, body } => {
+                    tx.prepare_cached(
+                        "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2",
+                    )?
+                    .execute(params![api_key_id, key, i64::from(*status), body])?;
                 }
             }
-            tx.commit()
-        })
+        }
+        tx.commit().map_err(StoreError::from)
     }
 
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()> {
@@ -446,7 +443,7 @@ impl Store for SqliteStore {
     }
 
     fn checkpoint(&self) -> StoreResult<()> {
-        let c = self.checkpointer.lock().map_err(|_| StoreError("checkpoint mutex poisoned".into()))?;
+        let c = self.checkpointer.lock().map_err(|_| StoreError::Backend("checkpoint mutex poisoned".into()))?;
         c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(StoreError::from)
     }
 
@@ -501,24 +498,77 @@ mod tests {
         }
     }
 
+    fn claim(s: &SqliteStore, k: &str, key: &str, hash: &str, now: i64, exp: i64) -> IdemClaim {
+        s.idem_claim(&IdemRecord {
+            api_key_id: k.into(),
+            key: key.into(),
+            request_hash: hash.into(),
+            resource_id: None,
+            created_at: now,
+            expires_at: exp,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn idempotency_claim_replay_and_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
-        assert_eq!(s.idem_claim("k", "key1", "h1", None, 10, 100).unwrap(), IdemClaim::Claimed);
-        assert!(matches!(
-            s.idem_claim("k", "key1", "h1", None, 11, 100).unwrap(),
-            IdemClaim::Existing(IdemState::InFlight { .. })
-        ));
+        assert_eq!(claim(&s, "k", "key1", "h1", 10, 100), IdemClaim::Claimed);
+        assert!(matches!(claim(&s, "k", "key1", "h1", 11, 100), IdemClaim::Existing(IdemState::InFlight { .. })));
         // Keys are scoped per API key.
-        assert_eq!(s.idem_claim("other", "key1", "h1", None, 11, 100).unwrap(), IdemClaim::Claimed);
+        assert_eq!(claim(&s, "other", "key1", "h1", 11, 100), IdemClaim::Claimed);
         s.idem_complete("k", "key1", 201, b"{}").unwrap();
         assert_eq!(
-            s.idem_claim("k", "key1", "h2", None, 12, 100).unwrap(),
+            claim(&s, "k", "key1", "h2", 12, 100),
             IdemClaim::Existing(IdemState::Done { request_hash: "h1".into(), status: 201, body: b"{}".to_vec() })
         );
         assert_eq!(s.idem_expire(100).unwrap(), 2);
-        assert_eq!(s.idem_claim("k", "key1", "h2", None, 101, 200).unwrap(), IdemClaim::Claimed);
+        assert_eq!(claim(&s, "k", "key1", "h2", 101, 200), IdemClaim::Claimed);
+    }
+
+    #[test]
+    fn a_batch_whose_claim_is_taken_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        let rec = |resource: &str| IdemRecord {
+            api_key_id: "k".into(),
+            key: "key1".into(),
+            request_hash: "h1".into(),
+            resource_id: Some(resource.into()),
+            created_at: 10,
+            expires_at: 100,
+        };
+        s.write_batch(&[
+            Write::ClaimIdempotency(rec("p1")),
+            Write::InsertPayment(payment("p1", PaymentStatus::Processing)),
+        ])
+        .unwrap();
+        let second = s.write_batch(&[
+            Write::ClaimIdempotency(rec("p2")),
+            Write::InsertPayment(payment("p2", PaymentStatus::Processing)),
+        ]);
+        match second {
+            Err(StoreError::KeyTaken(IdemState::InFlight { resource_id, .. })) => {
+                assert_eq!(resource_id.as_deref(), Some("p1"))
+            }
+            other => panic!("expected KeyTaken, got {other:?}"),
+        }
+        assert!(s.get_payment("p2").unwrap().is_none(), "the rolled-back batch stored its payment");
+        assert!(s.get_payment("p1").unwrap().is_some());
+        // Completing in the payment's last batch makes the key replay the stored response.
+        s.write_batch(&[
+            Write::UpdatePayment(payment("p1", PaymentStatus::Succeeded)),
+            Write::CompleteIdempotency {
+                api_key_id: "k".into(),
+                key: "key1".into(),
+                status: 201,
+                body: b"{}".to_vec(),
+            },
+        ])
+        .unwrap();
+        assert!(matches!(s.idem_get("k", "key1", 11).unwrap(), Some(IdemState::Done { status: 201, .. })));
+        assert_eq!(s.idem_get("k", "key1", 100).unwrap(), None, "expired records are not live");
     }
 
     #[test]
