@@ -183,6 +183,58 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
 }
 
+/// A Stripe event signed with the primary channel's webhook secret, timestamped now.
+fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
+    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mac =
+        paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{now}.{ev}").as_bytes()));
+    client().post(url).header("stripe-signature", format!("t={now},v1={mac}")).body(ev.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_about_an_attempt_in_flight_is_deferred_unrecorded_then_applied() {
+    let w = world(3000).await;
+    w.fault("stripe_primary", json!({"latency_ms": 1500, "ops": ["create"], "callbacks": {"drop": true}})).await;
+    let api = w.pm.api.clone();
+    let creating = tokio::spawn(async move { create(&api, "early-wh", card("o-early", 700)).await });
+    // The attempt is stored (pending) before the request leaves paymux.
+    let db = w.pm.data.join("paymux.db");
+    let mut attempt_ref = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let found = rusqlite::Connection::open(&db).ok().and_then(|c| {
+                c.query_row("SELECT attempt_ref FROM attempts WHERE outcome = 'pending'", [], |r| r.get::<_, String>(0))
+                    .ok()
+            });
+            let hit = found.is_some();
+            attempt_ref = attempt_ref.take().or(found);
+            async move { hit }
+        })
+        .await
+    );
+    let aref = attempt_ref.unwrap();
+    let ev = json!({"id": "evt_early", "object": "event", "type": "payment_intent.succeeded", "created": 1,
+        "data": {"object": {"id": "pi_early", "object": "payment_intent", "status": "succeeded", "amount": 700,
+        "currency": "hkd", "metadata": {"paymux_attempt": aref}}}})
+    .to_string();
+    let url = format!("{}/v1/webhooks/stripe_primary", w.pm.api);
+    let early = send(stripe_event(&url, &ev)).await;
+    assert_eq!(early.status, 503, "{}", early.text);
+    assert_eq!(early.body["code"], "webhook_deferred");
+
+    let created = creating.await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.text);
+    // Not recorded as seen: the redelivery is processed, and only then deduplicated.
+    let again = send(stripe_event(&url, &ev)).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    let third = send(stripe_event(&url, &ev)).await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    let m = w.metrics().await;
+    assert_eq!(metric(&m, "paymux_webhooks_total", "outcome=\"deferred\""), 1.0, "{m}");
+    assert_eq!(metric(&m, "paymux_webhooks_total", "outcome=\"duplicate\""), 1.0, "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     let w = world(3000).await;

@@ -181,6 +181,8 @@ pub fn chain_hash(prev: &str, body: &str) -> String {
 fn writer(mut file: File, mut rx: mpsc::Receiver<Msg>, mut seq: u64, mut prev: String, sync_every_batch: bool) {
     let mut last_sync = std::time::Instant::now();
     let ts_fmt = time::format_description::well_known::Rfc3339;
+    // Length of the file's complete records: a failed write is cut back to it.
+    let mut good_len = file.metadata().map(|m| m.len()).ok();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(m) = rx.try_recv() {
@@ -224,13 +226,18 @@ fn writer(mut file: File, mut rx: mpsc::Receiver<Msg>, mut seq: u64, mut prev: S
         // error) cut any partial write off and try again, while producers wait.
         let mut backoff = std::time::Duration::from_millis(50);
         loop {
-            let len = file.metadata().map(|m| m.len()).ok();
+            if good_len.is_none() {
+                good_len = file.metadata().map(|m| m.len()).ok();
+            }
             let result = file.write_all(buf.as_bytes()).and_then(|_| if sync { file.sync_data() } else { Ok(()) });
             match result {
-                Ok(()) => break,
+                Ok(()) => {
+                    good_len = good_len.map(|l| l + buf.len() as u64);
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "audit log write failed; retrying (requests wait for the audit log)");
-                    if let Some(l) = len {
+                    if let Some(l) = good_len {
                         let _ = file.set_len(l);
                     }
                     std::thread::sleep(backoff);

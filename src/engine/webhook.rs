@@ -35,6 +35,35 @@ impl Engine {
                 return Ok(WebhookResult::Rejected(e));
             }
         };
+        // A payment event is matched to its attempt before its id is recorded: one about an
+        // attempt still in flight is not recorded (and answered "retry"), so the provider's
+        // redelivery is applied once the engine has stored the attempt's own answer.
+        let target = match &ev.kind {
+            WebhookKind::Payment { provider_ref, attempt_ref, .. } => {
+                let (c, pr, ar) = (ch.id.clone(), provider_ref.clone(), attempt_ref.clone());
+                crate::store::call(&self.store, move |s| {
+                    let a = match ar {
+                        Some(a) => s.attempt_by_ref(&a)?,
+                        None => s.attempt_by_provider_ref(&c, &pr)?,
+                    };
+                    let p = match &a {
+                        Some(a) => s.get_payment(&a.payment_id)?,
+                        None => None,
+                    };
+                    Ok(a.zip(p))
+                })
+                .await?
+            }
+            _ => None,
+        };
+        if let Some((a, p)) = &target {
+            if a.outcome == "pending" || p.attempt_ref.is_none() {
+                self.metrics.webhooks.with_label_values(&[&ch.id, "deferred"]).inc();
+                self.audit(ctx, "webhook", Some(&p.id), "deferred", json!({"channel": ch.id, "event_id": ev.event_id}))
+                    .await;
+                return Ok(WebhookResult::Retry);
+            }
+        }
         let (c, e) = (ch.id.clone(), ev.event_id.clone());
         let duplicate = crate::store::call(&self.store, move |s| s.webhook_seen(&c, &e, now_ms())).await?;
         if duplicate {
@@ -43,21 +72,13 @@ impl Engine {
         }
         let mut payment_id = None;
         let outcome = match &ev.kind {
-            WebhookKind::Payment { provider_ref, attempt_ref, state } => {
-                let (c, pr, ar) = (ch.id.clone(), provider_ref.clone(), attempt_ref.clone());
-                let attempt = crate::store::call(&self.store, move |s| match ar {
-                    Some(a) => s.attempt_by_ref(&a),
-                    None => s.attempt_by_provider_ref(&c, &pr),
-                })
-                .await?;
-                match attempt {
-                    Some(a) => {
-                        payment_id = Some(a.payment_id.clone());
-                        self.apply_payment_event(ch, &a, provider_ref, state).await?
-                    }
-                    None => "unmatched",
+            WebhookKind::Payment { provider_ref, state, .. } => match target {
+                Some((a, p)) => {
+                    payment_id = Some(p.id.clone());
+                    self.apply_payment_event(ch, a, p, provider_ref, state).await?
                 }
-            }
+                None => "unmatched",
+            },
             WebhookKind::Refund { refund_id, state, provider_refund_ref } => match refund_id {
                 Some(rid) => match self.get_refund(rid).await {
                     Ok(mut r) => {
@@ -90,23 +111,16 @@ impl Engine {
     async fn apply_payment_event(
         &self,
         ch: &Arc<Channel>,
-        a: &AttemptRow,
+        a: AttemptRow,
+        mut p: PaymentRow,
         provider_ref: &str,
         state: &ProviderState,
     ) -> Result<&'static str, EngineError> {
-        let pid = a.payment_id.clone();
-        let Some(mut p) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await? else {
-            return Ok("unmatched");
-        };
-        if a.outcome == "pending" || p.attempt_ref.is_none() {
-            // The attempt is still in flight: the engine applies the provider's answer itself.
-            return Ok("deferred");
-        }
         if p.attempt_ref.as_deref() != Some(a.attempt_ref.as_str()) {
             // The event is about an attempt paymux moved on from. If it completed, the payer
             // would be charged twice: the reconciler reverses watched attempts.
             if matches!(state, ProviderState::Succeeded | ProviderState::Processing | ProviderState::RequiresAction) {
-                let mut a = a.clone();
+                let mut a = a;
                 a.watch = true;
                 a.provider_ref = Some(provider_ref.to_string());
                 crate::store::call(&self.store, move |s| s.update_attempt(&a)).await?;

@@ -237,9 +237,6 @@ pub trait Store: Send + Sync + 'static {
     /// Moves committed data from the log into the main database (SQLite: a WAL checkpoint).
     /// Called periodically off the request path, never while a request holds the store.
     fn checkpoint(&self) -> StoreResult<()>;
-    /// Forgets a webhook event id, so a redelivery is processed (used when an event arrived
-    /// too early to apply).
-    fn webhook_forget(&self, channel: &str, event_id: &str) -> StoreResult<()>;
     /// Records a webhook event id; returns true when it had been seen before (a duplicate).
     fn webhook_seen(&self, channel: &str, event_id: &str, now_ms: i64) -> StoreResult<bool>;
 }

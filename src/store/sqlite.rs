@@ -447,14 +447,6 @@ impl Store for SqliteStore {
         c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(StoreError::from)
     }
 
-    fn webhook_forget(&self, channel: &str, event_id: &str) -> StoreResult<()> {
-        self.with(|c| {
-            c.prepare_cached("DELETE FROM webhook_events WHERE channel = ?1 AND event_id = ?2")?
-                .execute(params![channel, event_id])
-                .map(|_| ())
-        })
-    }
-
     fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
         self.with(|c| {
             c.prepare_cached(
