@@ -1,0 +1,126 @@
+//! Store cost of one payment: its two commits (claim + payment + first attempt before the
+//! provider is called; last attempt + result + stored response before the app is answered),
+//! against the cheapest durable write in the same run: one commit of one small row (a webhook
+//! event id). SQLite in WAL mode with `synchronous=NORMAL`, as `paymux serve` runs it; WAL
+//! checkpoints happen every 1,000 payments outside the timed region, as the housekeeping task
+//! does them off the request path.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use paymux::domain::{new_id, Currency, Method, PaymentStatus};
+use paymux::store::sqlite::SqliteStore;
+use paymux::store::{AttemptRow, IdemRecord, PaymentRow, Store, Write};
+use std::time::{Duration, Instant};
+
+fn payment(id: &str) -> PaymentRow {
+    PaymentRow {
+        id: id.into(),
+        api_key_id: "demo".into(),
+        order_id: "order-42".into(),
+        method: Method::Visa,
+        amount: 19_999,
+        currency: Currency::parse("HKD").unwrap(),
+        status: PaymentStatus::Processing,
+        channel: None,
+        attempt_ref: None,
+        provider_ref: None,
+        route_rule: "cards-and-wallets".into(),
+        next_action: None,
+        error_code: None,
+        error_message: None,
+        refunded: 0,
+        metadata: serde_json::json!({"cart": "c-1"}),
+        customer: serde_json::json!({"id": "cus-7", "country": "HK"}),
+        return_url: None,
+        policy_version: "0123456789abcdef".into(),
+        created_at: 1,
+        updated_at: 1,
+        reconcile_at: None,
+        reconcile_backoff_ms: 0,
+    }
+}
+
+/// Both commits of one successful card payment; returns the time spent in them.
+fn one_payment(s: &SqliteStore) -> Duration {
+    let id = new_id("pay");
+    let p = payment(&id);
+    let mut a = AttemptRow {
+        payment_id: id.clone(),
+        n: 1,
+        channel: "stripe_primary".into(),
+        attempt_ref: format!("{id}-a1"),
+        outcome: "pending".into(),
+        error_code: None,
+        latency_ms: 0,
+        provider_ref: None,
+        started_at: 1,
+        watch: false,
+    };
+    let claim = IdemRecord {
+        api_key_id: "demo".into(),
+        key: new_id("key"),
+        request_hash: "0".repeat(64),
+        resource_id: Some(id.clone()),
+        created_at: 1,
+        expires_at: i64::MAX,
+    };
+    let key = claim.key.clone();
+    let first = [Write::ClaimIdempotency(claim), Write::InsertPayment(p.clone()), Write::InsertAttempt(a.clone())];
+    let mut done = p;
+    done.status = PaymentStatus::Succeeded;
+    done.channel = Some("stripe_primary".into());
+    done.provider_ref = Some(new_id("pi"));
+    done.attempt_ref = Some(a.attempt_ref.clone());
+    a.outcome = "accepted".into();
+    a.provider_ref = done.provider_ref.clone();
+    // A rendered payment response is about 700 bytes.
+    let body = vec![b'x'; 700];
+    let last = [
+        Write::UpdateAttempt(a),
+        Write::UpdatePayment(done),
+        Write::CompleteIdempotency { api_key_id: "demo".into(), key, status: 201, body },
+    ];
+    let t = Instant::now();
+    s.write_batch(&first).unwrap();
+    s.write_batch(&last).unwrap();
+    t.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path(), false).unwrap();
+    let mut g = c.benchmark_group("store");
+    let mut n = 0u64;
+    g.bench_function("baseline_one_row_commit", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let id = new_id("evt");
+                let t = Instant::now();
+                s.webhook_seen("stripe_primary", &id, 1).unwrap();
+                total += t.elapsed();
+                n += 1;
+                if n.is_multiple_of(1000) {
+                    s.checkpoint().unwrap();
+                }
+            }
+            total
+        })
+    });
+    g.bench_function("payment_two_commits", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += one_payment(&s);
+                n += 1;
+                if n.is_multiple_of(1000) {
+                    s.checkpoint().unwrap();
+                }
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
