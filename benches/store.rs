@@ -85,40 +85,35 @@ fn one_payment(s: &SqliteStore) -> Duration {
     t.elapsed()
 }
 
+/// Runs `iters` timed operations, checkpointing every 1,000 operations outside the timing.
+fn timed(s: &SqliteStore, done: &mut u64, iters: u64, mut op: impl FnMut(&SqliteStore) -> Duration) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        total += op(s);
+        *done += 1;
+        if *done % 1000 == 0 {
+            s.checkpoint().unwrap();
+        }
+    }
+    total
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(dir.path(), false).unwrap();
     let mut g = c.benchmark_group("store");
-    let mut n = 0u64;
+    let mut done = 0u64;
     g.bench_function("baseline_one_row_commit", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
+            timed(&s, &mut done, iters, |s| {
                 let id = new_id("evt");
                 let t = Instant::now();
                 s.webhook_seen("stripe_primary", &id, 1).unwrap();
-                total += t.elapsed();
-                n += 1;
-                if n.is_multiple_of(1000) {
-                    s.checkpoint().unwrap();
-                }
-            }
-            total
+                t.elapsed()
+            })
         })
     });
-    g.bench_function("payment_two_commits", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += one_payment(&s);
-                n += 1;
-                if n.is_multiple_of(1000) {
-                    s.checkpoint().unwrap();
-                }
-            }
-            total
-        })
-    });
+    g.bench_function("payment_two_commits", |b| b.iter_custom(|iters| timed(&s, &mut done, iters, one_payment)));
     g.finish();
 }
 
