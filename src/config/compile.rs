@@ -29,22 +29,40 @@ impl Typed {
     /// Adds a schema-valid document of `kind`.
     pub fn add(&mut self, kind: &str, p: Parsed) -> Result<(), Diagnostic> {
         let err = |p: &Parsed, e: serde_json::Error| p.diag("", format!("invalid {kind} file: {e}"));
+        // JSON Schema counts `500.0` as an integer; so does the typed stage.
+        let mut doc = p.doc.clone();
+        integral_numbers_as_integers(&mut doc);
         match kind {
-            "server" => match serde_json::from_value(p.doc.clone()) {
+            "server" => match serde_json::from_value(doc) {
                 Ok(r) => self.server.push((p, r)),
                 Err(e) => return Err(err(&p, e)),
             },
-            "channels" => match serde_json::from_value(p.doc.clone()) {
+            "channels" => match serde_json::from_value(doc) {
                 Ok(r) => self.channels.push((p, r)),
                 Err(e) => return Err(err(&p, e)),
             },
-            "routing" => match serde_json::from_value(p.doc.clone()) {
+            "routing" => match serde_json::from_value(doc) {
                 Ok(r) => self.routing.push((p, r)),
                 Err(e) => return Err(err(&p, e)),
             },
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Rewrites numbers with no fractional part (`500.0`, `1e3`) as integers, as JSON Schema's
+/// `integer` type already accepted them.
+fn integral_numbers_as_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_numbers_as_integers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
     }
 }
 
@@ -679,5 +697,21 @@ mod tests {
         assert_eq!(decimal_to_minor("100.5", jpy), Err(DecimalError::TooPrecise));
         assert_eq!(decimal_to_minor("0.001", hkd), Err(DecimalError::TooPrecise));
         assert_eq!(decimal_to_minor("9999999999999999", Currency::parse("KWD").unwrap()), Err(DecimalError::TooLarge));
+    }
+
+    #[test]
+    fn integral_floats_read_as_the_integers_the_schema_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for f in ["server.yaml", "channels.yaml", "routing.yaml"] {
+            let text = std::fs::read_to_string(root.join("routes").join(f)).unwrap();
+            std::fs::write(dir.path().join(f), text.replace("connect_ms: 500,", "connect_ms: 500.0,")).unwrap();
+        }
+        assert!(std::fs::read_to_string(dir.path().join("channels.yaml")).unwrap().contains("500.0"));
+        let r = crate::config::check_dir(dir.path());
+        assert!(r.is_ok(), "{:?}", r.err());
+        let mut v = serde_json::json!({"a": 2.5, "b": [1.0, 3], "c": {"d": 1e3}});
+        integral_numbers_as_integers(&mut v);
+        assert_eq!(v, serde_json::json!({"a": 2.5, "b": [1, 3], "c": {"d": 1000}}));
     }
 }
