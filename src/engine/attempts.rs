@@ -109,7 +109,7 @@ impl Engine {
                 break;
             }
             let n = attempts.len() as i64 + 1;
-            let attempt_ref = format!("{id}-a{n}");
+            let attempt_ref = crate::store::attempt_ref(&id, n);
             let mut a = AttemptRow {
                 payment_id: id.clone(),
                 n,

@@ -60,6 +60,19 @@ pub struct AttemptRow {
     pub watch: bool,
 }
 
+/// The reference of attempt `n` of a payment, sent to the provider as its idempotency
+/// reference: `<payment id>-a<n>`.
+pub fn attempt_ref(payment_id: &str, n: i64) -> String {
+    format!("{payment_id}-a{n}")
+}
+
+/// The payment id and attempt number an [`attempt_ref`] names.
+pub fn parse_attempt_ref(r: &str) -> Option<(&str, i64)> {
+    let (payment_id, n) = r.rsplit_once("-a")?;
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    (!payment_id.is_empty()).then_some((payment_id, n))
+}
+
 /// A refund as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefundRow {

@@ -21,7 +21,8 @@ pub struct SqliteStore {
 // primary-key b-tree and new rows append at its right edge; idempotency records, keyed by
 // the client's random keys, live in an append-only rowid table (their large stored
 // responses never split random pages) with a small unique index; indexes most rows never
-// enter are partial.
+// enter are partial. Two lookups need no index of their own: an attempt reference is its
+// payment id and number (the primary key), and idempotency records expire in rowid order.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS payments (
   id TEXT PRIMARY KEY, api_key_id TEXT NOT NULL, order_id TEXT NOT NULL, method TEXT NOT NULL,
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS payments (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS payments_reconcile ON payments(reconcile_at) WHERE reconcile_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS attempts (
-  payment_id TEXT NOT NULL, n INTEGER NOT NULL, channel TEXT NOT NULL, attempt_ref TEXT NOT NULL UNIQUE,
+  payment_id TEXT NOT NULL, n INTEGER NOT NULL, channel TEXT NOT NULL, attempt_ref TEXT NOT NULL,
   outcome TEXT NOT NULL, error_code TEXT, latency_ms INTEGER NOT NULL, provider_ref TEXT,
   started_at INTEGER NOT NULL, watch INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (payment_id, n)
 ) WITHOUT ROWID;
@@ -50,7 +51,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
   status INTEGER, body BLOB, resource_id TEXT, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
   UNIQUE (api_key_id, key)
 );
-CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency(expires_at);
 CREATE TABLE IF NOT EXISTS webhook_events (
   channel TEXT NOT NULL, event_id TEXT NOT NULL, received_at INTEGER NOT NULL, PRIMARY KEY (channel, event_id)
 ) WITHOUT ROWID;
@@ -266,7 +266,19 @@ impl Store for SqliteStore {
     }
 
     fn idem_expire(&self, now: i64) -> StoreResult<usize> {
-        self.with(|c| c.prepare_cached("DELETE FROM idempotency WHERE expires_at <= ?1")?.execute(params![now]))
+        // Records are appended in creation order, so the expired ones are a prefix of the
+        // rowid order: delete up to the first live one, reading only what is deleted. After a
+        // reload shortens the retention, a newer record may outlive its expiry behind an older
+        // one; it is kept longer (at least the retention holds) and no longer answers, as
+        // `idem_live` checks `expires_at`.
+        self.with(|c| {
+            c.prepare_cached(
+                "DELETE FROM idempotency WHERE rowid < COALESCE(
+                   (SELECT rowid FROM idempotency WHERE expires_at > ?1 ORDER BY rowid LIMIT 1),
+                   (SELECT MAX(rowid) + 1 FROM idempotency))",
+            )?
+            .execute(params![now])
+        })
     }
 
     fn write_batch(&self, ops: &[Write]) -> StoreResult<()> {
@@ -339,7 +351,9 @@ impl Store for SqliteStore {
     }
 
     fn attempt_by_ref(&self, r: &str) -> StoreResult<Option<AttemptRow>> {
-        self.one(&format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE attempt_ref = ?1"), params![r], attempt_from_row)
+        let Some((payment_id, n)) = parse_attempt_ref(r) else { return Ok(None) };
+        let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE payment_id = ?1 AND n = ?2 AND attempt_ref = ?3");
+        self.one(&sql, params![payment_id, n, r], attempt_from_row)
     }
 
     fn attempt_by_provider_ref(&self, ch: &str, pr: &str) -> StoreResult<Option<AttemptRow>> {
@@ -561,6 +575,54 @@ mod tests {
         .unwrap();
         assert!(matches!(s.idem_get("k", "key1", 11).unwrap(), Some(IdemState::Done { status: 201, .. })));
         assert_eq!(s.idem_get("k", "key1", 100).unwrap(), None, "expired records are not live");
+    }
+
+    #[test]
+    fn attempts_are_found_by_their_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        let id = crate::domain::new_id("pay");
+        let a = AttemptRow {
+            payment_id: id.clone(),
+            n: 2,
+            channel: "c".into(),
+            attempt_ref: attempt_ref(&id, 2),
+            outcome: "pending".into(),
+            error_code: None,
+            latency_ms: 0,
+            provider_ref: None,
+            started_at: 1,
+            watch: false,
+        };
+        s.write_batch(&[
+            Write::InsertPayment(payment(&id, PaymentStatus::Processing)),
+            Write::InsertAttempt(a.clone()),
+        ])
+        .unwrap();
+        assert_eq!(s.attempt_by_ref(&format!("{id}-a2")).unwrap(), Some(a));
+        for missing in
+            [format!("{id}-a1"), format!("{id}-a"), format!("{id}-a-2"), id.clone(), "-a2".into(), String::new()]
+        {
+            assert_eq!(s.attempt_by_ref(&missing).unwrap(), None, "{missing}");
+        }
+        assert_eq!(parse_attempt_ref("pay_X-a12"), Some(("pay_X", 12)));
+    }
+
+    #[test]
+    fn idempotency_records_expire_in_creation_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        for (key, exp) in [("a", 100), ("b", 200), ("c", 150), ("d", 300)] {
+            assert_eq!(claim(&s, "k", key, "h", 10, exp), IdemClaim::Claimed);
+        }
+        assert_eq!(s.idem_expire(99).unwrap(), 0);
+        assert_eq!(s.idem_expire(160).unwrap(), 1, "only the expired prefix goes");
+        // `c` expired but sits behind the live `b`: kept, and no longer answers.
+        assert_eq!(s.idem_get("k", "c", 160).unwrap(), None);
+        assert!(s.idem_get("k", "b", 160).unwrap().is_some());
+        assert_eq!(s.idem_expire(250).unwrap(), 2);
+        assert_eq!(s.idem_expire(1000).unwrap(), 1);
+        assert_eq!(s.idem_expire(1000).unwrap(), 0);
     }
 
     #[test]
