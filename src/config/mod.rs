@@ -19,6 +19,7 @@ pub use diag::Diagnostic;
 use crate::policy::Policy;
 use serde_json::Value;
 use spans::SpanMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Largest config file accepted (guards against YAML alias bombs and mistakes).
@@ -101,10 +102,17 @@ fn load(dir: &Path, overrides: &Overrides, mode: compile::Mode) -> Result<Option
     }
     let mut diags = Vec::new();
     let mut parsed = Vec::new();
+    // What failed before the semantic stage, so its knock-on errors can be told apart.
+    let mut failed_kinds: HashSet<String> = HashSet::new();
+    let mut failed_unknown_kind = false;
+    let mut kind_of_file: HashMap<String, String> = HashMap::new();
     for path in &files {
         match parse_file(path, dir) {
             Ok(p) => parsed.push(p),
-            Err(mut d) => diags.append(&mut d),
+            Err(mut d) => {
+                failed_unknown_kind = true;
+                diags.append(&mut d)
+            }
         }
     }
     // Schema errors stop a file from reaching the typed stage, but every file is still checked.
@@ -124,20 +132,31 @@ fn load(dir: &Path, overrides: &Overrides, mode: compile::Mode) -> Result<Option
                 .flatten()
                 .map(|s| format!("did you mean `{s}`?"));
             diags.push(d);
+            failed_unknown_kind = true;
             continue;
         };
         let errs = schema::validate(&kind, &p.doc, &p.spans, &p.file);
         if !errs.is_empty() {
             diags.extend(errs);
+            failed_kinds.insert(kind);
             continue;
         }
+        kind_of_file.insert(p.file.clone(), kind.clone());
         if let Err(d) = typed.add(&kind, p) {
             diags.push(d);
+            failed_kinds.insert(kind);
         }
     }
     if !diags.is_empty() {
-        // Semantic checks on a partial config would report knock-on errors; still run the
-        // ones that make sense (they are cheap) only when the typed stage is complete.
+        // Every error at once: the semantic checks still run on the files that passed, and
+        // their errors are kept where they cannot be knock-on effects of a broken file
+        // (routing rules name channels; a file whose kind is unknown could be anything).
+        if !failed_unknown_kind {
+            let blocked = |k: &str| failed_kinds.contains(k) || (k == "routing" && failed_kinds.contains("channels"));
+            if let Err(more) = compile::compile(typed, dir, overrides, compile::Mode::Check) {
+                diags.extend(more.into_iter().filter(|d| kind_of_file.get(&d.file).is_some_and(|k| !blocked(k))));
+            }
+        }
         return Err(diags);
     }
     compile::compile(typed, dir, overrides, mode)
