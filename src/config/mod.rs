@@ -171,15 +171,30 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
         return Err(vec![at(1, 1, format!("file is larger than {MAX_FILE_BYTES} bytes"))]);
     }
     let text = std::fs::read_to_string(path).map_err(|e| vec![at(1, 1, format!("cannot read file: {e}"))])?;
-    let doc: Value = match serde_yaml::from_str::<Value>(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-            let msg = e.to_string();
-            // serde_yaml appends " at line L column C"; the prefix already says where.
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            return Err(vec![at(line, col, format!("YAML syntax error: {msg}"))]);
+    let syntax = |e: serde_yaml::Error| {
+        let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let msg = e.to_string();
+        // serde_yaml appends " at line L column C"; the prefix already says where.
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        vec![at(line, col, format!("YAML syntax error: {msg}"))]
+    };
+    let doc: Value = if text.contains("<<") {
+        // YAML merge keys (`<<: *defaults`): applied before anything reads the document.
+        let mut y: serde_yaml::Value = serde_yaml::from_str(&text).map_err(syntax)?;
+        let merge_at = || {
+            let (n, l) = text.lines().enumerate().find(|(_, l)| l.contains("<<")).unwrap_or((0, ""));
+            (n + 1, l.find("<<").map_or(1, |c| c + 1))
+        };
+        if let Err(e) = y.apply_merge() {
+            let (line, col) = merge_at();
+            return Err(vec![at(line, col, format!("YAML merge key: {e}"))]);
         }
+        serde_json::to_value(&y).map_err(|e| {
+            let (line, col) = merge_at();
+            vec![at(line, col, format!("YAML merge key: {e}"))]
+        })?
+    } else {
+        serde_yaml::from_str::<Value>(&text).map_err(syntax)?
     };
     let spans = SpanMap::build(&text);
     if !spans.duplicates().is_empty() {
@@ -193,4 +208,23 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
             .collect());
     }
     Ok(Parsed { spans, file, dir: dir.to_path_buf(), doc, sha256: crate::crypto::sha256_hex(text.as_bytes()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn yaml_merge_keys_are_applied_and_bad_ones_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        let text = "kind: channels\nbase: &b { connect_ms: 500, attempt_ms: 3000 }\nt:\n  <<: *b\n  attempt_ms: 2000\n";
+        std::fs::write(&f, text).unwrap();
+        let p = super::parse_file(&f, dir.path()).unwrap();
+        assert_eq!(p.doc["t"], json!({"connect_ms": 500, "attempt_ms": 2000}));
+        std::fs::write(&f, "kind: channels\nt:\n  <<: 5\n").unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        assert_eq!((e[0].line, e[0].col), (3, 3), "{:?}", e[0]);
+        assert!(e[0].message.contains("merge"), "{}", e[0].message);
+    }
 }
