@@ -63,6 +63,11 @@ pub fn verify_file(path: &Path) -> Result<Report, Broken> {
         let hash = v.get("hash").and_then(|s| s.as_str()).ok_or_else(|| bad("no hash".into()))?;
         let marker = ",\"hash\":\"";
         let Some(cut) = line.rfind(marker) else { return Err(bad("hash is not the last field".into())) };
+        // The line must be exactly the hashed body plus the hash: anything after the hash
+        // (a field a JSON reader would take, a repeated key) is outside the chain.
+        if line[cut..] != format!("{marker}{hash}\"}}") || hash.len() != 64 {
+            return Err(bad("text after the hash, or a malformed hash (record altered)".into()));
+        }
         let body = format!("{}}}", &line[..cut]);
         if chain_hash(&prev, &body) != hash {
             return Err(bad("hash does not match the record's content (record altered)".into()));
@@ -109,6 +114,14 @@ mod tests {
         swapped.swap(3, 4);
         std::fs::write(&p, swapped.join("\n") + "\n").unwrap();
         assert_eq!(verify_file(&p).unwrap_err().line, 4);
+
+        // A field appended after the hash (a JSON reader takes the last of repeated keys).
+        let mut appended = lines.clone();
+        let forged = format!("{},\"outcome\":\"forged\"}}", &lines[2][..lines[2].len() - 1]);
+        appended[2] = &forged;
+        std::fs::write(&p, appended.join("\n") + "\n").unwrap();
+        let e = verify_file(&p).unwrap_err();
+        assert_eq!((e.line, e.seq), (3, Some(3)), "{e}");
 
         std::fs::write(&p, text).unwrap();
         assert_eq!(verify_file(&p).unwrap().records, 5);
