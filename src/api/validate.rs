@@ -27,7 +27,7 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Problem> {
     if body.is_empty() {
         return Err(Problem::new(400, "malformed_json", "the request body is empty; send a JSON object"));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
+    let v: Value = serde_json::from_slice::<Strict>(body).map(|s| s.0).map_err(|e| {
         Problem::new(
             400,
             "malformed_json",
@@ -40,6 +40,64 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Problem> {
             field: "".into(),
             message: "the body must be a JSON object".into(),
         }])),
+    }
+}
+
+/// A JSON value that refuses repeated object keys: `{"amount": 1000, "amount": 2000}` is
+/// ambiguous, and a payment must not be read as whichever came last.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(Strict(x)) = a.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = a.next_key::<String>()? {
+            let Strict(v) = a.next_value()?;
+            if m.insert(k.clone(), v).is_some() {
+                return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+            }
+        }
+        Ok(Value::Object(m))
     }
 }
 
@@ -324,6 +382,21 @@ mod tests {
         ] {
             assert!(f.contains(&want.to_string()), "missing {want} in {f:?}");
         }
+    }
+
+    #[test]
+    fn repeated_keys_are_malformed_not_last_wins() {
+        for body in [
+            r#"{"amount":1000,"amount":2000,"currency":"HKD"}"#,
+            r#"{"metadata":{"a":"1","a":"2"}}"#,
+            r#"{"customer":[{"id":"x","id":"y"}]}"#,
+        ] {
+            let p = parse_object(body.as_bytes()).unwrap_err();
+            assert_eq!((p.status, p.code), (400, "malformed_json"), "{body}");
+            assert!(p.detail.contains("duplicate key"), "{}", p.detail);
+        }
+        let v = parse_object(br#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}]}"#).unwrap();
+        assert_eq!(Value::Object(v), serde_json::json!({"a": [1, -2, 3.5, "x", null, true, {"b": {}}]}));
     }
 
     #[test]
