@@ -47,6 +47,7 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
         ("unknown field", c.post(&url).bearer_auth(KEY).header("idempotency-key", "k").json(&json!({"amount":10,"currency":"HKD","method":"visa","order_id":"o","payment_method_data":{"token":"t"},"amout":1})), 422, "validation_failed"),
         ("no route", c.post(&url).bearer_auth(KEY).header("idempotency-key", "l").json(&json!({"amount":10,"currency":"EUR","method":"visa","order_id":"o","payment_method_data":{"token":"t"}})), 422, "no_route"),
         ("unrouted method", c.post(&url).bearer_auth(KEY).header("idempotency-key", "m").json(&json!({"amount":10,"currency":"HKD","method":"octopus","order_id":"o"})), 422, "no_route"),
+        ("repeated key", c.post(&url).bearer_auth(KEY).header("idempotency-key", "o").body(r#"{"amount":1000,"amount":2000,"currency":"HKD","method":"visa","order_id":"o","payment_method_data":{"token":"pm_card_visa"}}"#), 400, "malformed_json"),
     ];
     for (what, req, status, code) in cases {
         let r = send(req).await;
@@ -73,6 +74,25 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
     assert_eq!(m.status, 405);
     assert_eq!(m.headers["allow"], "POST");
     assert_eq!(get(base, "/v1/payments/pay_doesnotexist").await.body["code"], "payment_not_found");
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_times_out_as_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: slow\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"amount\":1"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "no answer within 30 s");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"request_body_timeout\""), "{text}");
+    assert_eq!(count_rows(&w.pm.data, "payments"), 0);
 }
 
 #[tokio::test]

@@ -89,6 +89,21 @@ async fn blackholed_create_times_out_then_query_then_backup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_payment_whose_answer_was_lost_asks_the_provider_first() {
+    let w = world(3000).await;
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 500, "ops": ["create", "query"]})).await;
+    let r = pay(&w, "lost-answer").await;
+    assert_eq!(r.body["status"], "processing", "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // The provider's id is unknown: no cancel naming no payment is sent; the app is told to
+    // retry while paymux finds out.
+    let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!(c.status, 409, "{}", c.text);
+    assert_eq!(c.body["code"], "payment_outcome_unknown", "{}", c.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "processing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fully_blackholed_channel_leaves_payment_processing_for_the_reconciler() {
     let w = world(400).await;
     w.fault("stripe_primary", json!({"blackhole": true})).await;

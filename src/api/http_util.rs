@@ -13,7 +13,7 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
         match cl.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
             Some(n) if n > limit as u64 => return Err(too_large()),
             Some(_) => {}
-            None => return Err(Problem::new(400, "malformed_json", "invalid Content-Length header")),
+            None => return Err(Problem::new(400, "request_body_unreadable", "invalid Content-Length header")),
         }
     }
     s.set_read_timeout(Some(Duration::from_secs(10)));
@@ -27,10 +27,17 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => break,
+            Err(e) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
+                return Err(Problem::new(
+                    408,
+                    "request_body_timeout",
+                    "the request body did not arrive within 10 seconds (fewer bytes than Content-Length?)",
+                ))
+            }
             Err(e) => {
                 return Err(Problem::new(
                     400,
-                    "malformed_json",
+                    "request_body_unreadable",
                     format!("could not read the request body: {:?}", e.etype()),
                 ))
             }

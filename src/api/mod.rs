@@ -162,6 +162,11 @@ pub fn engine_problem(e: &crate::engine::EngineError) -> Problem {
         E::RefundExceeds { remaining } => {
             Problem::new(422, "refund_amount_exceeds", format!("at most {remaining} minor units are left to refund"))
         }
+        E::OutcomeUnknown => Problem::new(
+            409,
+            "payment_outcome_unknown",
+            "the provider has not confirmed whether it holds this payment (its answer was lost); paymux keeps checking, retry in a few seconds",
+        ),
         E::ProviderRefused { code, message } => Problem::new(409, "provider_refused", format!("{code}: {message}")),
         E::ProviderUnavailable(c) => {
             Problem::new(502, "provider_unavailable", format!("no usable answer from the provider ({c})"))

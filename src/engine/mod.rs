@@ -89,6 +89,8 @@ pub enum EngineError {
     NotRefundable(PaymentStatus),
     #[error("refund amount exceeds the {remaining} minor units left to refund")]
     RefundExceeds { remaining: i64 },
+    #[error("the provider has not confirmed whether it holds this payment yet")]
+    OutcomeUnknown,
     #[error("the provider refused: {code}: {message}")]
     ProviderRefused { code: String, message: String },
     #[error("the provider could not be reached or gave no usable answer ({0})")]

@@ -10,10 +10,14 @@ impl Engine {
     pub async fn get(&self, ctx: &Ctx, policy: &Policy, id: &str) -> Result<PaymentView, EngineError> {
         let mut v = self.view(id).await?;
         if !v.payment.status.is_final() {
-            if let Some(state) = self.query_holding(ctx, policy, &v.payment).await {
+            if let Some(found) = self.query_holding(ctx, policy, &v.payment).await {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
-                if apply_state(&mut v.payment, &state, now_ms()) {
+                let learned_ref = v.payment.provider_ref.is_none();
+                if learned_ref {
+                    v.payment.provider_ref = Some(found.provider_ref);
+                }
+                if apply_state(&mut v.payment, &found.state, now_ms()) || learned_ref {
                     let row = v.payment.clone();
                     crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
                     self.audit(
@@ -31,7 +35,12 @@ impl Engine {
     }
 
     /// Queries the holding channel; `None` when nothing could be learned.
-    pub(crate) async fn query_holding(&self, ctx: &Ctx, policy: &Policy, p: &PaymentRow) -> Option<ProviderState> {
+    pub(crate) async fn query_holding(
+        &self,
+        ctx: &Ctx,
+        policy: &Policy,
+        p: &PaymentRow,
+    ) -> Option<crate::connector::ProviderPayment> {
         let ch = holding_channel(policy, p)?;
         let aref = p.attempt_ref.clone()?;
         let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
@@ -46,7 +55,7 @@ impl Engine {
         let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
         let q = QueryRef { attempt_ref: &aref, provider_ref: pref.as_deref(), since_send_ms: since };
         match ch.connector.parse_query(&q, &req, &res.ok()?) {
-            QueryOutcome::Found(pp) => Some(pp.state),
+            QueryOutcome::Found(pp) => Some(pp),
             _ => None,
         }
     }
@@ -61,6 +70,20 @@ impl Engine {
         let ch = holding_channel(policy, p).ok_or_else(|| {
             EngineError::ProviderUnavailable("the holding channel is not in the current policy".into())
         })?;
+        if p.provider_ref.is_none() {
+            // The create's answer was lost: learn what the provider holds under our reference
+            // before asking it to cancel (never send a request naming no payment).
+            let Some(found) = self.query_holding(ctx, policy, p).await else {
+                return Err(EngineError::OutcomeUnknown);
+            };
+            p.provider_ref = Some(found.provider_ref);
+            apply_state(p, &found.state, now_ms());
+            let row = p.clone();
+            crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+            if p.status.is_final() {
+                return Err(EngineError::NotCancelable(p.status));
+            }
+        }
         let aref = p.attempt_ref.clone().unwrap_or_default();
         let pref = p.provider_ref.clone().unwrap_or_default();
         let req = self
@@ -89,8 +112,8 @@ impl Engine {
             }
             CancelOutcome::Refused { code, message } => {
                 // The provider's view wins: it may have completed meanwhile.
-                if let Some(state) = self.query_holding(ctx, policy, p).await {
-                    if apply_state(p, &state, now_ms()) {
+                if let Some(found) = self.query_holding(ctx, policy, p).await {
+                    if apply_state(p, &found.state, now_ms()) {
                         let row = p.clone();
                         crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
                     }
