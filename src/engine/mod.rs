@@ -28,6 +28,8 @@ pub struct Engine {
     pub store: Arc<dyn Store>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    /// The reconciler's per-item backoff for watched attempts and pending refunds.
+    pub retry: Arc<reconcile::RetrySchedule>,
 }
 
 /// Who is calling and under which request id.

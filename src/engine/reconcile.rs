@@ -13,6 +13,35 @@ use serde_json::json;
 /// How long a moved-on-from attempt is watched before it is considered settled.
 const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
 
+/// When the reconciler may next query a watched attempt or a pending refund: exponential
+/// backoff per item (the reconciler's initial backoff, doubling, capped at its maximum), so a
+/// provider recovering from an outage is not polled on every tick for everything paymux is
+/// unsure about. Kept in memory: after a restart every item is queried once, then backs off.
+#[derive(Default)]
+pub struct RetrySchedule(std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>);
+
+impl RetrySchedule {
+    /// True when `key` may be queried at `now`.
+    pub fn due(&self, key: &str, now: i64) -> bool {
+        self.0.lock().map(|m| m.get(key).is_none_or(|(next, _)| *next <= now)).unwrap_or(true)
+    }
+
+    /// `key` was queried and is still unsettled: wait twice as long as last time.
+    pub fn again(&self, key: &str, now: i64, initial_ms: i64, max_ms: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            let backoff = m.get(key).map_or(initial_ms, |(_, b)| (b * 2).min(max_ms)).max(1);
+            m.insert(key.to_string(), (now + backoff, backoff));
+        }
+    }
+
+    /// `key` is settled.
+    pub fn done(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(key);
+        }
+    }
+}
+
 impl Engine {
     /// One reconciliation pass. Returns how many payments were examined.
     pub async fn reconcile_once(&self, policy: &Arc<ArcSwap<Policy>>) -> usize {
@@ -80,7 +109,14 @@ impl Engine {
     async fn check_refunds(&self, pol: &Policy) {
         let before = now_ms() - pol.server.reconcile_initial_backoff.as_millis() as i64;
         let pending = crate::store::call(&self.store, move |s| s.pending_refunds(before, 50)).await.unwrap_or_default();
+        let (initial, max) = (
+            pol.server.reconcile_initial_backoff.as_millis() as i64,
+            pol.server.reconcile_max_backoff.as_millis() as i64,
+        );
         for mut r in pending {
+            if !self.retry.due(&r.id, now_ms()) {
+                continue;
+            }
             let pid = r.payment_id.clone();
             let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
             let Some(ch) = holding_channel(pol, &p) else { continue };
@@ -124,6 +160,11 @@ impl Engine {
                 }
                 RefundQueryOutcome::Unknown { .. } => "unknown",
             };
+            if result == "unknown" || r.status == "pending" {
+                self.retry.again(&r.id, now_ms(), initial, max);
+            } else {
+                self.retry.done(&r.id);
+            }
             r.updated_at = now_ms();
             let row = r.clone();
             let _ = crate::store::call(&self.store, move |s| s.update_refund(&row)).await;
@@ -166,7 +207,14 @@ impl Engine {
     /// Watched attempts: reverse any that processed after paymux moved on.
     async fn check_watched(&self, pol: &Policy) {
         let watched = crate::store::call(&self.store, |s| s.watched_attempts(50)).await.unwrap_or_default();
+        let (initial, max) = (
+            pol.server.reconcile_initial_backoff.as_millis() as i64,
+            pol.server.reconcile_max_backoff.as_millis() as i64,
+        );
         for mut a in watched {
+            if !self.retry.due(&a.attempt_ref, now_ms()) {
+                continue;
+            }
             let Some(ch) = pol.channel(&a.channel).cloned() else { continue };
             // Never reverse the attempt that holds the payment.
             let pid = a.payment_id.clone();
@@ -194,7 +242,10 @@ impl Engine {
                 Some(QueryOutcome::NotFound { authoritative: true }) => now_ms() - a.started_at < WATCH_WINDOW_MS,
                 _ => true,
             };
-            if !keep_watching {
+            if keep_watching {
+                self.retry.again(&a.attempt_ref, now_ms(), initial, max);
+            } else {
+                self.retry.done(&a.attempt_ref);
                 a.watch = false;
                 let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
             }
@@ -254,5 +305,25 @@ impl Engine {
         .await;
         tracing::warn!(channel = %ch.id, payment_id = %a.payment_id, reversed = done, "a channel processed a payment paymux had moved on from");
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetrySchedule;
+
+    #[test]
+    fn retry_schedule_backs_off_per_item_and_resets_when_done() {
+        let s = RetrySchedule::default();
+        assert!(s.due("a", 0), "never queried: due");
+        s.again("a", 0, 500, 1_600);
+        assert!(!s.due("a", 499) && s.due("a", 500));
+        s.again("a", 500, 500, 1_600); // waits 1000
+        assert!(!s.due("a", 1_499) && s.due("a", 1_500));
+        s.again("a", 1_500, 500, 1_600); // 2000, capped at 1600
+        assert!(!s.due("a", 3_099) && s.due("a", 3_100));
+        assert!(s.due("b", 0), "items back off independently");
+        s.done("a");
+        assert!(s.due("a", 0));
     }
 }
