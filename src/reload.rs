@@ -6,6 +6,7 @@ use crate::audit::{AuditLog, Event};
 use crate::config::{self, Diagnostic, Overrides};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::store::Store;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
@@ -31,6 +32,8 @@ pub struct Reloader {
     policy: Arc<ArcSwap<Policy>>,
     metrics: Arc<Metrics>,
     audit: AuditLog,
+    /// Asked before a channel is removed: one still holding unsettled payments must stay.
+    store: Arc<dyn Store>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -42,8 +45,42 @@ impl Reloader {
         policy: Arc<ArcSwap<Policy>>,
         metrics: Arc<Metrics>,
         audit: AuditLog,
+        store: Arc<dyn Store>,
     ) -> Self {
-        Reloader { dir, overrides, policy, metrics, audit, lock: tokio::sync::Mutex::new(()) }
+        Reloader { dir, overrides, policy, metrics, audit, store, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Errors for channels the new policy drops while they still hold unsettled work: their
+    /// callbacks would be refused and their payments could no longer be synced, canceled or
+    /// refunded.
+    async fn removed_channels_in_use(&self, old: &Policy, new: &Policy) -> Vec<Diagnostic> {
+        let removed: Vec<String> =
+            old.channels.iter().map(|c| c.id.clone()).filter(|id| new.channel(id).is_none()).collect();
+        if removed.is_empty() {
+            return vec![];
+        }
+        let at = |message: String| Diagnostic {
+            file: self.dir.display().to_string(),
+            line: 1,
+            col: 1,
+            message,
+            help: Some(
+                "remove the channel from routing first; remove it from the channels file once its payments are final"
+                    .into(),
+            ),
+        };
+        match crate::store::call(&self.store, |s| s.open_work_by_channel()).await {
+            Ok(open) => open
+                .into_iter()
+                .filter(|(c, _)| removed.contains(c))
+                .map(|(c, n)| {
+                    at(format!(
+                        "channel `{c}` is removed but still holds {n} unsettled payment(s), refund(s) or watched attempt(s)"
+                    ))
+                })
+                .collect(),
+            Err(e) => vec![at(format!("could not check whether removed channels still hold payments: {e}"))],
+        }
     }
 
     /// The config directory.
@@ -65,6 +102,17 @@ impl Reloader {
                 help: None,
             }])
         });
+        let loaded = match loaded {
+            Ok(new) => {
+                let in_use = self.removed_channels_in_use(&old, &new).await;
+                if in_use.is_empty() {
+                    Ok(new)
+                } else {
+                    Err(in_use)
+                }
+            }
+            Err(e) => Err(e),
+        };
         let outcome = match loaded {
             Err(errors) => ReloadOutcome::Rejected { version: old.version.clone(), errors },
             Ok(new) if new.version == old.version => ReloadOutcome::Unchanged { version: old.version.clone() },

@@ -107,13 +107,15 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         details: serde_json::json!({"policy_version": policy.version, "listen": s.listen, "admin_listen": s.admin_listen}),
     });
     let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let engine = Engine { store, audit: audit.clone(), metrics: metrics.clone(), retry: Default::default() };
+    let engine =
+        Engine { store: store.clone(), audit: audit.clone(), metrics: metrics.clone(), retry: Default::default() };
     let reloader = Arc::new(Reloader::new(
         opts.config_dir.clone(),
         opts.overrides.clone(),
         policy.clone(),
         metrics.clone(),
         audit,
+        store,
     ));
 
     let conf = ServerConf {

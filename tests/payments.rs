@@ -183,6 +183,43 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "held", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-held", "return_url": "https://s/r"})).await;
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    let cfg = w.tmp.path().join("cfg");
+    let version = get(&w.pm.admin, "/admin/config").await.body["version"].clone();
+    // Drop antom_hk from routing and from the channels.
+    let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
+    let routing = routing
+        .replace(
+            "  - name: alipayhk\n    match:\n      methods: [alipay_hk]\n    route:\n      channels: [antom_hk]\n",
+            "",
+        )
+        .replace("channels: [stripe_primary, stripe_backup, antom_hk]", "channels: [stripe_primary, stripe_backup]");
+    let channels = std::fs::read_to_string(cfg.join("channels.yaml")).unwrap();
+    let cut = channels.find("  - id: antom_hk").unwrap();
+    let tail = channels[cut..].find("\n  - id:").map_or(channels.len(), |i| cut + i + 1);
+    let channels = format!("{}{}", &channels[..cut], &channels[tail..]);
+    assert!(!routing.contains("antom_hk") && !channels.contains("antom_hk"));
+    // A check of the directory alone passes: the config itself is valid.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(cfg.join("server.yaml"), tmp.path().join("server.yaml")).unwrap();
+    std::fs::write(tmp.path().join("routing.yaml"), &routing).unwrap();
+    std::fs::write(tmp.path().join("channels.yaml"), &channels).unwrap();
+    assert!(paymux::config::check_dir(tmp.path()).is_ok());
+    std::fs::write(cfg.join("routing.yaml"), &routing).unwrap();
+    std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
+    let rej = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(rej.status, 422, "{}", rej.text);
+    assert!(rej.text.contains("antom_hk") && rej.text.contains("unsettled"), "{}", rej.text);
+    assert_eq!(get(&w.pm.admin, "/admin/config").await.body["version"], version);
+    // Still served on its channel.
+    let id = r.body["id"].as_str().unwrap();
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["channel"], "antom_hk");
+}
+
 /// A Stripe event signed with the primary channel's webhook secret, timestamped now.
 fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
     let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();

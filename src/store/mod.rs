@@ -250,6 +250,9 @@ pub trait Store: Send + Sync + 'static {
     /// Moves committed data from the log into the main database (SQLite: a WAL checkpoint).
     /// Called periodically off the request path, never while a request holds the store.
     fn checkpoint(&self) -> StoreResult<()>;
+    /// Per channel, how many payments, pending refunds and watched attempts on it are not
+    /// settled yet (a channel holding any must not disappear from the policy).
+    fn open_work_by_channel(&self) -> StoreResult<Vec<(String, i64)>>;
     /// Records a webhook event id; returns true when it had been seen before (a duplicate).
     fn webhook_seen(&self, channel: &str, event_id: &str, now_ms: i64) -> StoreResult<bool>;
 }

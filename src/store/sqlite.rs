@@ -461,6 +461,20 @@ impl Store for SqliteStore {
         c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(StoreError::from)
     }
 
+    fn open_work_by_channel(&self) -> StoreResult<Vec<(String, i64)>> {
+        // Non-final payments all carry a `reconcile_at` (the partial index); watched attempts
+        // have their own partial index; pending refunds are few.
+        self.all(
+            "SELECT channel, COUNT(*) FROM (
+               SELECT channel FROM payments WHERE reconcile_at IS NOT NULL
+               UNION ALL SELECT channel FROM attempts WHERE watch = 1
+               UNION ALL SELECT p.channel FROM refunds r JOIN payments p ON p.id = r.payment_id WHERE r.status = 'pending'
+             ) WHERE channel IS NOT NULL GROUP BY channel ORDER BY channel",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
     fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
         self.with(|c| {
             c.prepare_cached(
