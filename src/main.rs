@@ -235,9 +235,12 @@ fn serve(opts: &paymux::server::ServeOptions, with_sandbox: bool) -> ExitCode {
     );
     println!("  data          {}", p.server.data_dir.display());
     println!();
+    // The demo key only where this policy accepts it; otherwise the app's own key goes there.
+    const DEMO_KEY: &str = "pmx_test_demo_key";
+    let key = if p.authenticate(DEMO_KEY).is_some() { DEMO_KEY } else { "<your API key>" };
     println!("Create a payment:");
     println!(
-        "  curl -s {scheme}://{}/v1/payments -H 'Authorization: Bearer pmx_test_demo_key' -H \"Idempotency-Key: $(date +%s%N)\" -d '{{\"amount\":19999,\"currency\":\"HKD\",\"method\":\"visa\",\"order_id\":\"order-1001\",\"payment_method_data\":{{\"token\":\"pm_card_visa\"}}}}'",
+        "  curl -s {scheme}://{}/v1/payments -H 'Authorization: Bearer {key}' -H \"Idempotency-Key: $(date +%s%N)\" -d '{{\"amount\":19999,\"currency\":\"HKD\",\"method\":\"visa\",\"order_id\":\"order-1001\",\"payment_method_data\":{{\"token\":\"pm_card_visa\"}}}}'",
         p.server.listen
     );
     drop(p);

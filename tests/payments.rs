@@ -220,6 +220,20 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["channel"], "antom_hk");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_no_channel_can_send_says_why() {
+    let w = world(3000).await;
+    let mut body = card("o-md", 500);
+    body["metadata"] = (0..50).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>().into();
+    let r = create(&w.pm.api, "md50", body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "metadata_too_large", "{}", r.text);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("metadata") && msg.contains("stripe_backup"), "{msg}");
+    assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 0);
+}
+
 /// A Stripe event signed with the primary channel's webhook secret, timestamped now.
 fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
     let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();

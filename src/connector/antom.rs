@@ -216,8 +216,13 @@ impl Connector for Antom {
     fn parse_create(&self, req: &WireRequest, resp: &WireResponse) -> CreateOutcome {
         match resp.status {
             200 => {}
-            429 => return CreateOutcome::NotProcessed { code: "http_429".into() },
-            400..=499 => return CreateOutcome::NotProcessed { code: format!("http_{}", resp.status) },
+            429 => return CreateOutcome::NotProcessed { code: "http_429".into(), message: "rate limited".into() },
+            400..=499 => {
+                return CreateOutcome::NotProcessed {
+                    code: format!("http_{}", resp.status),
+                    message: "request rejected".into(),
+                }
+            }
             s => return CreateOutcome::Ambiguous { code: format!("http_{s}") },
         }
         let Some(v) = self.verified(req, resp) else {
@@ -241,7 +246,7 @@ impl Connector for Antom {
             "F" if DECLINE_CODES.contains(&code) => {
                 CreateOutcome::Declined { provider_ref, code: code.into(), message: message.into() }
             }
-            "F" => CreateOutcome::NotProcessed { code: code.into() },
+            "F" => CreateOutcome::NotProcessed { code: code.into(), message: message.into() },
             _ => CreateOutcome::Ambiguous { code: if code.is_empty() { "unknown".into() } else { code.into() } },
         }
     }

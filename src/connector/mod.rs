@@ -85,8 +85,9 @@ pub enum CreateOutcome {
     Accepted(ProviderPayment),
     /// Processed and refused (card declined). Final: no failover.
     Declined { provider_ref: Option<String>, code: String, message: String },
-    /// Certainly not processed. Safe to try the next channel.
-    NotProcessed { code: String },
+    /// Certainly not processed. Safe to try the next channel. `message` is the provider's
+    /// explanation, for the merchant (never a secret).
+    NotProcessed { code: String, message: String },
     /// May have been processed. Query before doing anything else.
     Ambiguous { code: String },
 }

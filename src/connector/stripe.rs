@@ -183,7 +183,15 @@ impl Connector for Stripe {
                 CreateOutcome::Ambiguous { code: "idempotency_error".into() }
             }
             // Rejected before processing: bad request, auth, permissions, rate limit.
-            400..=499 => CreateOutcome::NotProcessed { code: format!("http_{}_{}", resp.status, error_code(&v)) },
+            400..=499 => CreateOutcome::NotProcessed {
+                code: format!("http_{}_{}", resp.status, error_code(&v)),
+                message: v
+                    .as_ref()
+                    .and_then(|v| v.pointer("/error/message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("request rejected")
+                    .to_string(),
+            },
             _ => CreateOutcome::Ambiguous { code: format!("http_{}", resp.status) },
         }
     }

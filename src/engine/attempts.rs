@@ -41,8 +41,8 @@ enum Step {
         next_action: Option<serde_json::Value>,
         error: Option<String>,
     },
-    /// Certainly not processed: try the next channel.
-    Next { outcome: &'static str, code: String, watch: bool },
+    /// Certainly not processed: try the next channel. `message` explains why, for the merchant.
+    Next { outcome: &'static str, code: String, message: String, watch: bool },
     /// Unknown after a status query: stop here, leave it to the reconciler.
     Unknown { code: String },
 }
@@ -102,6 +102,7 @@ impl Engine {
 
         let mut attempts: Vec<AttemptRow> = Vec::new();
         let mut last_error = "no_channel".to_string();
+        let mut last_message = String::new();
         let mut landed = false;
         for (i, ch) in channels.iter().enumerate() {
             if ctx.remaining().is_zero() {
@@ -145,7 +146,8 @@ impl Engine {
                     }
                     landed = true;
                 }
-                Step::Next { outcome, code, watch } => {
+                Step::Next { outcome, code, message, watch } => {
+                    last_message = format!("{}: {message}", ch.id);
                     a.outcome = outcome.into();
                     a.error_code = Some(code.clone());
                     a.watch = watch;
@@ -187,7 +189,11 @@ impl Engine {
         if !landed {
             p.status = PaymentStatus::Failed;
             p.error_code = Some(if channels.is_empty() { "no_channel".into() } else { last_error });
-            p.error_message = Some("no channel could take the payment".into());
+            p.error_message = Some(if last_message.is_empty() {
+                "no channel could take the payment".into()
+            } else {
+                format!("no channel could take the payment (last: {last_message})")
+            });
             p.updated_at = now_ms();
         }
         // The last attempt's outcome, the payment's result and the response replays return
@@ -241,13 +247,22 @@ impl Engine {
             .await;
         let req = match built {
             Ok(r) => r,
-            Err(e) => return (Step::Next { outcome: "not_sent", code: e.code.to_string(), watch: false }, 0),
+            Err(e) => {
+                return (
+                    Step::Next { outcome: "not_sent", code: e.code.to_string(), message: e.message, watch: false },
+                    0,
+                )
+            }
         };
         let (res, latency) = self.send(ch, &req, Some(ctx.remaining())).await;
         let sent_at = Instant::now();
         let outcome = match res {
             Err(SendError::NotSent(_)) => {
-                return (Step::Next { outcome: "not_sent", code: "connect_failed".into(), watch: false }, latency)
+                let message = "could not connect to the provider".to_string();
+                return (
+                    Step::Next { outcome: "not_sent", code: "connect_failed".into(), message, watch: false },
+                    latency,
+                );
             }
             Err(e) => CreateOutcome::Ambiguous { code: e.code().to_string() },
             Ok(resp) => ch.connector.parse_create(&req, &resp),
@@ -267,7 +282,9 @@ impl Engine {
                 next_action: None,
                 error: Some(code),
             },
-            CreateOutcome::NotProcessed { code } => Step::Next { outcome: "not_processed", code, watch: false },
+            CreateOutcome::NotProcessed { code, message } => {
+                Step::Next { outcome: "not_processed", code, message, watch: false }
+            }
             CreateOutcome::Ambiguous { code } => self.resolve_ambiguous(ctx, ch, attempt_ref, code, sent_at).await,
         };
         (step, latency)
@@ -309,9 +326,12 @@ impl Engine {
             },
             // Certainly not there: move on, but keep watching this reference in case a request
             // the provider was still holding completes later (it would then be reversed).
-            QueryOutcome::NotFound { authoritative: true } => {
-                Step::Next { outcome: "not_found_after_query", code: format!("{code}_not_processed"), watch: true }
-            }
+            QueryOutcome::NotFound { authoritative: true } => Step::Next {
+                outcome: "not_found_after_query",
+                code: format!("{code}_not_processed"),
+                message: "the provider answered ambiguously and then showed no such payment".into(),
+                watch: true,
+            },
             QueryOutcome::NotFound { authoritative: false } => Step::Unknown { code: format!("{code}_status_pending") },
             QueryOutcome::Unknown { code: qc } => Step::Unknown { code: format!("{code}_query_{qc}") },
         }
