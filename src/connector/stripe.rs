@@ -96,6 +96,11 @@ fn error_code(v: &Option<Value>) -> String {
     v.as_ref().and_then(|v| v.pointer("/error/code").and_then(Value::as_str)).unwrap_or("unknown").to_string()
 }
 
+/// Stripe's `error.message`, or `default` when the answer has none.
+fn error_message(v: &Option<Value>, default: &str) -> String {
+    v.as_ref().and_then(|v| v.pointer("/error/message")).and_then(Value::as_str).unwrap_or(default).to_string()
+}
+
 fn encode(pairs: &[(String, String)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -185,12 +190,7 @@ impl Connector for Stripe {
             // Rejected before processing: bad request, auth, permissions, rate limit.
             400..=499 => CreateOutcome::NotProcessed {
                 code: format!("http_{}_{}", resp.status, error_code(&v)),
-                message: v
-                    .as_ref()
-                    .and_then(|v| v.pointer("/error/message"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("request rejected")
-                    .to_string(),
+                message: error_message(&v, "request rejected"),
             },
             _ => CreateOutcome::Ambiguous { code: format!("http_{}", resp.status) },
         }
@@ -258,15 +258,9 @@ impl Connector for Stripe {
                 Some(ProviderState::Canceled) => CancelOutcome::Canceled,
                 _ => CancelOutcome::Unknown { code: "unexpected_state".into() },
             },
-            400..=499 if resp.status != 409 && resp.status != 429 => CancelOutcome::Refused {
-                code: error_code(&v),
-                message: v
-                    .as_ref()
-                    .and_then(|v| v.pointer("/error/message"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("refused")
-                    .to_string(),
-            },
+            400..=499 if resp.status != 409 && resp.status != 429 => {
+                CancelOutcome::Refused { code: error_code(&v), message: error_message(&v, "refused") }
+            }
             s => CancelOutcome::Unknown { code: format!("http_{s}") },
         }
     }
@@ -299,15 +293,9 @@ impl Connector for Stripe {
                 RefundOutcome::Accepted { provider_refund_ref: id, state }
             }
             409 => RefundOutcome::Ambiguous { code: "http_409".into() },
-            400..=499 => RefundOutcome::NotProcessed {
-                code: error_code(&v),
-                message: v
-                    .as_ref()
-                    .and_then(|v| v.pointer("/error/message"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("refund refused")
-                    .to_string(),
-            },
+            400..=499 => {
+                RefundOutcome::NotProcessed { code: error_code(&v), message: error_message(&v, "refund refused") }
+            }
             s => RefundOutcome::Ambiguous { code: format!("http_{s}") },
         }
     }
