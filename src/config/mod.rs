@@ -172,11 +172,24 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| vec![at(1, 1, format!("cannot read file: {e}"))])?;
     let syntax = |e: serde_yaml::Error| {
-        let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         let msg = e.to_string();
         // serde_yaml appends " at line L column C"; the prefix already says where.
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        vec![at(line, col, format!("YAML syntax error: {msg}"))]
+        let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or_else(|| {
+            // A second document has no location of its own: point at its `---`.
+            let marks: Vec<usize> =
+                text.lines().enumerate().filter(|(_, l)| l.starts_with("---")).map(|(i, _)| i + 1).collect();
+            let second = marks.get(usize::from(text.trim_start().starts_with("---"))).copied();
+            (second.filter(|_| msg.contains("more than one document")).unwrap_or(1), 1)
+        });
+        let what = if msg.contains("out of range") {
+            "number out of range (integers must fit in 64 bits)".to_string()
+        } else if msg.contains("more than one document") {
+            "a config file holds one YAML document; split the others into their own files".to_string()
+        } else {
+            format!("YAML syntax error: {msg}")
+        };
+        vec![at(line, col, what)]
     };
     let doc: Value = if text.contains("<<") {
         // YAML merge keys (`<<: *defaults`): applied before anything reads the document.
@@ -226,5 +239,19 @@ mod tests {
         let e = super::parse_file(&f, dir.path()).err().unwrap();
         assert_eq!((e[0].line, e[0].col), (3, 3), "{:?}", e[0]);
         assert!(e[0].message.contains("merge"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn second_documents_and_huge_numbers_are_named_and_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, "kind: channels\nchannels: []\n---\nkind: routing\n").unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        assert_eq!((e[0].line, e[0].col), (3, 1), "{:?}", e[0]);
+        assert!(e[0].message.contains("one YAML document"), "{}", e[0].message);
+        std::fs::write(&f, "kind: server\nlimits:\n  max_body_bytes: 99999999999999999999999\n").unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        assert!(e[0].message.contains("out of range"), "{}", e[0].message);
+        assert_eq!(e[0].line, 3, "{:?}", e[0]);
     }
 }
