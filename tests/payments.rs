@@ -209,8 +209,10 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
     std::fs::write(tmp.path().join("routing.yaml"), &routing).unwrap();
     std::fs::write(tmp.path().join("channels.yaml"), &channels).unwrap();
     assert!(paymux::config::check_dir(tmp.path()).is_ok());
-    std::fs::write(cfg.join("routing.yaml"), &routing).unwrap();
+    // Channels first: without routing's edit it is invalid on its own, so the directory watch
+    // never sees a valid half-edit.
     std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
+    std::fs::write(cfg.join("routing.yaml"), &routing).unwrap();
     let rej = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
     assert_eq!(rej.status, 422, "{}", rej.text);
     assert!(rej.text.contains("antom_hk") && rej.text.contains("unsettled"), "{}", rej.text);
@@ -246,7 +248,8 @@ fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_about_an_attempt_in_flight_is_deferred_unrecorded_then_applied() {
     let w = world(3000).await;
-    w.fault("stripe_primary", json!({"latency_ms": 1500, "ops": ["create"], "callbacks": {"drop": true}})).await;
+    // Long enough for the test to find the pending attempt on a loaded machine.
+    w.fault("stripe_primary", json!({"latency_ms": 3000, "ops": ["create"], "callbacks": {"drop": true}})).await;
     let api = w.pm.api.clone();
     let creating = tokio::spawn(async move { create(&api, "early-wh", card("o-early", 700)).await });
     // The attempt is stored (pending) before the request leaves paymux.

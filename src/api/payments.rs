@@ -130,14 +130,14 @@ where
     let Some(resource) = resource else {
         return Held::Answer(Err(in_use()));
     };
-    match recover(resource).await {
+    match recover(resource.clone()).await {
         Ok(Some(body)) => {
             complete(engine, &r.api_key_id, &r.key, 201, &body).await;
             Held::Answer(Ok(json(200, body, &[("idempotent-replayed", "true".into())])))
         }
         Ok(None) => {
             let (k, kk) = (r.api_key_id.clone(), r.key.clone());
-            match crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk)).await {
+            match crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk, &resource)).await {
                 Ok(()) => Held::Released,
                 Err(e) => Held::Answer(Err(engine_problem(&e.into()))),
             }
@@ -373,9 +373,12 @@ async fn refund(
                 let mut stored = p.clone();
                 stored.request_id = None;
                 complete(engine, key_id, &key, p.status, &serde_json::to_vec(&stored).unwrap_or_default()).await;
-            } else {
-                let (k, kk) = (key_id.to_string(), key.clone());
-                let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk)).await;
+            } else if matches!(engine.get_refund(&refund_id).await, Err(EngineError::RefundNotFound)) {
+                // Nothing was reserved, so nothing can have been sent: a retry may start
+                // afresh. A reserved refund keeps the claim, so a retry finds that refund
+                // instead of refunding again.
+                let (k, kk, rid) = (key_id.to_string(), key.clone(), refund_id.clone());
+                let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk, &rid)).await;
             }
             Err(p)
         }

@@ -96,8 +96,12 @@ fn error_code(v: &Option<Value>) -> String {
     v.as_ref().and_then(|v| v.pointer("/error/code").and_then(Value::as_str)).unwrap_or("unknown").to_string()
 }
 
-/// Stripe's `error.message`, or `default` when the answer has none.
-fn error_message(v: &Option<Value>, default: &str) -> String {
+/// Stripe's `error.message`, or `default` when the answer has none. Authentication errors
+/// get a fixed text: Stripe's names the (masked) key, which is not the app's business.
+fn error_message(status: u16, v: &Option<Value>, default: &str) -> String {
+    if matches!(status, 401 | 403) {
+        return "the provider refused paymux's credentials for this channel".into();
+    }
     v.as_ref().and_then(|v| v.pointer("/error/message")).and_then(Value::as_str).unwrap_or(default).to_string()
 }
 
@@ -190,7 +194,7 @@ impl Connector for Stripe {
             // Rejected before processing: bad request, auth, permissions, rate limit.
             400..=499 => CreateOutcome::NotProcessed {
                 code: format!("http_{}_{}", resp.status, error_code(&v)),
-                message: error_message(&v, "request rejected"),
+                message: error_message(resp.status, &v, "request rejected"),
             },
             _ => CreateOutcome::Ambiguous { code: format!("http_{}", resp.status) },
         }
@@ -259,7 +263,7 @@ impl Connector for Stripe {
                 _ => CancelOutcome::Unknown { code: "unexpected_state".into() },
             },
             400..=499 if resp.status != 409 && resp.status != 429 => {
-                CancelOutcome::Refused { code: error_code(&v), message: error_message(&v, "refused") }
+                CancelOutcome::Refused { code: error_code(&v), message: error_message(resp.status, &v, "refused") }
             }
             s => CancelOutcome::Unknown { code: format!("http_{s}") },
         }
@@ -293,9 +297,10 @@ impl Connector for Stripe {
                 RefundOutcome::Accepted { provider_refund_ref: id, state }
             }
             409 => RefundOutcome::Ambiguous { code: "http_409".into() },
-            400..=499 => {
-                RefundOutcome::NotProcessed { code: error_code(&v), message: error_message(&v, "refund refused") }
-            }
+            400..=499 => RefundOutcome::NotProcessed {
+                code: error_code(&v),
+                message: error_message(resp.status, &v, "refund refused"),
+            },
             s => RefundOutcome::Ambiguous { code: format!("http_{s}") },
         }
     }
@@ -467,6 +472,12 @@ mod tests {
             }
         );
         assert!(matches!(c.parse_create(&w, &resp(429, "{}")), CreateOutcome::NotProcessed { .. }));
+        let bad_key =
+            r#"{"error":{"type":"invalid_request_error","message":"Invalid API Key provided: sk_live_****1234"}}"#;
+        match c.parse_create(&w, &resp(401, bad_key)) {
+            CreateOutcome::NotProcessed { message, .. } => assert!(!message.contains("sk_"), "{message}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(c.parse_create(&w, &resp(500, "{}")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(200, "<html>")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(409, "{}")), CreateOutcome::Ambiguous { .. }));

@@ -91,14 +91,10 @@ impl Engine {
         let (api_key, key) = (idem.claim.api_key_id.clone(), idem.claim.key.clone());
         let mut pending_insert = vec![Write::ClaimIdempotency(idem.claim), Write::InsertPayment(p.clone())];
         let ids: Vec<&str> = channels.iter().map(|c| c.id.as_str()).collect();
-        self.audit(
-            ctx,
-            "route.decision",
-            Some(&id),
-            "routed",
-            json!({"rule": rule, "channels": ids, "policy_version": policy.version}),
-        )
-        .await;
+        // Recorded once the payment exists (its first commit claimed the key), never for a
+        // request that turns out to be a replay.
+        let decision = json!({"rule": rule, "channels": ids, "policy_version": policy.version});
+        let mut decision = Some(decision);
 
         let mut attempts: Vec<AttemptRow> = Vec::new();
         let mut last_error = "no_channel".to_string();
@@ -128,6 +124,9 @@ impl Engine {
             let ops: Vec<Write> =
                 std::mem::take(&mut pending_insert).into_iter().chain([Write::InsertAttempt(a.clone())]).collect();
             crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
+            if let Some(d) = decision.take() {
+                self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
+            }
             let (step, latency) = self.attempt(ctx, ch, &p, &np, &attempt_ref).await;
             a.latency_ms = latency as i64;
             match step {
@@ -207,6 +206,9 @@ impl Engine {
         ops.push(Write::UpdatePayment(view.payment.clone()));
         ops.push(Write::CompleteIdempotency { api_key_id: api_key, key, status: 201, body: body.clone() });
         crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
+        if let Some(d) = decision.take() {
+            self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
+        }
         let p = &view.payment;
         self.metrics
             .payments

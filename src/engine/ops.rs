@@ -13,7 +13,7 @@ impl Engine {
             if let Some(found) = self.query_holding(ctx, policy, &v.payment).await {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
-                let learned_ref = v.payment.provider_ref.is_none();
+                let learned_ref = v.payment.provider_ref.is_none() && !found.provider_ref.is_empty();
                 if learned_ref {
                     v.payment.provider_ref = Some(found.provider_ref);
                 }
@@ -63,20 +63,23 @@ impl Engine {
     /// Cancels a payment that has not completed.
     pub async fn cancel(&self, ctx: &Ctx, policy: &Policy, id: &str) -> Result<PaymentView, EngineError> {
         let mut v = self.view(id).await?;
-        let p = &mut v.payment;
-        if p.status.is_final() {
-            return Err(EngineError::NotCancelable(p.status));
+        if v.payment.status.is_final() {
+            return Err(EngineError::NotCancelable(v.payment.status));
         }
-        let ch = holding_channel(policy, p).ok_or_else(|| {
+        let ch = holding_channel(policy, &v.payment).ok_or_else(|| {
             EngineError::ProviderUnavailable("the holding channel is not in the current policy".into())
         })?;
-        if p.provider_ref.is_none() {
+        if v.payment.provider_ref.is_none() {
             // The create's answer was lost: learn what the provider holds under our reference
             // before asking it to cancel (never send a request naming no payment).
-            let Some(found) = self.query_holding(ctx, policy, p).await else {
+            let found = self.query_holding(ctx, policy, &v.payment).await;
+            let Some(found) = found.filter(|f| !f.provider_ref.is_empty()) else {
                 return Err(EngineError::OutcomeUnknown);
             };
-            p.provider_ref = Some(found.provider_ref);
+            // Re-read: a callback may have settled the payment during the query.
+            v = self.view(id).await?;
+            let p = &mut v.payment;
+            p.provider_ref = p.provider_ref.take().or(Some(found.provider_ref));
             apply_state(p, &found.state, now_ms());
             let row = p.clone();
             crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
@@ -84,6 +87,7 @@ impl Engine {
                 return Err(EngineError::NotCancelable(p.status));
             }
         }
+        let p = &mut v.payment;
         let aref = p.attempt_ref.clone().unwrap_or_default();
         let pref = p.provider_ref.clone().unwrap_or_default();
         let req = self

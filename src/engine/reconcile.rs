@@ -12,23 +12,34 @@ use serde_json::json;
 
 /// How long a moved-on-from attempt is watched before it is considered settled.
 const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
+/// Watched attempts examined per pass.
+const WATCH_PAGE: usize = 50;
 
 /// When the reconciler may next query a watched attempt or a pending refund: exponential
 /// backoff per item (the reconciler's initial backoff, doubling, capped at its maximum), so a
 /// provider recovering from an outage is not polled on every tick for everything paymux is
 /// unsure about. Kept in memory: after a restart every item is queried once, then backs off.
 #[derive(Default)]
-pub struct RetrySchedule(std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>);
+pub struct RetrySchedule {
+    next: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
+    /// Where the next pass continues through the watched attempts (payment id, number).
+    watch_cursor: std::sync::Mutex<Option<(String, i64)>>,
+}
+
+/// Entries not rescheduled for this long after they fell due belong to items that settled
+/// elsewhere (a callback, a request): forgotten.
+const FORGET_AFTER_MS: i64 = 60 * 60 * 1000;
 
 impl RetrySchedule {
     /// True when `key` may be queried at `now`.
     pub fn due(&self, key: &str, now: i64) -> bool {
-        self.0.lock().map(|m| m.get(key).is_none_or(|(next, _)| *next <= now)).unwrap_or(true)
+        self.next.lock().map(|m| m.get(key).is_none_or(|(next, _)| *next <= now)).unwrap_or(true)
     }
 
     /// `key` was queried and is still unsettled: wait twice as long as last time.
     pub fn again(&self, key: &str, now: i64, initial_ms: i64, max_ms: i64) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.next.lock() {
+            m.retain(|_, (next, _)| *next > now - FORGET_AFTER_MS);
             let backoff = m.get(key).map_or(initial_ms, |(_, b)| (b * 2).min(max_ms)).max(1);
             m.insert(key.to_string(), (now + backoff, backoff));
         }
@@ -36,7 +47,7 @@ impl RetrySchedule {
 
     /// `key` is settled.
     pub fn done(&self, key: &str) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.next.lock() {
             m.remove(key);
         }
     }
@@ -108,15 +119,16 @@ impl Engine {
     /// Refunds whose answer never came (ambiguous send, lost callback): ask the provider.
     async fn check_refunds(&self, pol: &Policy) {
         let before = now_ms() - pol.server.reconcile_initial_backoff.as_millis() as i64;
-        let pending = crate::store::call(&self.store, move |s| s.pending_refunds(before, 50)).await.unwrap_or_default();
+        // More than a pass takes, so refunds still backing off do not hide the due ones.
+        let pending =
+            crate::store::call(&self.store, move |s| s.pending_refunds(before, 500)).await.unwrap_or_default();
+        let now = now_ms();
+        let pending: Vec<_> = pending.into_iter().filter(|r| self.retry.due(&r.id, now)).take(50).collect();
         let (initial, max) = (
             pol.server.reconcile_initial_backoff.as_millis() as i64,
             pol.server.reconcile_max_backoff.as_millis() as i64,
         );
         for mut r in pending {
-            if !self.retry.due(&r.id, now_ms()) {
-                continue;
-            }
             let pid = r.payment_id.clone();
             let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
             let Some(ch) = holding_channel(pol, &p) else { continue };
@@ -206,7 +218,17 @@ impl Engine {
 
     /// Watched attempts: reverse any that processed after paymux moved on.
     async fn check_watched(&self, pol: &Policy) {
-        let watched = crate::store::call(&self.store, |s| s.watched_attempts(50)).await.unwrap_or_default();
+        // A page per pass, continuing where the last one stopped, so every watched attempt is
+        // visited however many there are.
+        let after = self.retry.watch_cursor.lock().ok().and_then(|c| c.clone());
+        let watched = crate::store::call(&self.store, move |s| {
+            s.watched_attempts(after.as_ref().map(|(p, n)| (p.as_str(), *n)), WATCH_PAGE)
+        })
+        .await
+        .unwrap_or_default();
+        if let Ok(mut c) = self.retry.watch_cursor.lock() {
+            *c = if watched.len() < WATCH_PAGE { None } else { watched.last().map(|a| (a.payment_id.clone(), a.n)) };
+        }
         let (initial, max) = (
             pol.server.reconcile_initial_backoff.as_millis() as i64,
             pol.server.reconcile_max_backoff.as_millis() as i64,
@@ -224,6 +246,7 @@ impl Engine {
                 .flatten()
                 .and_then(|p| p.attempt_ref);
             if holder.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
+                self.retry.done(&a.attempt_ref);
                 a.watch = false;
                 let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
                 continue;

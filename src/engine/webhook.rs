@@ -57,7 +57,10 @@ impl Engine {
             _ => None,
         };
         if let Some((a, p)) = &target {
-            if a.outcome == "pending" || p.attempt_ref.is_none() {
+            // In flight: the attempt awaits its answer, or the payment is still being created
+            // (not final, on no channel yet). A payment that failed on every channel has no
+            // holding attempt either, but its events are acknowledged and applied as stale.
+            if a.outcome == "pending" || (p.attempt_ref.is_none() && !p.status.is_final()) {
                 self.metrics.webhooks.with_label_values(&[&ch.id, "deferred"]).inc();
                 self.audit(ctx, "webhook", Some(&p.id), "deferred", json!({"channel": ch.id, "event_id": ev.event_id}))
                     .await;

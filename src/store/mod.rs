@@ -206,7 +206,9 @@ pub trait Store: Send + Sync + 'static {
         }])
     }
     /// Releases a claim whose request stored nothing (e.g. a store error mid-way).
-    fn idem_release(&self, api_key_id: &str, key: &str) -> StoreResult<()>;
+    /// Releases the in-flight claim of `(api_key_id, key)` linked to `resource_id`, and only
+    /// that one (compare-and-delete: a claim another request made since stays).
+    fn idem_release(&self, api_key_id: &str, key: &str, resource_id: &str) -> StoreResult<()>;
     /// Deletes expired idempotency records; returns how many.
     fn idem_expire(&self, now_ms: i64) -> StoreResult<usize>;
 
@@ -223,7 +225,9 @@ pub trait Store: Send + Sync + 'static {
     fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>>;
     fn attempt_by_ref(&self, attempt_ref: &str) -> StoreResult<Option<AttemptRow>>;
     fn attempt_by_provider_ref(&self, channel: &str, provider_ref: &str) -> StoreResult<Option<AttemptRow>>;
-    fn watched_attempts(&self, limit: usize) -> StoreResult<Vec<AttemptRow>>;
+    /// Watched attempts in key order, after `after` (payment id, attempt number) when given, so
+    /// a caller can page through all of them across passes.
+    fn watched_attempts(&self, after: Option<(&str, i64)>, limit: usize) -> StoreResult<Vec<AttemptRow>>;
 
     /// Atomically checks the refundable remainder and inserts a pending refund of `amount`
     /// (`None`: everything left). Pending and succeeded refunds both count against the limit.

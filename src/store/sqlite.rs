@@ -257,11 +257,13 @@ impl Store for SqliteStore {
         self.with(|c| idem_live(c, k, key, now))
     }
 
-    fn idem_release(&self, k: &str, key: &str) -> StoreResult<()> {
+    fn idem_release(&self, k: &str, key: &str, resource_id: &str) -> StoreResult<()> {
         self.with(|c| {
-            c.prepare_cached("DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight'")?
-                .execute(params![k, key])
-                .map(|_| ())
+            c.prepare_cached(
+                "DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight' AND resource_id = ?3",
+            )?
+            .execute(params![k, key, resource_id])
+            .map(|_| ())
         })
     }
 
@@ -361,10 +363,13 @@ impl Store for SqliteStore {
         self.one(&sql, params![ch, pr], attempt_from_row)
     }
 
-    fn watched_attempts(&self, limit: usize) -> StoreResult<Vec<AttemptRow>> {
+    fn watched_attempts(&self, after: Option<(&str, i64)>, limit: usize) -> StoreResult<Vec<AttemptRow>> {
+        let (pid, n) = after.unwrap_or(("", 0));
         self.all(
-            &format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 LIMIT ?1"),
-            params![limit as i64],
+            &format!(
+                "SELECT {ATTEMPT_COLS} FROM attempts WHERE watch = 1 AND (payment_id, n) > (?1, ?2) ORDER BY payment_id, n LIMIT ?3"
+            ),
+            params![pid, n, limit as i64],
             attempt_from_row,
         )
     }
@@ -543,6 +548,20 @@ mod tests {
             claim(&s, "k", "key1", "h2", 12, 100),
             IdemClaim::Existing(IdemState::Done { request_hash: "h1".into(), status: 201, body: b"{}".to_vec() })
         );
+        // Release is compare-and-delete on the linked resource.
+        let r1 = IdemRecord {
+            api_key_id: "k".into(),
+            key: "key2".into(),
+            request_hash: "h".into(),
+            resource_id: Some("r1".into()),
+            created_at: 10,
+            expires_at: 100,
+        };
+        assert_eq!(s.idem_claim(&r1).unwrap(), IdemClaim::Claimed);
+        s.idem_release("k", "key2", "r0").unwrap();
+        assert!(s.idem_get("k", "key2", 10).unwrap().is_some(), "another request's claim was released");
+        s.idem_release("k", "key2", "r1").unwrap();
+        assert_eq!(s.idem_get("k", "key2", 10).unwrap(), None);
         assert_eq!(s.idem_expire(100).unwrap(), 2);
         assert_eq!(claim(&s, "k", "key1", "h2", 101, 200), IdemClaim::Claimed);
     }
@@ -613,13 +632,26 @@ mod tests {
             Write::InsertAttempt(a.clone()),
         ])
         .unwrap();
-        assert_eq!(s.attempt_by_ref(&format!("{id}-a2")).unwrap(), Some(a));
+        assert_eq!(s.attempt_by_ref(&format!("{id}-a2")).unwrap(), Some(a.clone()));
         for missing in
             [format!("{id}-a1"), format!("{id}-a"), format!("{id}-a-2"), id.clone(), "-a2".into(), String::new()]
         {
             assert_eq!(s.attempt_by_ref(&missing).unwrap(), None, "{missing}");
         }
         assert_eq!(parse_attempt_ref("pay_X-a12"), Some(("pay_X", 12)));
+
+        // Watched attempts page in key order.
+        let mut ops = vec![];
+        for n in 3..6 {
+            let mut w = a.clone();
+            (w.n, w.attempt_ref, w.watch) = (n, attempt_ref(&id, n), true);
+            ops.push(Write::InsertAttempt(w));
+        }
+        s.write_batch(&ops).unwrap();
+        let first = s.watched_attempts(None, 2).unwrap();
+        assert_eq!(first.iter().map(|w| w.n).collect::<Vec<_>>(), [3, 4]);
+        let rest = s.watched_attempts(Some((&id, 4)), 2).unwrap();
+        assert_eq!(rest.iter().map(|w| w.n).collect::<Vec<_>>(), [5]);
     }
 
     #[test]
