@@ -56,7 +56,8 @@ impl ServeHttp for AdminApp {
                 let sources: Vec<_> = p.sources.iter().map(|s| json!({"path": s.path, "sha256": s.sha256})).collect();
                 let loaded = p.loaded_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let channels: Vec<_> = p.channels.iter().map(|c| json!({"id": c.id, "connector": c.kind, "methods": c.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>()})).collect();
-                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "rules": p.router.rules().len()});
+                let retired: Vec<&str> = p.retired.iter().map(|c| c.id.as_str()).collect();
+                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "retired_channels": retired, "rules": p.router.rules().len()});
                 json(200, serde_json::to_vec(&body).unwrap_or_default(), &[])
             }
             ("POST", "/admin/reload") => {

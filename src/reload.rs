@@ -116,7 +116,8 @@ impl Reloader {
         let outcome = match loaded {
             Err(errors) => ReloadOutcome::Rejected { version: old.version.clone(), errors },
             Ok(new) if new.version == old.version => ReloadOutcome::Unchanged { version: old.version.clone() },
-            Ok(new) => {
+            Ok(mut new) => {
+                new.retire_from(&old);
                 let mut restart_required = vec![];
                 if new.server.listen != old.server.listen {
                     restart_required.push("listen");

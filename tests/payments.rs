@@ -54,6 +54,20 @@ async fn wallet_tokens_and_declines() {
     assert_eq!(w.charged("stripe_backup").await, 0);
 }
 
+/// The payer approves the Antom simulator's first payment; waits until paymux shows
+/// payment `id` succeeded.
+async fn approve_only_antom_payment_and_wait(w: &World, id: &str) {
+    let sims = w.sim_payments("antom_hk").await;
+    let pay_id = sims[0]["id"].as_str().unwrap();
+    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
+    assert!(a.status < 300, "{}", a.text);
+    let ok = eventually(Duration::from_secs(10), || async {
+        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
+    })
+    .await;
+    assert!(ok, "notify did not settle the payment; log:\n{}", w.pm.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alipayhk_payment_is_approved_notified_and_refunded() {
     let w = world(3000).await;
@@ -64,17 +78,9 @@ async fn alipayhk_payment_is_approved_notified_and_refunded() {
     assert_eq!(r.body["channel"], "antom_hk");
     assert_eq!(r.body["next_action"]["type"], "redirect");
     let id = r.body["id"].as_str().unwrap().to_string();
-    let sims = w.sim_payments("antom_hk").await;
-    assert_eq!(sims.len(), 1);
-    let pay_id = sims[0]["id"].as_str().unwrap();
-    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
-    assert!(a.status < 300, "{}", a.text);
+    assert_eq!(w.sim_payments("antom_hk").await.len(), 1);
     // The signed notify reaches paymux and settles the payment.
-    let ok = eventually(Duration::from_secs(10), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
-    })
-    .await;
-    assert!(ok, "notify did not settle the payment; log:\n{}", w.pm.log());
+    approve_only_antom_payment_and_wait(&w, &id).await;
     // The notify is verified and accepted whichever came first: it or a status sync by the GET.
     let notified = eventually(Duration::from_secs(10), || async {
         let m = w.metrics().await;
@@ -183,14 +189,8 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
-    let w = world(3000).await;
-    let r = create(&w.pm.api, "held", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-held", "return_url": "https://s/r"})).await;
-    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
-    let cfg = w.tmp.path().join("cfg");
-    let version = get(&w.pm.admin, "/admin/config").await.body["version"].clone();
-    // Drop antom_hk from routing and from the channels.
+/// The config in `cfg` with antom_hk dropped from routing and channels: (routing, channels).
+fn without_antom(cfg: &std::path::Path) -> (String, String) {
     let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
     let routing = routing
         .replace(
@@ -203,6 +203,64 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
     let tail = channels[cut..].find("\n  - id:").map_or(channels.len(), |i| cut + i + 1);
     let channels = format!("{}{}", &channels[..cut], &channels[tail..]);
     assert!(!routing.contains("antom_hk") && !channels.contains("antom_hk"));
+    (routing, channels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_removed_while_a_create_is_sending_to_it_keeps_serving_that_payment() {
+    let w = world(5000).await;
+    w.fault("antom_hk", json!({"latency_ms": 3000, "ops": ["create"]})).await;
+    let api = w.pm.api.clone();
+    let creating = tokio::spawn(async move {
+        let body = json!({"amount": 300, "currency": "HKD", "method": "alipay_hk", "order_id": "o-race", "return_url": "https://s/r"});
+        create(&api, "race", body).await
+    });
+    let db = w.pm.data.join("paymux.db");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let db = db.clone();
+            async move {
+                rusqlite::Connection::open(&db)
+                    .and_then(|c| {
+                        c.query_row("SELECT COUNT(*) FROM attempts WHERE outcome = 'pending'", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                    })
+                    .is_ok_and(|n| n > 0)
+            }
+        })
+        .await
+    );
+    // The payment holds no channel yet, so the reload goes through.
+    let cfg = w.tmp.path().join("cfg");
+    let (routing, channels) = without_antom(&cfg);
+    std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
+    std::fs::write(cfg.join("routing.yaml"), &routing).unwrap();
+    let rl = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert!(rl.status == 200, "{}", rl.text);
+    let admin = get(&w.pm.admin, "/admin/config").await;
+    assert_eq!(admin.body["retired_channels"], json!(["antom_hk"]), "{}", admin.text);
+
+    let r = creating.await.unwrap();
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    assert_eq!(r.body["channel"], "antom_hk");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // The retired channel still serves it: the payer approves, the signed notify is verified
+    // and applied.
+    approve_only_antom_payment_and_wait(&w, &id).await;
+    // New payments cannot route to it.
+    let n = create(&w.pm.api, "race-2", json!({"amount": 300, "currency": "HKD", "method": "alipay_hk", "order_id": "o-r2", "return_url": "https://s/r"})).await;
+    assert_eq!(n.body["code"], "no_route", "{}", n.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "held", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-held", "return_url": "https://s/r"})).await;
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    let cfg = w.tmp.path().join("cfg");
+    let version = get(&w.pm.admin, "/admin/config").await.body["version"].clone();
+    let (routing, channels) = without_antom(&cfg);
     // A check of the directory alone passes: the config itself is valid.
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(cfg.join("server.yaml"), tmp.path().join("server.yaml")).unwrap();

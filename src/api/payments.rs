@@ -386,7 +386,7 @@ async fn refund(
 }
 
 async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, channel: &str, ctx: &mut Ctx) -> Resp {
-    let Some(ch) = policy.channel(channel).cloned() else {
+    let Some(ch) = policy.holding_channel(channel).cloned() else {
         // Never a caller-chosen string in the audit log's actor field.
         ctx.actor = "provider:unknown".into();
         return Err(Problem::new(404, "unknown_channel", format!("no channel `{channel}` in the current policy")));

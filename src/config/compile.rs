@@ -239,6 +239,7 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
         channel_index: index,
         router: Router::new(rules.into_iter().map(|(r, _, _)| r).collect(), default),
         api_keys,
+        retired: vec![],
     }))
 }
 

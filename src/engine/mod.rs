@@ -219,5 +219,5 @@ impl Engine {
 
 /// The channel holding a payment, if the current policy still has it.
 pub fn holding_channel(policy: &Policy, p: &PaymentRow) -> Option<Arc<Channel>> {
-    p.channel.as_deref().and_then(|c| policy.channel(c)).cloned()
+    p.channel.as_deref().and_then(|c| policy.holding_channel(c)).cloned()
 }

@@ -237,7 +237,7 @@ impl Engine {
             if !self.retry.due(&a.attempt_ref, now_ms()) {
                 continue;
             }
-            let Some(ch) = pol.channel(&a.channel).cloned() else { continue };
+            let Some(ch) = pol.holding_channel(&a.channel).cloned() else { continue };
             // Never reverse the attempt that holds the payment.
             let pid = a.payment_id.clone();
             let holder = crate::store::call(&self.store, move |s| s.get_payment(&pid))

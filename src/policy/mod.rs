@@ -81,12 +81,28 @@ pub struct Policy {
     pub channel_index: HashMap<String, ChannelIdx>,
     pub router: Router,
     pub api_keys: Vec<ApiKey>,
+    /// Channels an earlier policy of this process had and this one dropped. Never routed to;
+    /// they keep serving the payments they hold (status, cancel, refund) and verifying their
+    /// callbacks, e.g. for a create that was already sending to one when the reload came.
+    pub retired: Vec<Arc<Channel>>,
 }
 
 impl Policy {
-    /// Channel by id.
+    /// Channel by id (configured channels only: what routing may use).
     pub fn channel(&self, id: &str) -> Option<&Arc<Channel>> {
         self.channel_index.get(id).map(|i| &self.channels[*i])
+    }
+
+    /// The channel serving payments already on `id`: a configured one, else a retired one.
+    pub fn holding_channel(&self, id: &str) -> Option<&Arc<Channel>> {
+        self.channel(id).or_else(|| self.retired.iter().find(|c| c.id == id))
+    }
+
+    /// Carries over, as retired, the channels `old` had (configured or retired) that this
+    /// policy does not configure.
+    pub fn retire_from(&mut self, old: &Policy) {
+        let gone = old.channels.iter().chain(&old.retired).filter(|c| self.channel(&c.id).is_none());
+        self.retired = gone.cloned().collect();
     }
 
     /// The key id whose hash matches `key`, compared in constant time against every entry.
