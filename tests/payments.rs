@@ -294,6 +294,28 @@ async fn a_payment_no_channel_can_send_says_why() {
     assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_provider_fails_after_accepting_is_reversed() {
+    let w = world(3000).await;
+    let mut body = card("o-rf", 2500);
+    body["payment_method_data"]["token"] = json!("pm_card_refundFail");
+    let p = create(&w.pm.api, "rf", body).await;
+    assert_eq!(p.body["status"], "succeeded", "{}", p.text);
+    let id = p.body["id"].as_str().unwrap().to_string();
+    let r = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("rf-1"), json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let rid = r.body["id"].as_str().unwrap().to_string();
+    // Stripe's refund.failed arrives after the refund was accepted: the refund fails and the
+    // amount is refundable again.
+    let reversed = eventually(Duration::from_secs(10), || async {
+        let r = get(&w.pm.api, &format!("/v1/refunds/{rid}")).await;
+        let p = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+        r.body["status"] == "failed" && p.body["amount_refunded"] == 0 && p.body["status"] == "succeeded"
+    })
+    .await;
+    assert!(reversed, "refund failure not applied; log:\n{}", w.pm.log());
+}
+
 /// A Stripe event signed with the primary channel's webhook secret, timestamped now.
 fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
     let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();

@@ -20,6 +20,9 @@ pub(crate) enum Behaviour {
     /// 3-D Secure is required on every payment.
     Authenticate,
     Decline(Decline),
+    /// Payments succeed; a refund is accepted (`succeeded`), then fails (Stripe's
+    /// `pm_card_refundFail`, 4000 0000 0000 5126).
+    RefundsFail,
 }
 
 /// A test card.
@@ -75,7 +78,10 @@ static CARDS: &[(&[&str], Card)] = &[
     (&["pm_card_jcb", "tok_jcb"], ok("jcb", "0505", "credit", "JP")),
     (&["pm_card_unionpay", "tok_unionpay"], ok("unionpay", "0005", "credit", "CN")),
     (&["pm_card_hk", "tok_hk"], ok("visa", "0004", "credit", "HK")),
-    (&["pm_card_refundFail", "tok_refundFail"], ok("visa", "5126", "credit", "US")),
+    (
+        &["pm_card_refundFail", "tok_refundFail"],
+        Card { brand: "visa", last4: "5126", funding: "credit", country: "US", behaviour: Behaviour::RefundsFail },
+    ),
     (
         &["pm_card_authenticationRequired", "tok_authenticationRequired", "pm_card_authenticationRequiredOnSetup"],
         three_ds("3184"),

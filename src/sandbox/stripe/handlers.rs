@@ -467,6 +467,7 @@ requires_action, processing.",
             status: "succeeded",
             balance_transaction: new_id("txn"),
             reference: None,
+            failure_reason: None,
         };
         Stats::bump(&self.stats.refunds);
         let created = refund_json(&refund);
@@ -480,6 +481,18 @@ requires_action, processing.",
         // The acquirer reference arrives "later": Stripe announces it with refund.updated.
         refund.reference = Some(format!("{:0>23}", refund.created));
         ctx.event("refund.updated", refund_json(&refund));
+        let card = charges.get(&charge_id).and_then(|c| methods.get(&c.payment_method)).map(|pm| pm.card);
+        if card.is_some_and(|c| c.behaviour == Behaviour::RefundsFail) {
+            // Accepted, then failed at the card network: the money stays with the merchant.
+            refund.status = "failed";
+            refund.failure_reason = Some("declined");
+            pi.amount_refunded -= amount;
+            if let Some(ch) = charges.get_mut(&charge_id) {
+                ch.amount_refunded -= amount;
+            }
+            ctx.event("refund.failed", refund_json(&refund));
+            ctx.event("charge.refund.updated", refund_json(&refund));
+        }
         refunds.insert(refund.id.clone(), refund);
         Ok(created)
     }

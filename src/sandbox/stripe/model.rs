@@ -102,6 +102,8 @@ pub(crate) struct Refund {
     pub balance_transaction: String,
     /// The acquirer reference number is known (after `refund.updated`).
     pub reference: Option<String>,
+    /// Why a refund failed (`declined`, …), when it did.
+    pub failure_reason: Option<&'static str>,
 }
 
 fn opt<T: Into<Value>>(v: Option<T>) -> Value {
@@ -324,7 +326,7 @@ pub(crate) fn refund_json(r: &Refund) -> Value {
             "type": "refund",
         }, "type": "card"},
         "failure_balance_transaction": null,
-        "failure_reason": null,
+        "failure_reason": r.failure_reason,
         "instructions_email": null,
         "metadata": meta(&r.metadata),
         "next_action": null,
@@ -509,6 +511,7 @@ mod tests {
             status: "succeeded",
             balance_transaction: "txn_1".into(),
             reference: None,
+            failure_reason: None,
         };
         assert_eq!(refund_json(&r)["destination_details"]["card"]["reference_status"], "pending");
         r.reference = Some("123".into());
