@@ -101,7 +101,8 @@ impl Paymux {
             .arg(config)
             .arg("--data-dir")
             .arg(data)
-            .args(["--threads", "2"])
+            // PAYMUX_THREADS: worker threads per service (default 2; the load bench varies it).
+            .args(["--threads", &std::env::var("PAYMUX_THREADS").unwrap_or_else(|_| "2".into())])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
