@@ -261,14 +261,15 @@ async fn create(
         ));
     }
     let summary = json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()});
+    let route = Route { rule, channels };
     // At most twice: a key released by `held` (its first request died before storing
     // anything) is claimed again by the second try.
     for _ in 0..2 {
         let job = Create {
-            id: payment_id.clone(),
-            api_key_id: key_id.to_string(),
-            payment: np.clone(),
-            route: Route { rule: rule.clone(), channels: channels.clone() },
+            id: &payment_id,
+            api_key_id: key_id,
+            payment: &np,
+            route: &route,
             idem: IdemSlot { claim: rec.clone(), render: payment_json },
         };
         match engine.create(ctx, policy.clone(), job).await {

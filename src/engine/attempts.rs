@@ -12,13 +12,13 @@ pub struct Route {
     pub channels: Vec<Arc<Channel>>,
 }
 
-/// One payment to create.
-pub struct Create {
+/// One payment to create (borrowed: a caller that retries under a released key reuses it).
+pub struct Create<'a> {
     /// Chosen by the caller, so its idempotency record can name it up front.
-    pub id: String,
-    pub api_key_id: String,
-    pub payment: NewPayment,
-    pub route: Route,
+    pub id: &'a str,
+    pub api_key_id: &'a str,
+    pub payment: &'a NewPayment,
+    pub route: &'a Route,
     pub idem: IdemSlot,
 }
 
@@ -55,15 +55,15 @@ impl Engine {
         &self,
         ctx: &Ctx,
         policy: Arc<Policy>,
-        c: Create,
+        c: Create<'_>,
     ) -> Result<(PaymentView, Vec<u8>), EngineError> {
         let Create { id, api_key_id, payment: np, route, idem } = c;
-        let Route { rule, channels } = route;
-        let rule = rule.as_str();
+        let (rule, channels) = (route.rule.as_str(), &route.channels);
+        let id = id.to_string();
         let now = now_ms();
         let mut p = PaymentRow {
             id: id.clone(),
-            api_key_id,
+            api_key_id: api_key_id.to_string(),
             order_id: np.order_id.clone(),
             method: np.method,
             amount: np.money.minor(),
@@ -127,7 +127,7 @@ impl Engine {
             if let Some(d) = decision.take() {
                 self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
             }
-            let (step, latency) = self.attempt(ctx, ch, &p, &np, &attempt_ref).await;
+            let (step, latency) = self.attempt(ctx, ch, &p, np, &attempt_ref).await;
             a.latency_ms = latency as i64;
             match step {
                 Step::Landed { outcome, state, provider_ref, next_action, error } => {

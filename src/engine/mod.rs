@@ -112,6 +112,16 @@ pub fn status_of(state: &ProviderState) -> PaymentStatus {
     }
 }
 
+/// Takes in what a status query found: the provider's id when the payment had none yet, and
+/// its state. Returns true when the row changed.
+pub fn adopt(p: &mut PaymentRow, found: &crate::connector::ProviderPayment, now: i64) -> bool {
+    let learned_ref = p.provider_ref.is_none() && !found.provider_ref.is_empty();
+    if learned_ref {
+        p.provider_ref = Some(found.provider_ref.clone());
+    }
+    apply_state(p, &found.state, now) || learned_ref
+}
+
 /// Applies a provider state to a stored payment; final statuses never move backwards.
 pub fn apply_state(p: &mut PaymentRow, state: &ProviderState, now: i64) -> bool {
     // One exception to "final never changes": a failure paymux inferred (the provider showed

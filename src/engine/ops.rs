@@ -10,14 +10,10 @@ impl Engine {
     pub async fn get(&self, ctx: &Ctx, policy: &Policy, id: &str) -> Result<PaymentView, EngineError> {
         let mut v = self.view(id).await?;
         if !v.payment.status.is_final() {
-            if let Some(found) = self.query_holding(ctx, policy, &v.payment).await {
+            if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, &v.payment).await {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
-                let learned_ref = v.payment.provider_ref.is_none() && !found.provider_ref.is_empty();
-                if learned_ref {
-                    v.payment.provider_ref = Some(found.provider_ref);
-                }
-                if apply_state(&mut v.payment, &found.state, now_ms()) || learned_ref {
+                if adopt(&mut v.payment, &found, now_ms()) {
                     let row = v.payment.clone();
                     crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
                     self.audit(
@@ -34,30 +30,34 @@ impl Engine {
         Ok(v)
     }
 
-    /// Queries the holding channel; `None` when nothing could be learned.
-    pub(crate) async fn query_holding(
-        &self,
-        ctx: &Ctx,
-        policy: &Policy,
-        p: &PaymentRow,
-    ) -> Option<crate::connector::ProviderPayment> {
-        let ch = holding_channel(policy, p)?;
+    /// Asks the holding channel about a payment; `None` when no query could be made or
+    /// answered.
+    pub(crate) async fn query_state(&self, ctx: &Ctx, pol: &Policy, p: &PaymentRow) -> Option<QueryOutcome> {
+        let ch = holding_channel(pol, p)?;
         let aref = p.attempt_ref.clone()?;
         let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
-        let since = self.since_send(&aref).await;
-        let (a2, p2) = (aref.clone(), pref.clone());
+        self.query_ref(ctx, &ch, &aref, pref).await
+    }
+
+    /// Asks `ch` about the attempt `aref` (and the provider's id when known).
+    pub(crate) async fn query_ref(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        aref: &str,
+        pref: Option<String>,
+    ) -> Option<QueryOutcome> {
+        let since = self.since_send(aref).await;
+        let (a2, p2) = (aref.to_string(), pref.clone());
         let req = self
-            .build(&ch, move |c| {
+            .build(ch, move |c| {
                 c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: since })
             })
             .await
             .ok()?;
-        let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
-        let q = QueryRef { attempt_ref: &aref, provider_ref: pref.as_deref(), since_send_ms: since };
-        match ch.connector.parse_query(&q, &req, &res.ok()?) {
-            QueryOutcome::Found(pp) => Some(pp),
-            _ => None,
-        }
+        let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
+        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms: since };
+        Some(ch.connector.parse_query(&q, &req, &res.ok()?))
     }
 
     /// Cancels a payment that has not completed.
@@ -72,15 +72,14 @@ impl Engine {
         if v.payment.provider_ref.is_none() {
             // The create's answer was lost: learn what the provider holds under our reference
             // before asking it to cancel (never send a request naming no payment).
-            let found = self.query_holding(ctx, policy, &v.payment).await;
-            let Some(found) = found.filter(|f| !f.provider_ref.is_empty()) else {
-                return Err(EngineError::OutcomeUnknown);
+            let found = match self.query_state(ctx, policy, &v.payment).await {
+                Some(QueryOutcome::Found(f)) if !f.provider_ref.is_empty() => f,
+                _ => return Err(EngineError::OutcomeUnknown),
             };
             // Re-read: a callback may have settled the payment during the query.
             v = self.view(id).await?;
             let p = &mut v.payment;
-            p.provider_ref = p.provider_ref.take().or(Some(found.provider_ref));
-            apply_state(p, &found.state, now_ms());
+            adopt(p, &found, now_ms());
             let row = p.clone();
             crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
             if p.status.is_final() {
@@ -116,8 +115,8 @@ impl Engine {
             }
             CancelOutcome::Refused { code, message } => {
                 // The provider's view wins: it may have completed meanwhile.
-                if let Some(found) = self.query_holding(ctx, policy, p).await {
-                    if apply_state(p, &found.state, now_ms()) {
+                if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
+                    if adopt(p, &found, now_ms()) {
                         let row = p.clone();
                         crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
                     }

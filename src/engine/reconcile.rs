@@ -3,9 +3,7 @@
 //! send are watched, and reversed (cancel or refund) if they turn out to have processed.
 
 use super::*;
-use crate::connector::{
-    CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundQuery, RefundQueryOutcome, RefundRequest,
-};
+use crate::connector::{CancelOutcome, QueryOutcome, RefundOutcome, RefundQuery, RefundQueryOutcome, RefundRequest};
 use crate::store::now_ms;
 use arc_swap::ArcSwap;
 use serde_json::json;
@@ -77,10 +75,7 @@ impl Engine {
             }
             let result = match outcome {
                 Some(QueryOutcome::Found(pp)) => {
-                    if p.provider_ref.is_none() && !pp.provider_ref.is_empty() {
-                        p.provider_ref = Some(pp.provider_ref.clone());
-                    }
-                    apply_state(&mut p, &pp.state, now_ms());
+                    adopt(&mut p, &pp, now_ms());
                     "found"
                 }
                 Some(QueryOutcome::NotFound { authoritative: true }) if p.status == PaymentStatus::Processing => {
@@ -193,27 +188,6 @@ impl Engine {
                 .await;
             }
         }
-    }
-
-    async fn query_state(&self, ctx: &Ctx, pol: &Policy, p: &PaymentRow) -> Option<QueryOutcome> {
-        let ch = holding_channel(pol, p)?;
-        let aref = p.attempt_ref.clone()?;
-        let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
-        self.query_ref(ctx, &ch, &aref, pref).await
-    }
-
-    async fn query_ref(&self, ctx: &Ctx, ch: &Arc<Channel>, aref: &str, pref: Option<String>) -> Option<QueryOutcome> {
-        let since = self.since_send(aref).await;
-        let (a2, p2) = (aref.to_string(), pref.clone());
-        let req = self
-            .build(ch, move |c| {
-                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: since })
-            })
-            .await
-            .ok()?;
-        let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
-        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms: since };
-        Some(ch.connector.parse_query(&q, &req, &res.ok()?))
     }
 
     /// Watched attempts: reverse any that processed after paymux moved on.
