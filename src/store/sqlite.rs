@@ -56,12 +56,69 @@ CREATE TABLE IF NOT EXISTS webhook_events (
 ) WITHOUT ROWID;
 "#;
 
+/// The layout `SCHEMA` creates, stamped in the database's `user_version`. Bump it with every
+/// change to `SCHEMA`, and add the step that brings a database of the previous version up to
+/// it to [`SqliteStore::open`]'s version check (there is none yet: version 1 is the first).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Creates the schema in a new database, or checks that an existing one has this build's
+/// layout. A database this build cannot read as it is is refused with what to do, before any
+/// request touches it.
+fn ensure_schema(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let objects: i64 = tx.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    let refuse = |what: String| {
+        StoreError::Backend(format!(
+            "{}: {what}; this build of paymux reads schema version {SCHEMA_VERSION}. Keep the data directory for the \
+             build that wrote it, or move it aside to start with an empty store",
+            path.display()
+        ))
+    };
+    match version {
+        0 if objects == 0 => {
+            tx.execute_batch(SCHEMA)?;
+        }
+        // Written before the schema was versioned: adopted only if its layout is exactly
+        // this build's (an older layout would fail, or quietly misbehave, on first use).
+        0 if layout(&tx)? == layout(&schema_only()?)? => {}
+        0 => return Err(refuse("the database has an unversioned layout from an earlier build".into())),
+        SCHEMA_VERSION => {}
+        v if v > SCHEMA_VERSION => {
+            return Err(refuse(format!("the database has schema version {v}, from a newer build")))
+        }
+        v => {
+            return Err(refuse(format!(
+                "the database has schema version {v} and no upgrade to {SCHEMA_VERSION} exists"
+            )))
+        }
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A database's tables and indexes as SQLite stores their definitions.
+fn layout(c: &Connection) -> rusqlite::Result<Vec<(String, String, Option<String>)>> {
+    c.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect()
+}
+
+/// An in-memory database holding just this build's schema, to compare layouts against.
+fn schema_only() -> rusqlite::Result<Connection> {
+    let c = Connection::open_in_memory()?;
+    c.execute_batch(SCHEMA)?;
+    Ok(c)
+}
+
 impl SqliteStore {
     /// Opens (or creates) `dir/paymux.db`.
     pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
-        let conn = Connection::open(dir.join("paymux.db"))?;
+        let path = dir.join("paymux.db");
+        let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -70,8 +127,8 @@ impl SqliteStore {
         // Checkpoints run from the housekeeping task on `checkpointer`, not inside a
         // request's commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.execute_batch(SCHEMA)?;
-        let checkpointer = Connection::open(dir.join("paymux.db"))?;
+        ensure_schema(&mut conn, &path)?;
+        let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(SqliteStore { conn: Mutex::new(conn), checkpointer: Mutex::new(checkpointer), synchronous_full })
     }
@@ -533,6 +590,40 @@ mod tests {
             expires_at: exp,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn schema_version_is_stamped_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("paymux.db");
+        drop(SqliteStore::open(dir.path(), false).unwrap());
+        let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(version(&Connection::open(&db).unwrap()), SCHEMA_VERSION);
+        // Reopening this build's database works.
+        drop(SqliteStore::open(dir.path(), false).unwrap());
+
+        // Unversioned but exactly this layout (written just before versioning): adopted.
+        Connection::open(&db).unwrap().pragma_update(None, "user_version", 0).unwrap();
+        drop(SqliteStore::open(dir.path(), false).unwrap());
+        assert_eq!(version(&Connection::open(&db).unwrap()), SCHEMA_VERSION);
+
+        // A newer build's database is refused, untouched.
+        Connection::open(&db).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        let e = SqliteStore::open(dir.path(), false).err().unwrap().to_string();
+        assert!(e.contains(&format!("schema version {}, from a newer build", SCHEMA_VERSION + 1)), "{e}");
+        assert!(e.contains("paymux.db"), "{e}");
+        assert_eq!(version(&Connection::open(&db).unwrap()), SCHEMA_VERSION + 1);
+
+        // An unversioned older layout (here: the idempotency table without its rowid) is refused.
+        let old = tempfile::tempdir().unwrap();
+        let c = Connection::open(old.path().join("paymux.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE idempotency (api_key_id TEXT, key TEXT, PRIMARY KEY (api_key_id, key)) WITHOUT ROWID;",
+        )
+        .unwrap();
+        drop(c);
+        let e = SqliteStore::open(old.path(), false).err().unwrap().to_string();
+        assert!(e.contains("unversioned layout from an earlier build"), "{e}");
     }
 
     #[test]
