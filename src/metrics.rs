@@ -62,7 +62,7 @@ impl Metrics {
             )),
             payments: reg!(counter(
                 "paymux_payments_total",
-                "Payments created, by method, holding channel and the status the create call returned (later changes: webhooks and reconciliation metrics).",
+                "Payments entering a status, by method and holding channel: once in the status the create call returned, once in each status reached later (callback, sync, reconciler, cancel, refund).",
                 &["method", "channel", "status"]
             )),
             channel_attempts: reg!(counter(

@@ -93,6 +93,13 @@ async fn alipayhk_payment_is_approved_notified_and_refunded() {
     let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("ar1"), json!({"amount": 800})).await;
     assert_eq!(rf.status, 201, "{}", rf.text);
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "partially_refunded");
+    // paymux_payments_total counts the payment once in each status it entered, whichever
+    // path moved it (create, notify or sync, refund).
+    let m = w.metrics().await;
+    for status in ["requires_action", "succeeded", "partially_refunded"] {
+        let needle = format!("channel=\"antom_hk\",method=\"alipay_hk\",status=\"{status}\"");
+        assert_eq!(metric(&m, "paymux_payments_total", &needle), 1.0, "{status}:\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

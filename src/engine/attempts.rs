@@ -209,11 +209,7 @@ impl Engine {
         if let Some(d) = decision.take() {
             self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
         }
-        let p = &view.payment;
-        self.metrics
-            .payments
-            .with_label_values(&[p.method.as_str(), p.channel.as_deref().unwrap_or("none"), p.status.as_str()])
-            .inc();
+        self.count_status(&view.payment, None);
         Ok((view, body))
     }
 

@@ -206,6 +206,28 @@ impl Engine {
         p.map(|payment| PaymentView { payment, attempts: a }).ok_or(EngineError::NotFound)
     }
 
+    /// Stores a payment's new state and counts a status change in `paymux_payments_total`.
+    /// Returns false when the store kept what it had (a final status is never replaced by a
+    /// non-final one).
+    pub(crate) async fn save_payment(&self, row: &PaymentRow) -> Result<bool, EngineError> {
+        let r = row.clone();
+        let before = crate::store::call(&self.store, move |s| s.update_payment(&r)).await?;
+        if let Some(before) = before {
+            self.count_status(row, Some(before));
+        }
+        Ok(before.is_some())
+    }
+
+    /// Counts a payment entering its status (`from`: the status it had; `None` for a new payment).
+    pub(crate) fn count_status(&self, p: &PaymentRow, from: Option<PaymentStatus>) {
+        if from != Some(p.status) {
+            self.metrics
+                .payments
+                .with_label_values(&[p.method.as_str(), p.channel.as_deref().unwrap_or("none"), p.status.as_str()])
+                .inc();
+        }
+    }
+
     pub(crate) async fn audit(
         &self,
         ctx: &Ctx,

@@ -14,8 +14,7 @@ impl Engine {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
                 if adopt(&mut v.payment, &found, now_ms()) {
-                    let row = v.payment.clone();
-                    crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+                    self.save_payment(&v.payment).await?;
                     self.audit(
                         ctx,
                         "payment.sync",
@@ -80,8 +79,7 @@ impl Engine {
             v = self.view(id).await?;
             let p = &mut v.payment;
             adopt(p, &found, now_ms());
-            let row = p.clone();
-            crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+            self.save_payment(p).await?;
             if p.status.is_final() {
                 return Err(EngineError::NotCancelable(p.status));
             }
@@ -109,16 +107,14 @@ impl Engine {
         match out {
             CancelOutcome::Canceled => {
                 apply_state(p, &ProviderState::Canceled, now_ms());
-                let row = p.clone();
-                crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+                self.save_payment(p).await?;
                 Ok(v)
             }
             CancelOutcome::Refused { code, message } => {
                 // The provider's view wins: it may have completed meanwhile.
                 if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
                     if adopt(p, &found, now_ms()) {
-                        let row = p.clone();
-                        crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+                        self.save_payment(p).await?;
                     }
                 }
                 Err(EngineError::ProviderRefused { code, message })
@@ -239,8 +235,8 @@ impl Engine {
     /// Recomputes a payment's refunded total and status from its refunds.
     pub(crate) async fn settle_refund_totals(&self, payment_id: &str) -> Result<(), EngineError> {
         let id = payment_id.to_string();
-        crate::store::call(&self.store, move |s| {
-            let Some(mut p) = s.get_payment(&id)? else { return Ok(()) };
+        let changed = crate::store::call(&self.store, move |s| {
+            let Some(mut p) = s.get_payment(&id)? else { return Ok(None) };
             let done: i64 = s.refunds(&id)?.iter().filter(|r| r.status == "succeeded").map(|r| r.amount).sum();
             if done != p.refunded {
                 p.refunded = done;
@@ -254,11 +250,16 @@ impl Engine {
                     };
                 }
                 p.updated_at = now_ms();
-                s.update_payment(&p)?;
+                if let Some(before) = s.update_payment(&p)? {
+                    return Ok(Some((p, before)));
+                }
             }
-            Ok(())
+            Ok(None)
         })
         .await?;
+        if let Some((p, before)) = changed {
+            self.count_status(&p, Some(before));
+        }
         Ok(())
     }
 

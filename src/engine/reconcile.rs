@@ -94,8 +94,7 @@ impl Engine {
             }
             p.updated_at = now_ms();
             self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
-            let row = p.clone();
-            if crate::store::call(&self.store, move |s| s.update_payment(&row)).await.is_ok() && result != "unknown" {
+            if self.save_payment(&p).await.is_ok() && result != "unknown" {
                 self.audit(
                     &ctx,
                     "reconcile",

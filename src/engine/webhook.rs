@@ -136,8 +136,7 @@ impl Engine {
             p.provider_ref = Some(provider_ref.to_string());
         }
         Ok(if apply_state(&mut p, state, now_ms()) {
-            let row = p.clone();
-            crate::store::call(&self.store, move |s| s.update_payment(&row)).await?;
+            self.save_payment(&p).await?;
             "applied"
         } else {
             "unchanged"

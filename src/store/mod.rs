@@ -216,7 +216,9 @@ pub trait Store: Send + Sync + 'static {
     /// all or nothing.
     fn write_batch(&self, ops: &[Write]) -> StoreResult<()>;
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
-    fn update_payment(&self, p: &PaymentRow) -> StoreResult<()>;
+    /// Stores a payment's new state. Returns the status it replaced, or `None` when nothing was
+    /// written (no such payment, or a final status that a non-final one may not replace).
+    fn update_payment(&self, p: &PaymentRow) -> StoreResult<Option<PaymentStatus>>;
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>>;
     fn payments_due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<PaymentRow>>;
 

@@ -269,7 +269,8 @@ fn update_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
         .map(|_| ())
 }
 
-fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
+/// True when the row was written.
+fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<bool> {
     // A final status never moves back to a non-final one, whichever writer (engine,
     // webhook, reconciler, status sync) comes last.
     c.prepare_cached(
@@ -280,7 +281,7 @@ fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<()> {
                 p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
                 p.error_code, p.error_message, p.refunded, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
             ],)
-        .map(|_| ())
+        .map(|n| n == 1)
 }
 
 /// The record holding `(k, key)` unless it expired by `now`.
@@ -352,7 +353,9 @@ impl Store for SqliteStore {
         for op in ops {
             match op {
                 Write::InsertPayment(p) => insert_payment(&tx, p)?,
-                Write::UpdatePayment(p) => update_payment(&tx, p)?,
+                Write::UpdatePayment(p) => {
+                    update_payment(&tx, p)?;
+                }
                 Write::InsertAttempt(a) => insert_attempt(&tx, a)?,
                 Write::UpdateAttempt(a) => update_attempt(&tx, a)?,
                 Write::ClaimIdempotency(r) => {
@@ -378,8 +381,17 @@ impl Store for SqliteStore {
         self.with(|c| insert_payment(c, p))
     }
 
-    fn update_payment(&self, p: &PaymentRow) -> StoreResult<()> {
-        self.with(|c| update_payment(c, p))
+    fn update_payment(&self, p: &PaymentRow) -> StoreResult<Option<PaymentStatus>> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before: Option<String> = tx
+                .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
+                .query_row(params![p.id], |r| r.get(0))
+                .optional()?;
+            let written = update_payment(&tx, p)?;
+            tx.commit()?;
+            Ok(before.filter(|_| written).and_then(|s| PaymentStatus::parse(&s)))
+        })
     }
 
     fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
@@ -767,10 +779,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
         s.insert_payment(&payment("p1", PaymentStatus::Succeeded)).unwrap();
-        s.update_payment(&payment("p1", PaymentStatus::Processing)).unwrap();
+        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Processing)).unwrap(), None, "refused");
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Succeeded);
-        s.update_payment(&payment("p1", PaymentStatus::Refunded)).unwrap();
+        // A write reports the status it replaced.
+        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Refunded)).unwrap(), Some(PaymentStatus::Succeeded));
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Refunded);
+        assert_eq!(s.update_payment(&payment("nope", PaymentStatus::Refunded)).unwrap(), None);
     }
 
     #[test]
