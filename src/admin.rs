@@ -57,7 +57,13 @@ impl ServeHttp for AdminApp {
                 let loaded = p.loaded_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let channels: Vec<_> = p.channels.iter().map(|c| json!({"id": c.id, "connector": c.kind, "methods": c.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>()})).collect();
                 let retired: Vec<&str> = p.retired.iter().map(|c| c.id.as_str()).collect();
-                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "retired_channels": retired, "rules": p.router.rules().len()});
+                let store = self.engine.store.clone();
+                let pol = p.clone();
+                let stranded = crate::store::call(&store, move |s| Ok(crate::server::stranded_channels(s, &pol)))
+                    .await
+                    .unwrap_or_default();
+                let stranded: Vec<_> = stranded.iter().map(|(c, n)| json!({"channel": c, "open": n})).collect();
+                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "retired_channels": retired, "stranded_channels": stranded, "rules": p.router.rules().len()});
                 json(200, serde_json::to_vec(&body).unwrap_or_default(), &[])
             }
             ("POST", "/admin/reload") => {

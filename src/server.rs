@@ -84,6 +84,18 @@ impl BackgroundService for Housekeeping {
     }
 }
 
+/// Channels that hold unsettled payments, pending refunds or watched attempts but that the
+/// policy neither configures nor keeps as retired, with how many items each holds.
+pub fn stranded_channels(store: &dyn Store, policy: &crate::policy::Policy) -> Vec<(String, i64)> {
+    match store.open_work_by_channel() {
+        Ok(open) => open.into_iter().filter(|(c, _)| policy.holding_channel(c).is_none()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the channels holding unsettled work");
+            vec![]
+        }
+    }
+}
+
 /// Builds the server: every service added, nothing running yet.
 pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let policy = config::load_dir(&opts.config_dir, &opts.overrides).map_err(StartError::Config)?;
@@ -96,6 +108,17 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     if queued + failed > 0 {
         tracing::warn!(queued, failed, "recovered payments interrupted by a previous stop");
     }
+    // A channel removed from the config while paymux was stopped cannot serve the payments,
+    // refunds or watched attempts it still holds: say so now rather than leave them silent.
+    let stranded = stranded_channels(store.as_ref(), &policy);
+    for (channel, open) in &stranded {
+        tracing::warn!(
+            channel = %channel,
+            open,
+            "channel is not configured but holds unsettled payments, refunds or watched attempts; \
+             they stay as they are until it is configured again"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     metrics.set_version(&policy.version);
     audit.record_blocking(Event {
@@ -104,7 +127,12 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         action: "server.start",
         payment_id: None,
         outcome: "started".into(),
-        details: serde_json::json!({"policy_version": policy.version, "listen": s.listen, "admin_listen": s.admin_listen}),
+        details: serde_json::json!({
+            "policy_version": policy.version,
+            "listen": s.listen,
+            "admin_listen": s.admin_listen,
+            "stranded_channels": stranded.iter().map(|(c, n)| serde_json::json!({"channel": c, "open": n})).collect::<Vec<_>>(),
+        }),
     });
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let engine =

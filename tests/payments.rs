@@ -262,7 +262,7 @@ async fn a_channel_removed_while_a_create_is_sending_to_it_keeps_serving_that_pa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
-    let w = world(3000).await;
+    let mut w = world(3000).await;
     let r = create(&w.pm.api, "held", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-held", "return_url": "https://s/r"})).await;
     assert_eq!(r.body["status"], "requires_action", "{}", r.text);
     let cfg = w.tmp.path().join("cfg");
@@ -285,6 +285,20 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
     // Still served on its channel.
     let id = r.body["id"].as_str().unwrap();
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["channel"], "antom_hk");
+
+    // Stopped and started with the channel gone, paymux serves, and says which channel holds
+    // work it cannot reach: in its log, its start audit record and /admin/config.
+    w.pm.kill9();
+    let data = w.pm.data.clone();
+    w.pm = Paymux::start(&cfg, &data, w.ports);
+    let admin = get(&w.pm.admin, "/admin/config").await;
+    assert_eq!(admin.body["stranded_channels"], json!([{"channel": "antom_hk", "open": 1}]), "{}", admin.text);
+    assert!(w.pm.log().contains("channel is not configured but holds unsettled"), "{}", w.pm.log());
+    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap();
+    let start = audit.lines().rfind(|l| l.contains("\"server.start\"")).unwrap();
+    assert!(start.contains(r#""stranded_channels":[{"channel":"antom_hk","open":1}]"#), "{start}");
+    let card = create(&w.pm.api, "after-restart", card("o-after", 500)).await;
+    assert_eq!(card.status, 201, "{}", card.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
