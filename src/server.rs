@@ -135,8 +135,13 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         }),
     });
     let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let engine =
-        Engine { store: store.clone(), audit: audit.clone(), metrics: metrics.clone(), retry: Default::default() };
+    let engine = Engine {
+        store: store.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        retry: Default::default(),
+        refunds_in_flight: Default::default(),
+    };
     let reloader = Arc::new(Reloader::new(
         opts.config_dir.clone(),
         opts.overrides.clone(),

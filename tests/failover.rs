@@ -149,6 +149,36 @@ async fn slow_primary_that_processes_late_is_reversed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_refund_keeps_its_reservation_while_its_call_is_out() {
+    let w = world(5000).await;
+    let r = pay(&w, "slow-refund").await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    w.fault("stripe_primary", json!({"latency_ms": 2500, "ops": ["refund"]})).await;
+    let api = w.pm.api.clone();
+    let path = format!("/v1/payments/{id}/refunds");
+    let slow = tokio::spawn(async move { post(&api, &path, Some("slow-a"), json!({})).await });
+    // Several reconciler passes (every 500 ms) go by while the call is out: none may take the
+    // provider's "no such refund yet" for an answer and release the reservation.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let statuses: Vec<String> = rusqlite::Connection::open(w.pm.data.join("paymux.db"))
+        .unwrap()
+        .prepare("SELECT status FROM refunds")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(statuses, ["pending"], "log:\n{}", w.pm.log());
+    let second = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("slow-b"), json!({"amount": 100})).await;
+    assert_eq!(second.status, 422, "{}", second.text);
+    assert_eq!(second.body["code"], "refund_amount_exceeds");
+    let a = slow.await.unwrap();
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.body["status"], "succeeded", "{}", a.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "refunded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_with_lost_answers_are_settled_by_the_reconciler() {
     let w = world(400).await;
     let r = pay(&w, "refund-lost").await;

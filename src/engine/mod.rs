@@ -30,6 +30,37 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// The reconciler's per-item backoff for watched attempts and pending refunds.
     pub retry: Arc<reconcile::RetrySchedule>,
+    /// Refunds whose own request is still waiting for the provider: the reconciler leaves
+    /// them alone (the provider may not know them yet, and their caller will store the answer).
+    pub refunds_in_flight: Arc<InFlight>,
+}
+
+/// Ids of operations under way in this process.
+#[derive(Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl InFlight {
+    /// Marks `id` under way until the returned guard drops.
+    pub fn enter(self: &Arc<Self>, id: &str) -> InFlightGuard {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string());
+        InFlightGuard { set: self.clone(), id: id.to_string() }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+}
+
+/// Ends an [`InFlight`] entry when dropped (also when its future is cancelled).
+pub struct InFlightGuard {
+    set: Arc<InFlight>,
+    id: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
 }
 
 /// Who is calling and under which request id.

@@ -158,6 +158,7 @@ impl Engine {
                 return Err(EngineError::RefundExceeds { remaining })
             }
         };
+        let _in_flight = self.refunds_in_flight.enter(&r.id);
         let money = Money::new(r.amount, p.currency)
             .map_err(|e| EngineError::ProviderRefused { code: "invalid_amount".into(), message: e.to_string() })?;
         let (rid, pid, pref, notify, rsn) = (
@@ -220,6 +221,11 @@ impl Engine {
         };
         let row = r.clone();
         crate::store::call(&self.store, move |s| s.update_refund(&row)).await?;
+        // A callback may have settled it while the call was out: answer with what is stored.
+        let rid = r.id.clone();
+        if let Some(stored) = crate::store::call(&self.store, move |s| s.get_refund(&rid)).await? {
+            r = stored;
+        }
         self.settle_refund_totals(&p.id).await?;
         self.audit(
             ctx,

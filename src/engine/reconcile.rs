@@ -117,7 +117,12 @@ impl Engine {
         let pending =
             crate::store::call(&self.store, move |s| s.pending_refunds(before, 500)).await.unwrap_or_default();
         let now = now_ms();
-        let pending: Vec<_> = pending.into_iter().filter(|r| self.retry.due(&r.id, now)).take(50).collect();
+        let pending: Vec<_> = pending
+            .into_iter()
+            .filter(|r| !self.refunds_in_flight.contains(&r.id) && self.retry.due(&r.id, now))
+            .take(50)
+            .collect();
+
         let (initial, max) = (
             pol.server.reconcile_initial_backoff.as_millis() as i64,
             pol.server.reconcile_max_backoff.as_millis() as i64,
@@ -126,6 +131,9 @@ impl Engine {
             let pid = r.payment_id.clone();
             let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
             let Some(ch) = holding_channel(pol, &p) else { continue };
+            // A refund's call is one send, over within the channel's attempt timeout of its
+            // reservation; a provider with no record of it well after that never got it.
+            let trust_absence_after = 2 * ch.transport.attempt_timeout().as_millis() as i64 + 1000;
             let ctx = Ctx {
                 request_id: crate::domain::new_id("rec"),
                 actor: "system".into(),
@@ -158,6 +166,8 @@ impl Engine {
                     r.status = super::ops::refund_status(&state).into();
                     "found"
                 }
+                // Not yet: a request still on its way (or just timed out) may land.
+                RefundQueryOutcome::NotFound if now_ms() - r.created_at < trust_absence_after => "unknown",
                 // The provider never got it: release the reserved amount.
                 RefundQueryOutcome::NotFound => {
                     r.status = "failed".into();

@@ -491,7 +491,9 @@ impl Store for SqliteStore {
     fn update_refund(&self, r: &RefundRow) -> StoreResult<()> {
         self.with(|c| {
             c.prepare_cached(
-                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1",
+                // A settled refund never goes back to pending, whichever writer comes last.
+                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5
+                 WHERE id=?1 AND NOT (status IN ('succeeded', 'failed') AND ?2 = 'pending')",
             )?
             .execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at])
             .map(|_| ())
@@ -806,6 +808,9 @@ mod tests {
         let mut failed = r1.clone();
         failed.status = "failed".into();
         s.update_refund(&failed).unwrap();
+        // A settled refund never goes back to pending (a late writer with a stale copy).
+        s.update_refund(&r1).unwrap();
+        assert_eq!(s.get_refund("r1").unwrap().unwrap().status, "failed");
         assert_eq!(s.reserve_refund("p1", "r3", None, None, 1).unwrap().amount, 1000);
         assert!(!s.webhook_seen("c", "e1", 1).unwrap());
         assert!(s.webhook_seen("c", "e1", 2).unwrap());
