@@ -241,8 +241,13 @@ async fn api_serves_tls_with_http2_when_configured() {
 async fn sighup_reloads_and_every_api_call_is_audited() {
     let w = world();
     // A 404, a 401 and a 201: each leaves an api.call record naming the key id, never the key.
-    get(&w.pm.api, "/v1/payments/pay_missing").await;
-    send(client().get(format!("{}/v1/payments/pay_missing", w.pm.api)).bearer_auth("wrong")).await;
+    let missing = "pay_00000000000000000Missing";
+    get(&w.pm.api, &format!("/v1/payments/{missing}")).await;
+    send(client().get(format!("{}/v1/payments/{missing}", w.pm.api)).bearer_auth("wrong")).await;
+    // A path segment that is no id of ours is not copied into the record (nor 30 KB of it).
+    let junk = "Z".repeat(30_000);
+    let r = send(client().get(format!("{}/v1/payments/{junk}", w.pm.api))).await;
+    assert_eq!(r.status, 401, "{}", r.text);
     create(&w.pm.api, "aud", card("o-aud", 100)).await;
     let cfg = w.pm.config.clone();
     let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
@@ -264,9 +269,8 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
         .filter(|v| v["action"] == "api.call")
         .collect();
     assert!(calls.len() >= 3, "{text}");
-    assert!(calls
-        .iter()
-        .any(|c| c["outcome"] == "404" && c["actor"] == "demo_app" && c["payment_id"] == "pay_missing"));
+    assert!(calls.iter().any(|c| c["outcome"] == "404" && c["actor"] == "demo_app" && c["payment_id"] == missing));
+    assert!(text.lines().all(|l| l.len() < 2_000), "a record carries the junk path");
     assert!(calls.iter().any(|c| c["outcome"] == "401" && c["actor"] == "anonymous"));
     assert!(calls.iter().any(|c| c["outcome"] == "201" && c["payment_id"].as_str().unwrap_or("").starts_with("pay_")));
     assert!(!text.contains(KEY));

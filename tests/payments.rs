@@ -34,8 +34,11 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
     let again = post(&w.pm.api, &path, Some("r1"), json!({"amount": 3000, "reason": "requested_by_customer"})).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body["id"], r1.body["id"]);
+    // Refunded in full: the payment's state, not the amount, is what stands in the way.
     let none_left = post(&w.pm.api, &path, Some("r4"), json!({"amount": 1})).await;
-    assert_eq!(none_left.status, 422);
+    assert_eq!(none_left.status, 409, "{}", none_left.text);
+    assert_eq!(none_left.body["code"], "payment_not_refundable");
+    assert!(none_left.body["detail"].as_str().unwrap().contains("refunded in full"), "{}", none_left.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +103,22 @@ async fn alipayhk_payment_is_approved_notified_and_refunded() {
         let needle = format!("channel=\"antom_hk\",method=\"alipay_hk\",status=\"{status}\"");
         assert_eq!(metric(&m, "paymux_payments_total", &needle), 1.0, "{status}:\n{m}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_an_unchanged_payment_leaves_no_audit_record_per_poll() {
+    let w = world(3000).await;
+    let body = json!({"amount": 900, "currency": "HKD", "method": "alipay_hk", "order_id": "o-wait", "return_url": "https://s/r"});
+    let r = create(&w.pm.api, "wait", body).await;
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    // The payer never approves; the reconciler keeps asking and finds it unchanged.
+    let polled = eventually(Duration::from_secs(10), || async {
+        metric(&w.metrics().await, "paymux_reconciliations_total", "result=\"found\"") >= 2.0
+    })
+    .await;
+    assert!(polled, "{}", w.metrics().await);
+    let audit = std::fs::read_to_string(w.pm.data.join("audit.jsonl")).unwrap();
+    assert!(!audit.contains("\"action\":\"reconcile\""), "{audit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,14 @@ impl PaymentStatus {
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// Whether `s` has the shape of an id [`new_id`] makes with `prefix` (nothing longer or
+/// stranger is ever one of ours, so it is not worth a lookup, a log line or an audit field).
+pub fn is_id(prefix: &str, s: &str) -> bool {
+    s.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('_'))
+        .is_some_and(|r| r.len() == 24 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// Generates an opaque, time-ordered id with a type prefix: `pay_` + 8 base62 characters of
 /// the creation time in Unix milliseconds + 16 base62 characters (95 bits) from the OS CSPRNG.
 /// Ids sort by creation, so new rows land at the end of the store's b-trees (one hot page
@@ -130,6 +138,9 @@ mod tests {
         assert!(a.starts_with("pay_") && a.len() == 28);
         assert_ne!(a, b);
         assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(is_id("pay", &a));
+        assert!(!is_id("re", &a) && !is_id("pay", &a[..27]) && !is_id("pay", &format!("{a}0")));
+        assert!(!is_id("pay", &a.replace('_', "-")) && !is_id("pay", &format!("pay_{}", "Z/".repeat(12))));
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl Engine {
     ) -> Result<RefundRow, EngineError> {
         let v = self.view(id).await?;
         let p = v.payment;
-        if !p.status.is_captured() {
+        if !p.status.is_captured() || p.status == PaymentStatus::Refunded {
             return Err(EngineError::NotRefundable(p.status));
         }
         let ch = holding_channel(policy, &p).ok_or_else(|| {

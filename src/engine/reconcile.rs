@@ -73,19 +73,16 @@ impl Engine {
                 Ok(Some(fresh)) => p = fresh,
                 _ => continue,
             }
-            let result = match outcome {
-                Some(QueryOutcome::Found(pp)) => {
-                    adopt(&mut p, &pp, now_ms());
-                    "found"
-                }
+            let (result, changed) = match outcome {
+                Some(QueryOutcome::Found(pp)) => ("found", adopt(&mut p, &pp, now_ms())),
                 Some(QueryOutcome::NotFound { authoritative: true }) if p.status == PaymentStatus::Processing => {
                     p.status = PaymentStatus::Failed;
                     p.error_code = Some("provider_did_not_process".into());
                     p.error_message = Some("the provider has no record of the payment".into());
                     p.reconcile_at = None;
-                    "not_found"
+                    ("not_found", true)
                 }
-                _ => "unknown",
+                _ => ("unknown", false),
             };
             if !p.status.is_final() {
                 let next = (p.reconcile_backoff_ms.max(1) * 2).min(pol.server.reconcile_max_backoff.as_millis() as i64);
@@ -94,7 +91,9 @@ impl Engine {
             }
             p.updated_at = now_ms();
             self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
-            if self.save_payment(&p).await.is_ok() && result != "unknown" {
+            // Audited when it changed something: a payer who never approves would otherwise
+            // leave a record per poll for as long as the payment stays open.
+            if self.save_payment(&p).await.is_ok() && changed {
                 self.audit(
                     &ctx,
                     "reconcile",
@@ -128,6 +127,7 @@ impl Engine {
             pol.server.reconcile_max_backoff.as_millis() as i64,
         );
         for mut r in pending {
+            let before = (r.status.clone(), r.provider_refund_ref.clone());
             let pid = r.payment_id.clone();
             let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
             let Some(ch) = holding_channel(pol, &p) else { continue };
@@ -185,8 +185,11 @@ impl Engine {
             let row = r.clone();
             let _ = crate::store::call(&self.store, move |s| s.update_refund(&row)).await;
             if result != "unknown" {
-                let _ = self.settle_refund_totals(&r.payment_id).await;
                 self.metrics.reconciliations.with_label_values(&[ch.id.as_str(), "refund"]).inc();
+            }
+            // Audited when it changed something, not on every poll of a refund still pending.
+            if before != (r.status.clone(), r.provider_refund_ref.clone()) {
+                let _ = self.settle_refund_totals(&r.payment_id).await;
                 self.audit(
                     &ctx,
                     "refund.reconcile",
