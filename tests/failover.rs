@@ -149,6 +149,27 @@ async fn slow_primary_that_processes_late_is_reversed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_antom_payment_found_after_an_ambiguous_create_still_tells_the_payer_where_to_pay() {
+    let w = world(3000).await;
+    // Antom takes the payment, then answers 500 (once): paymux must query before anything
+    // else. Antom's inquiry has no redirect URL; the unchanged create, sent again under the
+    // same paymentRequestId, returns the payment Antom holds, with its URLs.
+    w.fault(
+        "antom_hk",
+        json!({"error_rate_pct": 100, "error_status": 500, "process_before_error": true, "ops": ["create"], "times": 1}),
+    )
+    .await;
+    let body = json!({"amount": 4444, "currency": "HKD", "method": "alipay_hk", "order_id": "o-amb", "return_url": "https://s/r"});
+    let r = create(&w.pm.api, "antom-amb", body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(outcomes(&r), ["antom_hk:accepted_after_query"], "{}", r.text);
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    assert_eq!(r.body["next_action"]["type"], "redirect", "{}", r.text);
+    assert!(r.body["next_action"]["url"].as_str().unwrap_or("").contains("/pay/"), "{}", r.text);
+    assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_refund_keeps_its_reservation_while_its_call_is_out() {
     let w = world(5000).await;
     let r = pay(&w, "slow-refund").await;

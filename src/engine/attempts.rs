@@ -283,7 +283,9 @@ impl Engine {
             CreateOutcome::NotProcessed { code, message } => {
                 Step::Next { outcome: "not_processed", code, message, watch: false }
             }
-            CreateOutcome::Ambiguous { code } => self.resolve_ambiguous(ctx, ch, attempt_ref, code, sent_at).await,
+            CreateOutcome::Ambiguous { code } => {
+                self.resolve_ambiguous(ctx, ch, &req, attempt_ref, code, sent_at).await
+            }
         };
         (step, latency)
     }
@@ -293,6 +295,7 @@ impl Engine {
         &self,
         ctx: &Ctx,
         ch: &Arc<Channel>,
+        create: &crate::connector::WireRequest,
         attempt_ref: &str,
         code: String,
         sent_at: Instant,
@@ -315,13 +318,18 @@ impl Engine {
             Err(e) => QueryOutcome::Unknown { code: e.code().into() },
         };
         match out {
-            QueryOutcome::Found(pp) => Step::Landed {
-                outcome: "accepted_after_query",
-                state: pp.state,
-                provider_ref: Some(pp.provider_ref),
-                next_action: pp.next_action,
-                error: None,
-            },
+            QueryOutcome::Found(mut pp) => {
+                if pp.state == ProviderState::RequiresAction && pp.next_action.is_none() {
+                    pp.next_action = self.refetch_action(ctx, ch, create).await;
+                }
+                Step::Landed {
+                    outcome: "accepted_after_query",
+                    state: pp.state,
+                    provider_ref: Some(pp.provider_ref),
+                    next_action: pp.next_action,
+                    error: None,
+                }
+            }
             // Certainly not there: move on, but keep watching this reference in case a request
             // the provider was still holding completes later (it would then be reversed).
             QueryOutcome::NotFound { authoritative: true } => Step::Next {
@@ -332,6 +340,23 @@ impl Engine {
             },
             QueryOutcome::NotFound { authoritative: false } => Step::Unknown { code: format!("{code}_status_pending") },
             QueryOutcome::Unknown { code: qc } => Step::Unknown { code: format!("{code}_query_{qc}") },
+        }
+    }
+
+    /// A status query shows that the payer has an action to take, but not what it is (Antom's
+    /// inquiry carries no redirect URL). The create is sent again, unchanged: under the same
+    /// idempotency reference the provider answers with the payment it already holds, action
+    /// included, and creates nothing. `None` when that answer does not come.
+    async fn refetch_action(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        create: &crate::connector::WireRequest,
+    ) -> Option<serde_json::Value> {
+        let (res, _) = self.send(ch, create, Some(ctx.remaining())).await;
+        match ch.connector.parse_create(create, &res.ok()?) {
+            CreateOutcome::Accepted(pp) => pp.next_action,
+            _ => None,
         }
     }
 }

@@ -60,6 +60,31 @@ pub struct Faults {
     pub ops: Vec<String>,
     /// Faults of outbound webhooks / notifies.
     pub callbacks: CallbackFaults,
+    /// Apply latency/error/blackhole to this many matching operations after the faults are
+    /// set, then let operations through (a transient fault); unset: every matching operation.
+    pub times: Option<u64>,
+    /// Matching operations these faults have met so far (shared by every copy of one setting;
+    /// a new setting starts at zero).
+    #[serde(skip)]
+    used: Used,
+}
+
+/// A counter that does not take part in comparing or printing fault settings.
+#[derive(Clone, Default)]
+struct Used(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl PartialEq for Used {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Used {}
+
+impl std::fmt::Debug for Used {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
 }
 
 /// Faults of the callbacks (Stripe webhooks, Antom notifies) an instance sends.
@@ -85,6 +110,8 @@ impl Default for Faults {
             down: false,
             ops: Vec::new(),
             callbacks: CallbackFaults::default(),
+            times: None,
+            used: Used::default(),
         }
     }
 }
@@ -131,8 +158,10 @@ impl Faults {
         Ok(f)
     }
 
+    /// Whether these faults apply to this `op` (counting it against `times`).
     fn covers(&self, op: Op) -> bool {
-        self.ops.is_empty() || self.ops.iter().any(|o| o == op.name())
+        let matching = self.ops.is_empty() || self.ops.iter().any(|o| o == op.name());
+        matching && self.times.is_none_or(|n| self.used.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n)
     }
 }
 
@@ -282,5 +311,21 @@ mod tests {
         assert!(matches!(g.reply, Reply::Respond(ref r) if r.status == 200), "ops filter");
         tx.send_replace(Faults { blackhole: true, ..Faults::default() });
         assert!(matches!(gate.run(Op::Refund, ok, fail).await.reply, Reply::Blackhole));
+        // `times`: the first two matching operations fail, then they pass; other ops do not
+        // count; a new setting starts again.
+        tx.send_replace(Faults::from_json(br#"{"error_rate_pct":100,"ops":["create"],"times":2}"#).unwrap());
+        let status = |g: Gated| match g.reply {
+            Reply::Respond(r) => r.status,
+            Reply::Blackhole => 0,
+        };
+        assert_eq!(status(gate.run(Op::Query, ok, fail).await), 200);
+        let mut got = vec![];
+        for _ in 0..3 {
+            got.push(status(gate.run(Op::Create, ok, fail).await));
+        }
+        assert_eq!(got, [500, 500, 200]);
+        tx.send_replace(Faults::from_json(br#"{"error_rate_pct":100,"times":1}"#).unwrap());
+        assert_eq!(status(gate.run(Op::Create, ok, fail).await), 500);
+        assert_eq!(status(gate.run(Op::Create, ok, fail).await), 200);
     }
 }
