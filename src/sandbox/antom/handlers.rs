@@ -51,7 +51,13 @@ struct PayInput {
     method_type: String,
     redirect_url: String,
     notify_url: Option<String>,
+    /// `paymentExpiryTime` in Unix seconds, if the merchant set one.
+    expires: Option<i64>,
 }
+
+/// How long a cashier payment waits for the payer when the merchant sets no
+/// `paymentExpiryTime`: Antom's default for AlipayHK (and most wallets) is 14 minutes.
+pub(super) const DEFAULT_EXPIRY_SECS: i64 = 14 * 60;
 
 fn parse_pay(v: &Value) -> Result<PayInput, Value> {
     if str_field(v, "productCode") != Some("CASHIER_PAYMENT") {
@@ -80,7 +86,16 @@ fn parse_pay(v: &Value) -> Result<PayInput, Value> {
     let redirect_url =
         url_field(v, "paymentRedirectUrl")?.ok_or_else(|| param_illegal("paymentRedirectUrl is required"))?;
     let notify_url = url_field(v, "paymentNotifyUrl")?;
-    Ok(PayInput { amount, method_type, redirect_url, notify_url })
+    let expires = match v.get("paymentExpiryTime") {
+        None => None,
+        Some(t) => Some(
+            t.as_str()
+                .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+                .ok_or_else(|| param_illegal("paymentExpiryTime must be an ISO 8601 time with an offset"))?
+                .unix_timestamp(),
+        ),
+    };
+    Ok(PayInput { amount, method_type, redirect_url, notify_url, expires })
 }
 
 impl AntomSim {
@@ -129,6 +144,7 @@ impl AntomSim {
                 status: PayStatus::Processing,
                 method_type: input.method_type,
                 created,
+                expires: input.expires.unwrap_or(created + DEFAULT_EXPIRY_SECS),
                 create_time,
                 payment_time: None,
                 cancel_time: None,
@@ -313,6 +329,11 @@ mod tests {
         assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
         let mut v = pay_body();
         v.as_object_mut().unwrap().remove("paymentRedirectUrl");
+        assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
+        let mut v = pay_body();
+        v["paymentExpiryTime"] = json!("2026-11-27T12:01:01+08:00");
+        assert_eq!(parse_pay(&v).ok().and_then(|p| p.expires), Some(1_795_752_061));
+        v["paymentExpiryTime"] = json!("tomorrow");
         assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
         assert!(request_id(&json!({"paymentRequestId": "x".repeat(65)}), "paymentRequestId").is_err());
     }

@@ -81,8 +81,16 @@ impl AntomSim {
         AntomSim { setup, state: Mutex::default(), stats, dispatcher }
     }
 
+    /// The simulator's state, with payments past their expiry closed: whatever looks next
+    /// (an inquiry, the cashier page, a cancel, the payer) sees them as Antom would.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_hkt().0;
+        for p in st.payments.values_mut().filter(|p| p.status == PayStatus::Processing && now >= p.expires) {
+            p.status = PayStatus::Fail;
+            p.failure = Some(("ORDER_IS_CLOSED".into(), "The payment expired before the payer completed it.".into()));
+        }
+        st
     }
 
     /// An HTTP answer signed with the provider key, header names in lower case.
@@ -403,6 +411,43 @@ mod tests {
             get("signature"),
             &r.body
         ));
+    }
+
+    #[tokio::test]
+    async fn payments_the_payer_never_completes_close_at_their_expiry() {
+        let sim = sim();
+        let at = |secs: i64| {
+            let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+            t.format(&time::format_description::well_known::Rfc3339).unwrap()
+        };
+        let pay = |prid: &str, expiry: Option<String>| {
+            let mut v = json!({
+                "productCode": "CASHIER_PAYMENT", "paymentRequestId": prid,
+                "order": {"referenceOrderId": "O-1", "orderDescription": "d"},
+                "paymentAmount": {"currency": "HKD", "value": "1000"},
+                "paymentMethod": {"paymentMethodType": "ALIPAY_HK"},
+                "paymentRedirectUrl": "https://merchant.example/return",
+                "env": {"terminalType": "WAP"},
+            });
+            if let Some(t) = expiry {
+                v["paymentExpiryTime"] = json!(t);
+            }
+            let mut st = sim.lock();
+            sim.pay(&mut st, &v, &mut vec![])
+        };
+        let status = |prid: &str| {
+            let mut st = sim.lock();
+            let r = sim.inquiry_payment(&mut st, &json!({"paymentRequestId": prid}), &mut vec![]);
+            (r["paymentStatus"].clone(), r["paymentResultCode"].clone())
+        };
+        assert_eq!(pay("past", Some(at(-1)))["result"]["resultCode"], "PAYMENT_IN_PROCESS");
+        pay("later", Some(at(3600)));
+        pay("default", None);
+        assert_eq!(status("past"), (json!("FAIL"), json!("ORDER_IS_CLOSED")));
+        assert_eq!(status("later").0, "PROCESSING");
+        let st = sim.lock();
+        let p = st.by_request.get("default").and_then(|id| st.payments.get(id)).unwrap();
+        assert_eq!(p.expires - p.created, handlers::DEFAULT_EXPIRY_SECS);
     }
 
     #[test]

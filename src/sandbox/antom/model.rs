@@ -66,6 +66,8 @@ pub(crate) struct Payment {
     pub status: PayStatus,
     pub method_type: String,
     pub created: i64,
+    /// Unix seconds after which a payment the payer has not completed is closed.
+    pub expires: i64,
     pub create_time: String,
     pub payment_time: Option<String>,
     pub cancel_time: Option<String>,
