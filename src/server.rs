@@ -162,9 +162,12 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
 
     let state = Arc::new(AppState { policy: policy.clone(), engine: engine.clone() });
     let mut api_app = pingora::apps::http_app::HttpServer::new_app(ApiApp { state });
-    let mut h2c = HttpServerOptions::default();
-    h2c.h2c = true;
-    api_app.server_options = Some(h2c);
+    let h2c = || {
+        let mut o = HttpServerOptions::default();
+        o.h2c = true;
+        Some(o)
+    };
+    api_app.server_options = h2c();
     let mut api = Service::new("payments api".into(), api_app);
     match &s.tls {
         Some((cert, key)) => {
@@ -178,14 +181,13 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     }
     server.add_service(api);
 
-    let mut admin = Service::new(
-        "admin".into(),
-        pingora::apps::http_app::HttpServer::new_app(AdminApp {
-            policy: policy.clone(),
-            engine: engine.clone(),
-            reloader: reloader.clone(),
-        }),
-    );
+    let mut admin_app = pingora::apps::http_app::HttpServer::new_app(AdminApp {
+        policy: policy.clone(),
+        engine: engine.clone(),
+        reloader: reloader.clone(),
+    });
+    admin_app.server_options = h2c();
+    let mut admin = Service::new("admin".into(), admin_app);
     admin.add_tcp(&s.admin_listen);
     server.add_service(admin);
     server.add_service(background_service(

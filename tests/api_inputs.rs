@@ -184,7 +184,7 @@ async fn audit_chain_verifies_and_detects_tampering() {
 }
 
 #[tokio::test]
-async fn api_speaks_http2_cleartext() {
+async fn both_listeners_speak_http2_cleartext() {
     let w = world();
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let r = h2
@@ -206,6 +206,9 @@ async fn api_speaks_http2_cleartext() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 401);
     assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    // The admin listener too.
+    let health = h2.get(format!("{}/healthz", w.pm.admin)).send().await.unwrap();
+    assert_eq!((health.version(), health.status().as_u16()), (reqwest::Version::HTTP_2, 200));
 }
 
 #[tokio::test]

@@ -170,6 +170,42 @@ async fn an_antom_payment_found_after_an_ambiguous_create_still_tells_the_payer_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once() {
+    let mut w = world(3000).await;
+    w.fault("stripe_primary", json!({"blackhole": true, "process_before_error": true, "ops": ["create"]})).await;
+    let api = w.pm.api.clone();
+    let first = tokio::spawn(async move { create(&api, "crash-key", card("o-crash", 4200)).await });
+    let db = w.pm.data.join("paymux.db");
+    let sent = eventually(Duration::from_secs(5), || {
+        let db = db.clone();
+        async move {
+            rusqlite::Connection::open(&db)
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*) FROM attempts WHERE outcome = 'pending'", [], |r| r.get::<_, i64>(0))
+                })
+                .is_ok_and(|n| n > 0)
+        }
+    })
+    .await;
+    assert!(sent);
+    w.pm.kill9();
+    let _ = first.await;
+    w.clear("stripe_primary").await;
+    let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
+    w.pm = Paymux::start(&cfg, &data, w.ports);
+    // The claim belongs to the process that died: no 409 "still in use" until it times out.
+    let again = create(&w.pm.api, "crash-key", card("o-crash", 4200)).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    let id = again.body["id"].as_str().unwrap().to_string();
+    let settled = eventually(Duration::from_secs(10), || async {
+        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
+    })
+    .await;
+    assert!(settled, "log:\n{}", w.pm.log());
+    assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_refund_keeps_its_reservation_while_its_call_is_out() {
     let w = world(5000).await;
     let r = pay(&w, "slow-refund").await;

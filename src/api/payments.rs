@@ -105,8 +105,8 @@ enum Held {
 
 /// Applies Stripe's idempotency rules to the record holding a key: a finished request
 /// replays; a different request under the same key is 422; one still running is 409; one
-/// abandoned by a crash is answered from the resource it created (`recover` renders it, or
-/// says it does not exist).
+/// abandoned (past twice the request deadline, or claimed before a restart) is answered from
+/// the resource it created (`recover` renders it, or says it does not exist).
 async fn held<F, Fut>(engine: &Engine, policy: &Policy, r: &IdemRecord, state: IdemState, recover: F) -> Held
 where
     F: FnOnce(String) -> Fut,
@@ -120,7 +120,9 @@ where
             return Held::Answer(Ok(replay(status, body)));
         }
         IdemState::InFlight { request_hash, since, resource_id } => {
-            let abandoned = r.created_at - since > 2 * policy.server.request_deadline.as_millis() as i64;
+            // Past any request's deadline, or claimed by a process that has since stopped.
+            let abandoned = r.created_at - since > 2 * policy.server.request_deadline.as_millis() as i64
+                || since < crate::store::process_started_ms();
             (request_hash, resource_id.filter(|_| abandoned))
         }
     };

@@ -286,6 +286,13 @@ where
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
+/// When this process opened its store, in Unix milliseconds: work recorded as under way
+/// before then (an idempotency claim, say) belongs to a process that is gone.
+pub fn process_started_ms() -> i64 {
+    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(now_ms)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

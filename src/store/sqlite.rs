@@ -115,6 +115,7 @@ fn schema_only() -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (or creates) `dir/paymux.db`.
     pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
+        super::process_started_ms();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("paymux.db");
