@@ -203,6 +203,10 @@ async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once()
     .await;
     assert!(settled, "log:\n{}", w.pm.log());
     assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 1);
+    // The attempt the crash left unknown agrees with the payment once the provider answered.
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(outcomes(&g), ["stripe_primary:accepted_after_query"], "{}", g.text);
+    assert_eq!(g.body["attempts"][0]["error_code"], "interrupted", "{}", g.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

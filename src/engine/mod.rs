@@ -249,6 +249,25 @@ impl Engine {
         Ok(before.is_some())
     }
 
+    /// Once the provider has answered for a payment whose holding attempt ended `unknown` (a
+    /// lost answer, a crash), that attempt takes the outcome the answer implies, so the
+    /// attempts list agrees with the payment's status. Its error code (why it was unknown)
+    /// stays.
+    pub(crate) async fn settle_unknown_attempt(&self, p: &PaymentRow, outcome: &'static str) {
+        let Some(r) = p.attempt_ref.clone() else { return };
+        let settled = crate::store::call(&self.store, move |s| match s.attempt_by_ref(&r)? {
+            Some(mut a) if a.outcome == "unknown" => {
+                a.outcome = outcome.to_string();
+                s.update_attempt(&a)
+            }
+            _ => Ok(()),
+        })
+        .await;
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, payment_id = %p.id, "could not record the settled attempt");
+        }
+    }
+
     /// Counts a payment entering its status (`from`: the status it had; `None` for a new payment).
     pub(crate) fn count_status(&self, p: &PaymentRow, from: Option<PaymentStatus>) {
         if from != Some(p.status) {

@@ -14,7 +14,9 @@ impl Engine {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
                 if adopt(&mut v.payment, &found, now_ms()) {
+                    self.settle_unknown_attempt(&v.payment, "accepted_after_query").await;
                     self.save_payment(&v.payment).await?;
+                    v = self.view(id).await?;
                     self.audit(
                         ctx,
                         "payment.sync",

@@ -93,6 +93,11 @@ impl Engine {
             self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
             // Audited when it changed something: a payer who never approves would otherwise
             // leave a record per poll for as long as the payment stays open.
+            match result {
+                "found" => self.settle_unknown_attempt(&p, "accepted_after_query").await,
+                "not_found" => self.settle_unknown_attempt(&p, "not_found_after_query").await,
+                _ => {}
+            }
             if self.save_payment(&p).await.is_ok() && changed {
                 self.audit(
                     &ctx,

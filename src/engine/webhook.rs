@@ -136,6 +136,7 @@ impl Engine {
             p.provider_ref = Some(provider_ref.to_string());
         }
         Ok(if apply_state(&mut p, state, now_ms()) {
+            self.settle_unknown_attempt(&p, "accepted").await;
             self.save_payment(&p).await?;
             "applied"
         } else {
