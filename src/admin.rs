@@ -85,7 +85,7 @@ impl ServeHttp for AdminApp {
                     ReloadOutcome::Unchanged { version } => json(200, serde_json::to_vec(&json!({"outcome": "unchanged", "version": version})).unwrap_or_default(), &[]),
                     ReloadOutcome::Rejected { version, errors } => {
                         let mut p = Problem::new(422, "config_rejected", format!("the new config has {} error(s); version {version} keeps serving", errors.len()));
-                        p.errors = errors.iter().map(|e| crate::api::problem::FieldError { field: format!("{}:{}:{}", e.file, e.line, e.col), message: e.message.clone() }).collect();
+                        p.errors = crate::config::diag::sorted(&errors).into_iter().map(|e| crate::api::problem::FieldError { field: format!("{}:{}:{}", e.file, e.line, e.col), message: e.message.clone(), help: e.help.clone() }).collect();
                         crate::api::http_util::problem(&p, &rid)
                     }
                 }

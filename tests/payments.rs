@@ -457,6 +457,8 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     let field = rej.body["errors"][0]["field"].as_str().unwrap().to_string();
     assert!(field.ends_with("routing.yaml:15:35") || field.contains("routing.yaml:"), "{field}");
     assert!(rej.text.contains("stripe_primery"), "{}", rej.text);
+    // The same help line `paymux check` prints.
+    assert_eq!(rej.body["errors"][0]["help"], "did you mean `stripe_primary`?", "{}", rej.text);
     assert_eq!(get(&w.pm.admin, "/admin/config").await.body["version"], version);
     let still = create(&w.pm.api, "after-reject", card("o-ar", 60)).await;
     assert_eq!(still.body["channel"], "stripe_backup");

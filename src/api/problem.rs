@@ -7,6 +7,15 @@ use serde::Serialize;
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// How to fix it, where that is obvious (config diagnostics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into(), help: None }
+    }
 }
 
 /// An error response. `type` and `title` derive from the stable `code`.

@@ -18,7 +18,7 @@ struct Errs(Vec<FieldError>);
 
 impl Errs {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
+        self.0.push(FieldError::new(field, message));
     }
 }
 
@@ -36,10 +36,7 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Problem> {
     })?;
     match v {
         Value::Object(m) => Ok(m),
-        _ => Err(Problem::validation(vec![FieldError {
-            field: "".into(),
-            message: "the body must be a JSON object".into(),
-        }])),
+        _ => Err(Problem::validation(vec![FieldError::new("", "the body must be a JSON object")])),
     }
 }
 
@@ -308,8 +305,7 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
     let (Some(a), Some(c), Some(method), Some(order_id)) = (amt, currency, method, order_id) else {
         return Err(Problem::validation(vec![]));
     };
-    let money = Money::new(a, c)
-        .map_err(|x| Problem::validation(vec![FieldError { field: "amount".into(), message: x.to_string() }]))?;
+    let money = Money::new(a, c).map_err(|x| Problem::validation(vec![FieldError::new("amount", x.to_string())]))?;
     Ok(NewPayment {
         money,
         method,

@@ -35,10 +35,16 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Sorts diagnostics by file, line and column and renders them one per line.
-pub fn render(diags: &[Diagnostic]) -> String {
+/// Diagnostics in file, line and column order.
+pub fn sorted(diags: &[Diagnostic]) -> Vec<&Diagnostic> {
     let mut v: Vec<&Diagnostic> = diags.iter().collect();
     v.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+    v
+}
+
+/// Sorts diagnostics by file, line and column and renders them one per line.
+pub fn render(diags: &[Diagnostic]) -> String {
+    let v = sorted(diags);
     let mut out = String::new();
     for d in v {
         out.push_str(&d.to_string());

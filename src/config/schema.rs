@@ -77,7 +77,11 @@ pub fn validate(kind: &str, doc: &Value, spans: &SpanMap, file: &str) -> Vec<Dia
                     TypeKind::Single(t) => format!("{t}"),
                     TypeKind::Multiple(ts) => format!("{ts:?}"),
                 };
-                (ptr.clone(), format!("`{field}` must be of type {want}, found {}", type_name(err.instance())), None)
+                let found = type_name(err.instance());
+                // Decimal amounts are strings so they are never read as floats.
+                let help = (want == "string" && matches!(found, "number" | "integer"))
+                    .then(|| format!("write it in quotes: `\"{}\"`", err.instance()));
+                (ptr.clone(), format!("`{field}` must be of type {want}, found {found}"), help)
             }
             ValidationErrorKind::Enum { options } => {
                 let opts = options_list(options);
@@ -94,13 +98,17 @@ pub fn validate(kind: &str, doc: &Value, spans: &SpanMap, file: &str) -> Vec<Dia
             ValidationErrorKind::Constant { expected_value } => {
                 (ptr.clone(), format!("`{field}` must be {expected_value}"), None)
             }
-            ValidationErrorKind::Pattern { .. } => {
-                let desc = schema_description(&c.schema, &schema_ptr);
-                (
-                    ptr.clone(),
-                    format!("`{field}` has an invalid format{}", desc.map(|d| format!(": {d}")).unwrap_or_default()),
-                    None,
-                )
+            ValidationErrorKind::Pattern { pattern } => {
+                let got = err.instance().as_str().unwrap_or_default();
+                // Codes (currencies, countries) are upper case; say so rather than only quote
+                // the pattern.
+                let upper = got.to_ascii_uppercase();
+                let help = if pattern.contains("[A-Z]") && !pattern.contains("[a-z]") && upper != got {
+                    Some(format!("did you mean `{upper}`?"))
+                } else {
+                    schema_description(&c.schema, &schema_ptr).map(|d| d.to_string())
+                };
+                (ptr.clone(), format!("`{field}` has an invalid format: `{got}` does not match `{pattern}`"), help)
             }
             ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => {
                 (ptr.clone(), format!("`{field}` must be at least {limit}"), None)
