@@ -110,6 +110,53 @@ impl Metrics {
     }
 
     /// Marks `version` as the one being served.
+    /// Creates, at zero, every series the policy makes possible (per channel: attempt and
+    /// callback outcomes, latency, payment statuses per method it serves; failovers between
+    /// channels that share a route), so dashboards and alerts see 0 rather than no data
+    /// before the first event. Outcome names here are the ones the engine uses.
+    pub fn init_series(&self, policy: &crate::policy::Policy) {
+        const ATTEMPTS: &[&str] = &[
+            "accepted",
+            "declined",
+            "not_sent",
+            "not_processed",
+            "accepted_after_query",
+            "not_found_after_query",
+            "unknown",
+        ];
+        const WEBHOOKS: &[&str] =
+            &["applied", "unchanged", "duplicate", "rejected", "deferred", "orphan", "stale", "unmatched", "ignored"];
+        const FAILOVERS: &[&str] = &["connect_failed", "not_sendable", "not_processed", "ambiguous_not_processed"];
+        for ch in &policy.channels {
+            let id = ch.id.as_str();
+            self.channel_latency.with_label_values(&[id]);
+            for o in ATTEMPTS {
+                self.channel_attempts.with_label_values(&[id, o]);
+            }
+            for o in WEBHOOKS {
+                self.webhooks.with_label_values(&[id, o]);
+            }
+            for m in ch.methods.iter() {
+                for s in crate::domain::PaymentStatus::ALL {
+                    self.payments.with_label_values(&[m.as_str(), id, s.as_str()]);
+                }
+            }
+        }
+        let mut pairs = std::collections::BTreeSet::new();
+        for t in policy.router.targets() {
+            let chs = t.channels();
+            for &a in &chs {
+                pairs.extend(chs.iter().filter(|&&b| b != a).map(|&b| (a, b)));
+            }
+        }
+        for (a, b) in pairs {
+            let (a, b) = (policy.channels[a].id.as_str(), policy.channels[b].id.as_str());
+            for r in FAILOVERS {
+                self.failovers.with_label_values(&[a, b, r]);
+            }
+        }
+    }
+
     pub fn set_version(&self, version: &str) {
         self.config_version.reset();
         self.config_version.with_label_values(&[version]).set(1);

@@ -132,6 +132,7 @@ impl Reloader {
                     restart_required.push("tls");
                 }
                 let version = new.version.clone();
+                self.metrics.init_series(&new);
                 self.policy.store(Arc::new(new));
                 self.metrics.set_version(&version);
                 ReloadOutcome::Applied { old: old.version.clone(), new: version, restart_required }

@@ -121,6 +121,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     }
     let metrics = Arc::new(Metrics::new());
     metrics.set_version(&policy.version);
+    metrics.init_series(&policy);
     audit.record_blocking(Event {
         request_id: None,
         actor: "system".into(),

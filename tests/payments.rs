@@ -503,6 +503,25 @@ print("ok", len(fams))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_exist_at_zero_before_the_first_event() {
+    let w = world(3000).await;
+    let m = w.metrics().await;
+    let at_zero = |name: &str, labels: &str| {
+        m.lines().any(|l| l.starts_with(&format!("{name}{{{labels}}}")) && l.ends_with(" 0"))
+    };
+    assert!(at_zero("paymux_channel_attempts_total", r#"channel="antom_hk",outcome="accepted""#), "{m}");
+    assert!(at_zero("paymux_webhooks_total", r#"channel="stripe_backup",outcome="rejected""#), "{m}");
+    assert!(
+        at_zero("paymux_failovers_total", r#"from="stripe_primary",reason="connect_failed",to="stripe_backup""#),
+        "{m}"
+    );
+    assert!(at_zero("paymux_payments_total", r#"channel="antom_hk",method="alipay_hk",status="succeeded""#), "{m}");
+    assert!(at_zero("paymux_channel_latency_seconds_count", r#"channel="stripe_primary""#), "{m}");
+    // Only what the policy makes possible: antom_hk serves no cards.
+    assert!(!m.contains(r#"channel="antom_hk",method="visa""#), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_return_the_first_answer_whatever_changed_since() {
     let w = world(3000).await;
     let r = create(&w.pm.api, "first", card("o-first", 1000)).await;

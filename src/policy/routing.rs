@@ -152,6 +152,11 @@ impl Router {
         &self.rules
     }
 
+    /// Every target a payment can be sent to: the rules' and the default route's.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.rules.iter().map(|r| &r.target).chain(self.default.as_ref())
+    }
+
     /// First matching rule, else the default route, else `None`.
     pub fn evaluate<'r>(&'r self, f: &Facts<'_>) -> Option<Decision<'r>> {
         let m = f.method.index();
