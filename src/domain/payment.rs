@@ -16,6 +16,7 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
+    /// Every status.
     pub const ALL: [PaymentStatus; 7] = [
         PaymentStatus::RequiresAction,
         PaymentStatus::Processing,
@@ -41,17 +42,7 @@ impl PaymentStatus {
 
     /// Parses a wire name (used by the store).
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            PaymentStatus::RequiresAction,
-            PaymentStatus::Processing,
-            PaymentStatus::Succeeded,
-            PaymentStatus::Failed,
-            PaymentStatus::Canceled,
-            PaymentStatus::Refunded,
-            PaymentStatus::PartiallyRefunded,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
     /// No further provider state change is expected without a merchant action.
