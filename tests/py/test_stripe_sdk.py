@@ -170,6 +170,29 @@ def test_three_d_secure_requires_action_then_completes():
     assert failed.last_payment_error.code == "payment_intent_authentication_failure"
 
 
+def test_modify_then_confirm():
+    pi = stripe.PaymentIntent.create(amount=500, currency="hkd", metadata={"a": "1", "b": "2"})
+    assert pi.status == "requires_payment_method"
+    m = stripe.PaymentIntent.modify(
+        pi.id, amount=900, payment_method="pm_card_visa", metadata={"a": "", "c": "3"}, description="upd"
+    )
+    assert m.amount == 900 and m.status == "requires_confirmation" and m.description == "upd", m
+    assert m.metadata.to_dict() == {"b": "2", "c": "3"}, m.metadata
+    done = stripe.PaymentIntent.confirm(pi.id)
+    assert done.status == "succeeded" and done.amount_received == 900, done
+    e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.modify, pi.id, amount=100)
+    assert e.code == "payment_intent_unexpected_state" and "status of succeeded" in str(e), e
+    noted = stripe.PaymentIntent.modify(pi.id, metadata={"note": "shipped"})
+    assert noted.metadata["note"] == "shipped" and noted.amount == 900
+    e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.modify, pi.id, colour="red")
+    assert e.param == "colour", e.param
+    x = stripe.PaymentIntent.retrieve(pi.id, expand=["latest_charge", "payment_method"])
+    assert isinstance(x.latest_charge, stripe.Charge) and x.latest_charge.amount == 900, x.latest_charge
+    assert isinstance(x.payment_method, stripe.PaymentMethod) and x.payment_method.card.last4 == "4242"
+    e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.retrieve, pi.id, expand=["customer.nope"])
+    assert e.param == "expand", e.param
+
+
 def test_cancel():
     pi = stripe.PaymentIntent.create(amount=300, currency="hkd")
     assert pi.status == "requires_payment_method"

@@ -195,6 +195,58 @@ payment method or ConfirmationToken.",
         intent_in(st, &id).map(intent_json)
     }
 
+    /// `POST /v1/payment_intents/:id`: changes a PaymentIntent without confirming it. Money
+    /// fields only while it awaits a payment method, confirmation or action; metadata,
+    /// description, receipt email and shipping in any status.
+    pub(super) fn update_intent(
+        &self,
+        st: &mut State,
+        _: &mut Ctx<'_>,
+        p: &Params,
+        ids: &[String],
+    ) -> Result<Value, ApiError> {
+        allow(p, UPDATE_PARAMS)?;
+        let id = first(ids);
+        let status = intent_in(st, id)?.status;
+        let editable = status.awaits_confirmation();
+        if let Some(k) = p.unknown(UPDATE_ANY_STATUS).filter(|_| !editable) {
+            return Err(ApiError::state(format!(
+                "You cannot update this PaymentIntent's {k} because it has a status of {}. You may only update \
+the {k} of a PaymentIntent with one of the following statuses: requires_payment_method, requires_confirmation, \
+requires_action.",
+                status.as_str()
+            )));
+        }
+        let amount = amount_param(p, "amount")?;
+        let currency = if scalar(p, "currency")?.is_some() { Some(currency_param(p)?) } else { None };
+        let capture_method = one_of(p, "capture_method", &["automatic", "automatic_async", "manual"])?;
+        let setup_future_usage = one_of(p, "setup_future_usage", &["off_session", "on_session"])?;
+        let types = payment_method_types(p)?;
+        let s = |name: &str| scalar(p, name).map(|v| v.map(String::from));
+        let (description, receipt_email, customer) = (s("description")?, s("receipt_email")?, s("customer")?);
+        let (descriptor, suffix) = (s("statement_descriptor")?, s("statement_descriptor_suffix")?);
+        let payment_method = self.resolve_payment_method(st, p)?;
+        let pi = intent_mut(st, id)?;
+        merge_metadata(p, &mut pi.metadata)?;
+        pi.amount = amount.unwrap_or(pi.amount);
+        pi.currency = currency.unwrap_or_else(|| pi.currency.clone());
+        pi.capture_method = capture_method.unwrap_or_else(|| pi.capture_method.clone());
+        pi.setup_future_usage = setup_future_usage.or_else(|| pi.setup_future_usage.clone());
+        pi.payment_method_types = types.unwrap_or_else(|| pi.payment_method_types.clone());
+        pi.description = description.or_else(|| pi.description.clone());
+        pi.receipt_email = receipt_email.or_else(|| pi.receipt_email.clone());
+        pi.customer = customer.or_else(|| pi.customer.clone());
+        pi.statement_descriptor = descriptor.or_else(|| pi.statement_descriptor.clone());
+        pi.statement_descriptor_suffix = suffix.or_else(|| pi.statement_descriptor_suffix.clone());
+        if payment_method.is_some() {
+            // A new payment method needs confirming again.
+            pi.payment_method = payment_method;
+            pi.status = PiStatus::RequiresConfirmation;
+            pi.next_action = None;
+        }
+        Ok(intent_json(pi))
+    }
+
     pub(super) fn confirm_intent(
         &self,
         st: &mut State,
@@ -205,10 +257,7 @@ payment method or ConfirmationToken.",
         allow(p, CONFIRM_PARAMS)?;
         let id = first(ids);
         let status = intent_in(st, id)?.status;
-        if !matches!(
-            status,
-            PiStatus::RequiresPaymentMethod | PiStatus::RequiresConfirmation | PiStatus::RequiresAction
-        ) {
+        if !status.awaits_confirmation() {
             return Err(ApiError::state(format!(
                 "You cannot confirm this PaymentIntent because it has a status of {}. Only a PaymentIntent with one \
 of the following statuses may be confirmed: requires_confirmation, requires_payment_method, requires_action.",
@@ -592,6 +641,37 @@ fn matches(pi: &Intent, c: &Clause) -> bool {
             _ => false,
         },
     }
+}
+
+/// Applies `expand[]` to an answer: the ids Stripe can expand in place (`latest_charge` and
+/// `payment_method` of a PaymentIntent; `payment_intent` of a charge or refund) become the
+/// objects they name. Anything else is refused as Stripe refuses it.
+pub(super) fn expand(st: &State, p: &Params, mut v: Value) -> Result<Value, ApiError> {
+    let paths = p.list("expand").map_err(|m| ApiError::invalid(m, Some("expand"), None))?.unwrap_or_default();
+    for path in paths {
+        let kind = v["object"].as_str().unwrap_or_default();
+        let id = v[path.as_str()].as_str().map(String::from);
+        let object = match (kind, path.as_str(), id) {
+            (_, _, None) if v.get(path.as_str()).is_some() => continue,
+            ("payment_intent", "latest_charge", Some(id)) => st.charges.get(&id).and_then(|ch| {
+                let pi = st.intents.get(&ch.payment_intent)?;
+                st.methods.get(&ch.payment_method).map(|pm| charge_json(ch, pi, pm))
+            }),
+            ("payment_intent", "payment_method", Some(id)) => st.methods.get(&id).map(payment_method_json),
+            ("charge" | "refund", "payment_intent", Some(id)) => st.intents.get(&id).map(intent_json),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("This property cannot be expanded ({path})."),
+                    Some("expand"),
+                    None,
+                ))
+            }
+        };
+        if let Some(o) = object {
+            v[path.as_str()] = o;
+        }
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

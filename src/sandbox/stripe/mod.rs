@@ -90,6 +90,7 @@ const ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/v1/payment_intents", op: Op::Query, run: StripeSim::list_intents },
     Route { method: "GET", pattern: "/v1/payment_intents/search", op: Op::Query, run: StripeSim::search_intents },
     Route { method: "GET", pattern: "/v1/payment_intents/:id", op: Op::Query, run: StripeSim::retrieve_intent },
+    Route { method: "POST", pattern: "/v1/payment_intents/:id", op: Op::Create, run: StripeSim::update_intent },
     Route {
         method: "POST",
         pattern: "/v1/payment_intents/:id/confirm",
@@ -237,7 +238,7 @@ you submitted twice, and the other request is still going through): {k}. Please 
         let mut ctx = Ctx { request_id: Some(rid), idempotency_key: key, events: Vec::new() };
         let result = {
             let mut st = self.lock();
-            (route.run)(self, &mut st, &mut ctx, p, ids)
+            (route.run)(self, &mut st, &mut ctx, p, ids).and_then(|v| handlers::expand(&st, p, v))
         };
         self.emit(ctx);
         match result {

@@ -19,6 +19,12 @@ pub(crate) enum PiStatus {
 }
 
 impl PiStatus {
+    /// Still before (or between) confirmations: it may be confirmed, and its amount, currency
+    /// and payment method changed.
+    pub(crate) fn awaits_confirmation(self) -> bool {
+        matches!(self, PiStatus::RequiresPaymentMethod | PiStatus::RequiresConfirmation | PiStatus::RequiresAction)
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             PiStatus::RequiresPaymentMethod => "requires_payment_method",

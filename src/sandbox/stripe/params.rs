@@ -46,6 +46,29 @@ pub(super) const CREATE_PARAMS: &[&str] = &[
     "use_stripe_sdk",
 ];
 
+/// What `POST /v1/payment_intents/:id` takes.
+pub(super) const UPDATE_PARAMS: &[&str] = &[
+    "amount",
+    "capture_method",
+    "currency",
+    "customer",
+    "description",
+    "expand",
+    "metadata",
+    "payment_method",
+    "payment_method_data",
+    "payment_method_options",
+    "payment_method_types",
+    "receipt_email",
+    "setup_future_usage",
+    "shipping",
+    "statement_descriptor",
+    "statement_descriptor_suffix",
+];
+
+/// What an update may still change once a PaymentIntent has left the editable statuses.
+pub(super) const UPDATE_ANY_STATUS: &[&str] = &["description", "expand", "metadata", "receipt_email", "shipping"];
+
 pub(super) const CONFIRM_PARAMS: &[&str] = &[
     "capture_method",
     "confirmation_token",
@@ -176,6 +199,29 @@ pub(super) fn metadata_param(p: &Params) -> Result<BTreeMap<String, String>, Api
         return Err(ApiError::invalid("You can have up to 50 metadata keys.", Some("metadata"), None));
     }
     Ok(out)
+}
+
+/// Applies `metadata[...]` of an update: keys merge in, an empty value removes its key, and
+/// `metadata=""` clears them all (Stripe's rules).
+pub(super) fn merge_metadata(p: &Params, into: &mut BTreeMap<String, String>) -> Result<(), ApiError> {
+    if scalar(p, "metadata").ok().flatten() == Some("") {
+        into.clear();
+        return Ok(());
+    }
+    let pairs = p.hash("metadata").map_err(|m| ApiError::invalid(m, Some("metadata"), None))?.unwrap_or_default();
+    let mut merged = into.clone();
+    for (k, v) in pairs {
+        if v.is_empty() {
+            merged.remove(&k);
+        } else {
+            merged.insert(k, v);
+        }
+    }
+    // The same limits as on create.
+    let hash = merged.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    let checked = Params([("metadata".to_string(), Value::Object(hash))].into_iter().collect());
+    *into = metadata_param(&checked)?;
+    Ok(())
 }
 
 pub(super) fn three_ds_param(p: &Params) -> Result<Option<String>, ApiError> {
