@@ -184,12 +184,22 @@ pub struct ReloadService {
 #[async_trait]
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // Watch the directory, not the files: editors replace files by rename.
+        // `true`: the directory itself was replaced (renamed over, deleted and recreated), so
+        // its watch must be set up again on the new one.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+        let dir = std::fs::canonicalize(self.reloader.dir()).unwrap_or_else(|_| self.reloader.dir().to_path_buf());
+        let parent = dir.parent().map(std::path::Path::to_path_buf);
+        // Watch the directory, not the files: editors replace files by rename. Watch its parent
+        // too, for the directory being replaced as a whole (a deploy that swaps in a new one).
+        let me = dir.clone();
         let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(());
+                    let replaced = ev.paths.iter().any(|p| p == &me);
+                    let inside = ev.paths.iter().any(|p| p.parent() == Some(me.as_path()));
+                    if replaced || inside {
+                        let _ = tx.send(replaced);
+                    }
                 }
             }
         }) {
@@ -200,8 +210,11 @@ impl BackgroundService for ReloadService {
             }
         };
         if let Some(w) = watcher.as_mut() {
-            if let Err(e) = w.watch(self.reloader.dir(), RecursiveMode::NonRecursive) {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                 tracing::error!(error = %e, "cannot watch the config directory");
+            }
+            if let Some(Err(e)) = parent.as_deref().map(|p| w.watch(p, RecursiveMode::NonRecursive)) {
+                tracing::warn!(error = %e, "cannot watch the config directory's parent; a replaced directory needs SIGHUP");
             }
         }
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -214,9 +227,21 @@ impl BackgroundService for ReloadService {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(()) = rx.recv() => {
+                Some(first) = rx.recv() => {
                     // Debounce: wait for the burst of events an editor's save makes to end.
-                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, rx.recv()).await {}
+                    let mut replaced = first;
+                    while let Ok(Some(r)) = tokio::time::timeout(self.debounce, rx.recv()).await {
+                        replaced |= r;
+                    }
+                    if replaced {
+                        if let Some(w) = watcher.as_mut() {
+                            // The old watch followed the old directory; watch what is there now.
+                            let _ = w.unwatch(&dir);
+                            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                                tracing::error!(error = %e, "cannot watch the replaced config directory; use SIGHUP or /admin/reload");
+                            }
+                        }
+                    }
                     self.reloader.reload("watch").await;
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

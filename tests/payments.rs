@@ -503,6 +503,31 @@ print("ok", len(fams))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_directory_replaced_as_a_whole_is_still_watched() {
+    let w = world(3000).await;
+    let cfg = w.tmp.path().join("cfg");
+    let version = || async { get(&w.pm.admin, "/admin/config").await.body["version"].clone() };
+    let v0 = version().await;
+    // A deploy builds the new directory beside the old one and renames it into place.
+    let next = w.tmp.path().join("cfg.next");
+    std::fs::create_dir(&next).unwrap();
+    for f in ["server.yaml", "channels.yaml", "routing.yaml"] {
+        std::fs::copy(cfg.join(f), next.join(f)).unwrap();
+    }
+    let routing = std::fs::read_to_string(next.join("routing.yaml")).unwrap();
+    std::fs::write(next.join("routing.yaml"), routing.replace("name: alipayhk", "name: alipay-hk")).unwrap();
+    std::fs::rename(&cfg, w.tmp.path().join("cfg.old")).unwrap();
+    std::fs::rename(&next, &cfg).unwrap();
+    let moved = eventually(Duration::from_secs(10), || async { version().await != v0 }).await;
+    assert!(moved, "the swapped-in directory was not loaded; log:\n{}", w.pm.log());
+    let v1 = version().await;
+    // Edits inside the new directory are seen too (the watch moved to it).
+    std::fs::write(cfg.join("routing.yaml"), routing.replace("name: alipayhk", "name: alipay-hk-2")).unwrap();
+    let edited = eventually(Duration::from_secs(10), || async { version().await != v1 }).await;
+    assert!(edited, "an edit in the new directory was not loaded; log:\n{}", w.pm.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_exist_at_zero_before_the_first_event() {
     let w = world(3000).await;
     let m = w.metrics().await;
