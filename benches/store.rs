@@ -91,7 +91,7 @@ fn timed(s: &SqliteStore, done: &mut u64, iters: u64, mut op: impl FnMut(&Sqlite
     for _ in 0..iters {
         total += op(s);
         *done += 1;
-        if *done % 1000 == 0 {
+        if (*done).is_multiple_of(1000) {
             s.checkpoint().unwrap();
         }
     }

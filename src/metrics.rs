@@ -109,7 +109,6 @@ impl Metrics {
         }
     }
 
-    /// Marks `version` as the one being served.
     /// Creates, at zero, every series the policy makes possible (per channel: attempt and
     /// callback outcomes, latency, payment statuses per method it serves; failovers between
     /// channels that share a route), so dashboards and alerts see 0 rather than no data
@@ -142,11 +141,18 @@ impl Metrics {
                 }
             }
         }
+        // A failover goes forward through a target's channels; a split's weighted channels
+        // come in either order (whichever the hash picks first).
         let mut pairs = std::collections::BTreeSet::new();
         for t in policy.router.targets() {
             let chs = t.channels();
-            for &a in &chs {
-                pairs.extend(chs.iter().filter(|&&b| b != a).map(|&b| (a, b)));
+            for (i, &a) in chs.iter().enumerate() {
+                pairs.extend(chs[i + 1..].iter().filter(|&&b| b != a).map(|&b| (a, b)));
+            }
+            if let crate::policy::routing::Target::Split { weighted, .. } = t {
+                for &(a, _) in weighted {
+                    pairs.extend(weighted.iter().filter(|(b, _)| *b != a).map(|&(b, _)| (a, b)));
+                }
             }
         }
         for (a, b) in pairs {
@@ -157,6 +163,7 @@ impl Metrics {
         }
     }
 
+    /// Marks `version` as the one being served.
     pub fn set_version(&self, version: &str) {
         self.config_version.reset();
         self.config_version.with_label_values(&[version]).set(1);

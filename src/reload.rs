@@ -187,7 +187,8 @@ impl BackgroundService for ReloadService {
         // `true`: the directory itself was replaced (renamed over, deleted and recreated), so
         // its watch must be set up again on the new one.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
-        let dir = std::fs::canonicalize(self.reloader.dir()).unwrap_or_else(|_| self.reloader.dir().to_path_buf());
+        // Absolute but not resolved: `routes` may be a symlink a deploy flips to a new release.
+        let dir = std::path::absolute(self.reloader.dir()).unwrap_or_else(|_| self.reloader.dir().to_path_buf());
         let parent = dir.parent().map(std::path::Path::to_path_buf);
         // Watch the directory, not the files: editors replace files by rename. Watch its parent
         // too, for the directory being replaced as a whole (a deploy that swaps in a new one).

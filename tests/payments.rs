@@ -528,6 +528,29 @@ async fn a_config_directory_replaced_as_a_whole_is_still_watched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_symlink_flipped_to_a_new_release_is_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (r1, r2, link, data) =
+        (tmp.path().join("r1"), tmp.path().join("r2"), tmp.path().join("routes"), tmp.path().join("data"));
+    write_config(&r1, ports, &data, 3000);
+    write_config(&r2, ports, &data, 3000);
+    let routing = std::fs::read_to_string(r2.join("routing.yaml")).unwrap();
+    std::fs::write(r2.join("routing.yaml"), routing.replace("name: alipayhk", "name: alipay-r2")).unwrap();
+    std::os::unix::fs::symlink(&r1, &link).unwrap();
+    let _sandbox = paymux::sandbox::Sandbox::start(sandbox_config(ports)).await.unwrap();
+    let pm = Paymux::start(&link, &data, ports);
+    let version = || async { get(&pm.admin, "/admin/config").await.body["version"].clone() };
+    let v0 = version().await;
+    // `ln -sfn r2 routes`: a new link renamed over the old one.
+    let tmp_link = tmp.path().join("routes.new");
+    std::os::unix::fs::symlink(&r2, &tmp_link).unwrap();
+    std::fs::rename(&tmp_link, &link).unwrap();
+    let flipped = eventually(Duration::from_secs(10), || async { version().await != v0 }).await;
+    assert!(flipped, "the flipped symlink was not loaded; log:\n{}", pm.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_exist_at_zero_before_the_first_event() {
     let w = world(3000).await;
     let m = w.metrics().await;

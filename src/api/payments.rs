@@ -119,10 +119,9 @@ where
             }
             return Held::Answer(Ok(replay(status, body)));
         }
-        IdemState::InFlight { request_hash, since, resource_id } => {
+        IdemState::InFlight { request_hash, since, resource_id, orphaned } => {
             // Past any request's deadline, or claimed by a process that has since stopped.
-            let abandoned = r.created_at - since > 2 * policy.server.request_deadline.as_millis() as i64
-                || since < crate::store::process_started_ms();
+            let abandoned = orphaned || r.created_at - since > 2 * policy.server.request_deadline.as_millis() as i64;
             (request_hash, resource_id.filter(|_| abandoned))
         }
     };

@@ -320,7 +320,7 @@ impl Engine {
         match out {
             QueryOutcome::Found(mut pp) => {
                 if pp.state == ProviderState::RequiresAction && pp.next_action.is_none() {
-                    pp.next_action = self.refetch_action(ctx, ch, create).await;
+                    pp.next_action = self.refetch_action(ctx, ch, create, &pp.provider_ref).await;
                 }
                 Step::Landed {
                     outcome: "accepted_after_query",
@@ -352,10 +352,13 @@ impl Engine {
         ctx: &Ctx,
         ch: &Arc<Channel>,
         create: &crate::connector::WireRequest,
+        provider_ref: &str,
     ) -> Option<serde_json::Value> {
         let (res, _) = self.send(ch, create, Some(ctx.remaining())).await;
         match ch.connector.parse_create(create, &res.ok()?) {
-            CreateOutcome::Accepted(pp) => pp.next_action,
+            // Only from the payment the query found: a provider that ignored the reference
+            // would otherwise send the payer to a second payment.
+            CreateOutcome::Accepted(pp) if pp.provider_ref == provider_ref => pp.next_action,
             _ => None,
         }
     }

@@ -238,13 +238,21 @@ impl Engine {
     }
 
     /// Stores a payment's new state and counts a status change in `paymux_payments_total`.
-    /// Returns false when the store kept what it had (a final status is never replaced by a
-    /// non-final one).
-    pub(crate) async fn save_payment(&self, row: &PaymentRow) -> Result<bool, EngineError> {
+    /// `answered`: the provider has just told what became of the payment (a status query, a
+    /// callback), as this attempt outcome. Returns false when the store kept what it had (a
+    /// final status is never replaced by a non-final one); nothing else is then recorded.
+    pub(crate) async fn save_payment(
+        &self,
+        row: &PaymentRow,
+        answered: Option<&'static str>,
+    ) -> Result<bool, EngineError> {
         let r = row.clone();
         let before = crate::store::call(&self.store, move |s| s.update_payment(&r)).await?;
         if let Some(before) = before {
             self.count_status(row, Some(before));
+            if let Some(outcome) = answered {
+                self.settle_unknown_attempt(row, outcome).await;
+            }
         }
         Ok(before.is_some())
     }
@@ -253,7 +261,7 @@ impl Engine {
     /// lost answer, a crash), that attempt takes the outcome the answer implies, so the
     /// attempts list agrees with the payment's status. Its error code (why it was unknown)
     /// stays.
-    pub(crate) async fn settle_unknown_attempt(&self, p: &PaymentRow, outcome: &'static str) {
+    async fn settle_unknown_attempt(&self, p: &PaymentRow, outcome: &'static str) {
         let Some(r) = p.attempt_ref.clone() else { return };
         let settled = crate::store::call(&self.store, move |s| match s.attempt_by_ref(&r)? {
             Some(mut a) if a.outcome == "unknown" => {

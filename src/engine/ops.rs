@@ -13,9 +13,9 @@ impl Engine {
             if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, &v.payment).await {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
-                if adopt(&mut v.payment, &found, now_ms()) {
-                    self.settle_unknown_attempt(&v.payment, "accepted_after_query").await;
-                    self.save_payment(&v.payment).await?;
+                if adopt(&mut v.payment, &found, now_ms())
+                    && self.save_payment(&v.payment, Some("accepted_after_query")).await?
+                {
                     v = self.view(id).await?;
                     self.audit(
                         ctx,
@@ -81,7 +81,7 @@ impl Engine {
             v = self.view(id).await?;
             let p = &mut v.payment;
             adopt(p, &found, now_ms());
-            self.save_payment(p).await?;
+            self.save_payment(p, Some("accepted_after_query")).await?;
             if p.status.is_final() {
                 return Err(EngineError::NotCancelable(p.status));
             }
@@ -109,14 +109,14 @@ impl Engine {
         match out {
             CancelOutcome::Canceled => {
                 apply_state(p, &ProviderState::Canceled, now_ms());
-                self.save_payment(p).await?;
+                self.save_payment(p, None).await?;
                 Ok(v)
             }
             CancelOutcome::Refused { code, message } => {
                 // The provider's view wins: it may have completed meanwhile.
                 if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
                     if adopt(p, &found, now_ms()) {
-                        self.save_payment(p).await?;
+                        self.save_payment(p, Some("accepted_after_query")).await?;
                     }
                 }
                 Err(EngineError::ProviderRefused { code, message })
@@ -137,13 +137,15 @@ impl Engine {
     ) -> Result<RefundRow, EngineError> {
         let v = self.view(id).await?;
         let p = v.payment;
-        if !p.status.is_captured() || p.status == PaymentStatus::Refunded {
+        if !p.status.is_captured() {
             return Err(EngineError::NotRefundable(p.status));
         }
         let ch = holding_channel(policy, &p).ok_or_else(|| {
             EngineError::ProviderUnavailable("the holding channel is not in the current policy".into())
         })?;
         let refund_id = refund_id.to_string();
+        // In flight from before its reservation is visible to the reconciler.
+        let _in_flight = self.refunds_in_flight.enter(&refund_id);
         let (pid, rid, rsn) = (id.to_string(), refund_id.clone(), reason.clone());
         let reserved = tokio::task::spawn_blocking({
             let store = self.store.clone();
@@ -160,7 +162,6 @@ impl Engine {
                 return Err(EngineError::RefundExceeds { remaining })
             }
         };
-        let _in_flight = self.refunds_in_flight.enter(&r.id);
         let money = Money::new(r.amount, p.currency)
             .map_err(|e| EngineError::ProviderRefused { code: "invalid_amount".into(), message: e.to_string() })?;
         let (rid, pid, pref, notify, rsn) = (
@@ -222,7 +223,8 @@ impl Engine {
             }
         };
         let row = r.clone();
-        crate::store::call(&self.store, move |s| s.update_refund(&row)).await?;
+        // Against its reservation: a callback that settled it meanwhile wins.
+        crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await?;
         // A callback may have settled it while the call was out: answer with what is stored.
         let rid = r.id.clone();
         if let Some(stored) = crate::store::call(&self.store, move |s| s.get_refund(&rid)).await? {

@@ -93,12 +93,12 @@ impl Engine {
             self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
             // Audited when it changed something: a payer who never approves would otherwise
             // leave a record per poll for as long as the payment stays open.
-            match result {
-                "found" => self.settle_unknown_attempt(&p, "accepted_after_query").await,
-                "not_found" => self.settle_unknown_attempt(&p, "not_found_after_query").await,
-                _ => {}
-            }
-            if self.save_payment(&p).await.is_ok() && changed {
+            let answered = match result {
+                "found" => Some("accepted_after_query"),
+                "not_found" => Some("not_found_after_query"),
+                _ => None,
+            };
+            if matches!(self.save_payment(&p, answered).await, Ok(true)) && changed {
                 self.audit(
                     &ctx,
                     "reconcile",
@@ -188,7 +188,11 @@ impl Engine {
             }
             r.updated_at = now_ms();
             let row = r.clone();
-            let _ = crate::store::call(&self.store, move |s| s.update_refund(&row)).await;
+            // Only over the pending refund it queried: a callback that settled it meanwhile wins.
+            let written = crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await;
+            if !matches!(written, Ok(true)) {
+                continue;
+            }
             if result != "unknown" {
                 self.metrics.reconciliations.with_label_values(&[ch.id.as_str(), "refund"]).inc();
             }

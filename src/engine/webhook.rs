@@ -83,23 +83,12 @@ impl Engine {
                 None => "unmatched",
             },
             WebhookKind::Refund { refund_id, state, provider_refund_ref } => match refund_id {
-                Some(rid) => match self.get_refund(rid).await {
-                    Ok(mut r) => {
-                        payment_id = Some(r.payment_id.clone());
-                        let new_status = super::ops::refund_status(state);
-                        // Pending settles either way; a refund the provider reports failed
-                        // after all (Stripe's refund.failed) is reversed too.
-                        if r.status == "pending" || (r.status == "succeeded" && new_status == "failed") {
-                            r.status = new_status.into();
-                            r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
-                            r.updated_at = now_ms();
-                            let row = r.clone();
-                            crate::store::call(&self.store, move |s| s.update_refund(&row)).await?;
-                            self.settle_refund_totals(&r.payment_id).await?;
-                        }
+                Some(rid) => match self.apply_refund_event(rid, state, provider_refund_ref).await? {
+                    Some(pid) => {
+                        payment_id = Some(pid);
                         "applied"
                     }
-                    Err(_) => "unmatched",
+                    None => "unmatched",
                 },
                 None => "unmatched",
             },
@@ -136,11 +125,45 @@ impl Engine {
             p.provider_ref = Some(provider_ref.to_string());
         }
         Ok(if apply_state(&mut p, state, now_ms()) {
-            self.settle_unknown_attempt(&p, "accepted").await;
-            self.save_payment(&p).await?;
+            self.save_payment(&p, Some("accepted")).await?;
             "applied"
         } else {
             "unchanged"
         })
+    }
+
+    /// Applies a refund callback; returns the refund's payment id, or `None` for an unknown
+    /// refund. Pending settles either way; a refund the provider reports failed after all
+    /// (Stripe's refund.failed) is reversed; a failure paymux inferred (the provider showed no
+    /// such refund) yields to the provider saying it succeeded. Written against the status it
+    /// read, re-read once if another writer got there first.
+    async fn apply_refund_event(
+        &self,
+        rid: &str,
+        state: &crate::connector::RefundState,
+        provider_refund_ref: &Option<String>,
+    ) -> Result<Option<String>, EngineError> {
+        for _ in 0..2 {
+            let Ok(mut r) = self.get_refund(rid).await else { return Ok(None) };
+            let new_status = super::ops::refund_status(state);
+            let inferred = r.status == "failed" && r.error_code.as_deref() == Some("provider_did_not_process");
+            let applies = r.status == "pending"
+                || (r.status == "succeeded" && new_status == "failed")
+                || (inferred && new_status == "succeeded");
+            if !applies {
+                return Ok(Some(r.payment_id));
+            }
+            let read = std::mem::replace(&mut r.status, new_status.into());
+            r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
+            r.updated_at = now_ms();
+            let row = r.clone();
+            if crate::store::call(&self.store, move |s| s.update_refund(&row, &read)).await? {
+                self.settle_refund_totals(&r.payment_id).await?;
+                return Ok(Some(r.payment_id));
+            }
+        }
+        Err(EngineError::Store(crate::store::StoreError::Backend(format!(
+            "refund {rid} kept changing while a callback was applied"
+        ))))
     }
 }

@@ -124,11 +124,13 @@ pub struct IdemRecord {
 /// The stored first response for an idempotency key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdemState {
-    /// First request still running; `since` is unix ms.
+    /// First request still running (or it was, when its process stopped); `since` is unix ms.
     InFlight {
         request_hash: String,
         since: i64,
         resource_id: Option<String>,
+        /// Claimed by a process that has since stopped (marked at startup): abandoned.
+        orphaned: bool,
     },
     Done {
         request_hash: String,
@@ -241,7 +243,9 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
         now_ms: i64,
     ) -> Result<RefundRow, ReserveFailure>;
-    fn update_refund(&self, r: &RefundRow) -> StoreResult<()>;
+    /// Stores a refund's new state if it still has the status `read` (what the writer's copy
+    /// says); returns false, writing nothing, when another writer got there first.
+    fn update_refund(&self, r: &RefundRow, read: &str) -> StoreResult<bool>;
     /// Refunds still `pending` that were last touched before `before_ms`, oldest first.
     fn pending_refunds(&self, before_ms: i64, limit: usize) -> StoreResult<Vec<RefundRow>>;
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>>;
@@ -284,13 +288,6 @@ where
     tokio::task::spawn_blocking(move || f(s.as_ref()))
         .await
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
-}
-
-/// When this process opened its store, in Unix milliseconds: work recorded as under way
-/// before then (an idempotency claim, say) belongs to a process that is gone.
-pub fn process_started_ms() -> i64 {
-    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(now_ms)
 }
 
 /// Milliseconds since the Unix epoch.

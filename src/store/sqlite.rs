@@ -14,6 +14,9 @@ pub struct SqliteStore {
     /// never holds the connection request handlers use.
     checkpointer: Mutex<Connection>,
     synchronous_full: bool,
+    /// An exclusive lock on `paymux.lock` in the data directory, held while the store is open:
+    /// two processes sharing one store would each take the other's work for abandoned.
+    _lock: std::fs::File,
 }
 
 // Every WAL frame a commit writes is a page, so the layout keeps the pages a payment touches
@@ -61,20 +64,28 @@ CREATE TABLE IF NOT EXISTS webhook_events (
 /// it to [`SqliteStore::open`]'s version check (there is none yet: version 1 is the first).
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// `PRAGMA application_id` of a paymux database ("pmux"): tells it from another SQLite file.
+const APPLICATION_ID: i64 = 0x706d_7578;
+
 /// Creates the schema in a new database, or checks that an existing one has this build's
 /// layout. A database this build cannot read as it is is refused with what to do, before any
 /// request touches it.
 fn ensure_schema(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let app: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     let objects: i64 = tx.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
     let refuse = |what: String| {
         StoreError::Backend(format!(
-            "{}: {what}; this build of paymux reads schema version {SCHEMA_VERSION}. Keep the data directory for the \
-             build that wrote it, or move it aside to start with an empty store",
+            "{}: {what}; this build of paymux reads schema version {SCHEMA_VERSION}. Run the build that wrote it \
+             until its payments and refunds are settled, or point --data-dir elsewhere; do not delete it while \
+             it may hold unsettled payments, pending refunds or attempts to reverse",
             path.display()
         ))
     };
+    if app != 0 && app != APPLICATION_ID {
+        return Err(refuse(format!("not a paymux database (application_id {app:#x})")));
+    }
     match version {
         0 if objects == 0 => {
             tx.execute_batch(SCHEMA)?;
@@ -94,15 +105,19 @@ fn ensure_schema(conn: &mut Connection, path: &Path) -> StoreResult<()> {
         }
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.commit()?;
     Ok(())
 }
 
-/// A database's tables and indexes as SQLite stores their definitions.
+/// A database's tables and indexes as SQLite stores their definitions (SQLite's own, such as
+/// `sqlite_stat1` from ANALYZE, left out).
 fn layout(c: &Connection) -> rusqlite::Result<Vec<(String, String, Option<String>)>> {
-    c.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect()
+    c.prepare(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY type, name",
+    )?
+    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    .collect()
 }
 
 /// An in-memory database holding just this build's schema, to compare layouts against.
@@ -115,23 +130,45 @@ fn schema_only() -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (or creates) `dir/paymux.db`.
     pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
-        super::process_started_ms();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let lock_path = dir.join("paymux.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", lock_path.display())))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(StoreError::Backend(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "{} is in use by another paymux process (it holds {}); one data directory serves one process",
+                    dir.display(),
+                    lock_path.display()
+                ),
+                std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", lock_path.display()),
+            }));
+        }
         let path = dir.join("paymux.db");
         let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Checked before anything else changes the file (a refused database stays as it was).
+        ensure_schema(&mut conn, &path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run from the housekeeping task on `checkpointer`, not inside a
         // request's commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        ensure_schema(&mut conn, &path)?;
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(SqliteStore { conn: Mutex::new(conn), checkpointer: Mutex::new(checkpointer), synchronous_full })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            checkpointer: Mutex::new(checkpointer),
+            synchronous_full,
+            _lock: lock,
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
@@ -295,7 +332,12 @@ fn idem_live(c: &Connection, k: &str, key: &str, now: i64) -> rusqlite::Result<O
         Ok(if state == "done" {
             IdemState::Done { request_hash: r.get(0)?, status: r.get::<_, i64>(2)? as u16, body: r.get(3)? }
         } else {
-            IdemState::InFlight { request_hash: r.get(0)?, since: r.get(4)?, resource_id: r.get(5)? }
+            IdemState::InFlight {
+                request_hash: r.get(0)?,
+                since: r.get(4)?,
+                resource_id: r.get(5)?,
+                orphaned: state == "orphaned",
+            }
         })
     })
     .optional()
@@ -319,7 +361,7 @@ impl Store for SqliteStore {
     fn idem_release(&self, k: &str, key: &str, resource_id: &str) -> StoreResult<()> {
         self.with(|c| {
             c.prepare_cached(
-                "DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state = 'in_flight' AND resource_id = ?3",
+                "DELETE FROM idempotency WHERE api_key_id = ?1 AND key = ?2 AND state IN ('in_flight', 'orphaned') AND resource_id = ?3",
             )?
             .execute(params![k, key, resource_id])
             .map(|_| ())
@@ -456,7 +498,8 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let p = tx.prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?.query_row(params![payment_id], payment_from_row).optional()?;
             let Some(p) = p else { return Ok(Err(RefundReserveError::NotFound)) };
-            if !p.status.is_captured() {
+            // Refunded in full is the payment's state, not an amount question.
+            if !p.status.is_captured() || p.status == PaymentStatus::Refunded {
                 return Ok(Err(RefundReserveError::NotCaptured(p.status)));
             }
             let reserved: i64 = tx.prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded')")?.query_row(params![payment_id],
@@ -489,15 +532,13 @@ impl Store for SqliteStore {
         }
     }
 
-    fn update_refund(&self, r: &RefundRow) -> StoreResult<()> {
+    fn update_refund(&self, r: &RefundRow, read: &str) -> StoreResult<bool> {
         self.with(|c| {
             c.prepare_cached(
-                // A settled refund never goes back to pending, whichever writer comes last.
-                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5
-                 WHERE id=?1 AND NOT (status IN ('succeeded', 'failed') AND ?2 = 'pending')",
+                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1 AND status=?6",
             )?
-            .execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at])
-            .map(|_| ())
+            .execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at, read])
+            .map(|n| n == 1)
         })
     }
 
@@ -525,6 +566,8 @@ impl Store for SqliteStore {
                  WHERE status = 'processing' AND reconcile_at IS NULL
                    AND EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome = 'pending')")?.execute(params![now],)?;
             tx.prepare_cached("UPDATE attempts SET outcome = 'unknown', error_code = 'interrupted' WHERE outcome = 'pending'")?.execute([])?;
+            // No request of the stopped process is still running: its claims are abandoned.
+            tx.prepare_cached("UPDATE idempotency SET state = 'orphaned' WHERE state = 'in_flight'")?.execute([])?;
             let failed = tx.prepare_cached("UPDATE payments SET status = 'failed', error_code = 'interrupted_before_sending', error_message = 'paymux stopped before contacting any provider', updated_at = ?1
                  WHERE status = 'processing' AND reconcile_at IS NULL AND channel IS NULL
                    AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.payment_id = payments.id AND a.outcome IN ('pending', 'unknown', 'accepted', 'accepted_after_query', 'declined'))")?.execute(params![now],)?;
@@ -608,6 +651,24 @@ mod tests {
     }
 
     #[test]
+    fn one_process_per_data_directory_and_its_claims_orphaned_after_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        let e = SqliteStore::open(dir.path(), false).err().unwrap().to_string();
+        assert!(e.contains("in use by another paymux process"), "{e}");
+        assert_eq!(claim(&s, "k", "key1", "h1", 10, 100), IdemClaim::Claimed);
+        assert!(matches!(s.idem_get("k", "key1", 11).unwrap(), Some(IdemState::InFlight { orphaned: false, .. })));
+        drop(s);
+        // The next process marks what the stopped one had under way.
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.recover_interrupted(12).unwrap();
+        assert!(matches!(s.idem_get("k", "key1", 12).unwrap(), Some(IdemState::InFlight { orphaned: true, .. })));
+        // A claim made now is live.
+        assert_eq!(claim(&s, "k", "key2", "h2", 13, 100), IdemClaim::Claimed);
+        assert!(matches!(s.idem_get("k", "key2", 13).unwrap(), Some(IdemState::InFlight { orphaned: false, .. })));
+    }
+
+    #[test]
     fn schema_version_is_stamped_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("paymux.db");
@@ -639,6 +700,35 @@ mod tests {
         drop(c);
         let e = SqliteStore::open(old.path(), false).err().unwrap().to_string();
         assert!(e.contains("unversioned layout from an earlier build"), "{e}");
+
+        // Unversioned, this layout plus SQLite's own statistics table: adopted.
+        let stats = tempfile::tempdir().unwrap();
+        let c = Connection::open(stats.path().join("paymux.db")).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch("ANALYZE;").unwrap();
+        drop(c);
+        drop(SqliteStore::open(stats.path(), false).unwrap());
+
+        // Another application's SQLite file is refused, whatever its user_version.
+        let foreign = tempfile::tempdir().unwrap();
+        let c = Connection::open(foreign.path().join("paymux.db")).unwrap();
+        c.pragma_update(None, "application_id", 42).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION).unwrap();
+        drop(c);
+        let e = SqliteStore::open(foreign.path(), false).err().unwrap().to_string();
+        assert!(e.contains("not a paymux database"), "{e}");
+    }
+
+    /// Fails when `SCHEMA` changes: bump `SCHEMA_VERSION`, add the upgrade step from the
+    /// previous version in `ensure_schema`, then update the hash here.
+    #[test]
+    fn the_schema_text_belongs_to_its_version() {
+        let hash = crate::crypto::sha256_hex(SCHEMA.as_bytes());
+        assert_eq!(
+            (SCHEMA_VERSION, hash.as_str()),
+            (1, "942dfc3ad09345f2afb7bdb909cc43f0aa010af59ffb9d16e1c08de1e2611cb8"),
+            "SCHEMA changed: bump SCHEMA_VERSION and add an upgrade step"
+        );
     }
 
     #[test]
@@ -808,9 +898,11 @@ mod tests {
         ));
         let mut failed = r1.clone();
         failed.status = "failed".into();
-        s.update_refund(&failed).unwrap();
-        // A settled refund never goes back to pending (a late writer with a stale copy).
-        s.update_refund(&r1).unwrap();
+        assert!(s.update_refund(&failed, "pending").unwrap());
+        // A writer whose copy is stale (it read pending) changes nothing.
+        let mut late = r1.clone();
+        late.status = "succeeded".into();
+        assert!(!s.update_refund(&late, "pending").unwrap());
         assert_eq!(s.get_refund("r1").unwrap().unwrap().status, "failed");
         assert_eq!(s.reserve_refund("p1", "r3", None, None, 1).unwrap().amount, 1000);
         assert!(!s.webhook_seen("c", "e1", 1).unwrap());
