@@ -143,7 +143,7 @@ async fn acknowledged_payment_survives_kill_9() {
 async fn audit_chain_verifies_and_detects_tampering() {
     let w = world();
     for i in 0..3 {
-        create(&w.pm.api, &format!("a{i}"), card(&format!("o-a{i}"), 100 + i)).await;
+        create(&w.pm.api, &format!("a{i}"), card(&format!("o-a{i}"), 1000 + i)).await;
     }
     let audit = w.pm.data.join("audit.jsonl");
     assert!(
@@ -191,7 +191,7 @@ async fn both_listeners_speak_http2_cleartext() {
         .post(format!("{}/v1/payments", w.pm.api))
         .bearer_auth(KEY)
         .header("idempotency-key", "h2")
-        .json(&card("o-h2", 100))
+        .json(&card("o-h2", 1000))
         .send()
         .await
         .unwrap();
@@ -200,7 +200,7 @@ async fn both_listeners_speak_http2_cleartext() {
     let bad = h2
         .post(format!("{}/v1/payments", w.pm.api))
         .header("idempotency-key", "h2b")
-        .json(&card("o-h2", 100))
+        .json(&card("o-h2", 1000))
         .send()
         .await
         .unwrap();
@@ -233,7 +233,7 @@ async fn api_serves_tls_with_http2_when_configured() {
     let c = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
     let url = format!("https://127.0.0.1:{}/v1/payments", ports.api);
     let r =
-        c.post(&url).bearer_auth(KEY).header("idempotency-key", "tls").json(&card("o-tls", 100)).send().await.unwrap();
+        c.post(&url).bearer_auth(KEY).header("idempotency-key", "tls").json(&card("o-tls", 1000)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", pm.log());
     assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN should pick h2");
     // Plain HTTP to the TLS port does not get an answer.
@@ -251,7 +251,7 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
     let junk = "Z".repeat(30_000);
     let r = send(client().get(format!("{}/v1/payments/{junk}", w.pm.api))).await;
     assert_eq!(r.status, 401, "{}", r.text);
-    create(&w.pm.api, "aud", card("o-aud", 100)).await;
+    create(&w.pm.api, "aud", card("o-aud", 1000)).await;
     let cfg = w.pm.config.clone();
     let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
     // Stop the watcher from seeing this write first: SIGHUP must work on its own too.

@@ -332,6 +332,11 @@ async fn a_payment_no_channel_can_send_says_why() {
     let msg = r.body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("metadata") && msg.contains("stripe_backup"), "{msg}");
     assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 0);
+    // Below Stripe's minimum charge (HK$4.00), as the PSP itself refuses it.
+    let small = create(&w.pm.api, "small", card("o-small", 399)).await;
+    assert_eq!(small.body["status"], "failed", "{}", small.text);
+    assert_eq!(small.body["error"]["code"], "http_400_amount_too_small", "{}", small.text);
+    assert!(small.body["error"]["message"].as_str().unwrap().contains("at least 4.00 hkd"), "{}", small.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +425,7 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
         let (mut ok, mut bad, mut i) = (0, vec![], 0);
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
             i += 1;
-            let r = create(&api, &format!("t{i}"), card(&format!("o-t{i}"), 100 + i)).await;
+            let r = create(&api, &format!("t{i}"), card(&format!("o-t{i}"), 1000 + i)).await;
             if r.status == 201 && r.body["status"] == "succeeded" {
                 ok += 1;
             } else {
@@ -439,7 +444,7 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     std::fs::write(&tmp, &swapped).unwrap();
     std::fs::rename(&tmp, cfg.join("routing.yaml")).unwrap(); // editors save by rename
     let moved = eventually(Duration::from_secs(10), || async {
-        let r = create(&w.pm.api, &format!("probe-{}", paymux::domain::new_id("k")), card("probe", 50)).await;
+        let r = create(&w.pm.api, &format!("probe-{}", paymux::domain::new_id("k")), card("probe", 500)).await;
         r.body["channel"] == "stripe_backup"
     })
     .await;
@@ -460,7 +465,7 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     // The same help line `paymux check` prints.
     assert_eq!(rej.body["errors"][0]["help"], "did you mean `stripe_primary`?", "{}", rej.text);
     assert_eq!(get(&w.pm.admin, "/admin/config").await.body["version"], version);
-    let still = create(&w.pm.api, "after-reject", card("o-ar", 60)).await;
+    let still = create(&w.pm.api, "after-reject", card("o-ar", 600)).await;
     assert_eq!(still.body["channel"], "stripe_backup");
     assert_eq!(still.body["status"], "succeeded");
 
@@ -477,7 +482,7 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
 async fn metrics_parse_with_the_prometheus_client() {
     let w = world(3000).await;
     w.fault("stripe_primary", json!({"down": true})).await;
-    create(&w.pm.api, "m1", card("o-m1", 100)).await;
+    create(&w.pm.api, "m1", card("o-m1", 1000)).await;
     let py = root().join(".venv/bin/python");
     assert!(py.exists(), "run scripts/setup.sh first: {} is missing", py.display());
     let script = r#"

@@ -194,7 +194,7 @@ def test_modify_then_confirm():
 
 
 def test_cancel():
-    pi = stripe.PaymentIntent.create(amount=300, currency="hkd")
+    pi = stripe.PaymentIntent.create(amount=450, currency="hkd")
     assert pi.status == "requires_payment_method"
     c = stripe.PaymentIntent.cancel(pi.id, cancellation_reason="requested_by_customer")
     assert c.status == "canceled" and c.canceled_at and c.cancellation_reason == "requested_by_customer"
@@ -228,7 +228,7 @@ def test_refunds_partial_over_and_full():
     assert e.code == "charge_already_refunded", e.code
     charge = stripe.Charge.retrieve(pi.latest_charge)
     assert charge.refunded and charge.amount_refunded == 1000
-    unpaid = stripe.PaymentIntent.create(amount=300, currency="hkd")
+    unpaid = stripe.PaymentIntent.create(amount=450, currency="hkd")
     expect_raises(stripe.InvalidRequestError, stripe.Refund.create, payment_intent=unpaid.id)
     SHARED["refunded"] = pi
 
@@ -240,6 +240,8 @@ def test_validation_auth_and_not_found():
     assert e.param == "currency"
     e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.create, currency="hkd")
     assert e.code == "parameter_missing" and e.param == "amount"
+    e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.create, amount=399, currency="hkd")
+    assert e.code == "amount_too_small" and e.param == "amount", (e.code, e.param)
     e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.create, amount=100, currency="hkd", bogus="x")
     assert e.code == "parameter_unknown"
     e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.retrieve, "pi_does_not_exist")

@@ -133,6 +133,7 @@ impl StripeSim {
         allow(p, CREATE_PARAMS)?;
         let amount = amount_param(p, "amount")?.ok_or_else(|| ApiError::missing("amount"))?;
         let currency = currency_param(p)?;
+        check_minimum(amount, &currency)?;
         let metadata = metadata_param(p)?;
         let capture_method = one_of(p, "capture_method", &["automatic", "automatic_async", "manual"])?;
         let confirmation_method = one_of(p, "confirmation_method", &["automatic", "manual"])?;
@@ -227,6 +228,9 @@ requires_action.",
         let (descriptor, suffix) = (s("statement_descriptor")?, s("statement_descriptor_suffix")?);
         let payment_method = self.resolve_payment_method(st, p)?;
         let pi = intent_mut(st, id)?;
+        if amount.is_some() || currency.is_some() {
+            check_minimum(amount.unwrap_or(pi.amount), currency.as_deref().unwrap_or(&pi.currency))?;
+        }
         merge_metadata(p, &mut pi.metadata)?;
         pi.amount = amount.unwrap_or(pi.amount);
         pi.currency = currency.unwrap_or_else(|| pi.currency.clone());

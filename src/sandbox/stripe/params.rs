@@ -105,6 +105,56 @@ pub(super) const REFUND_PARAMS: &[&str] = &[
     "reverse_transfer",
 ];
 
+/// Stripe's minimum charge per presentment currency, in minor units (its "minimum and maximum
+/// charge amounts" table); other currencies are checked against the settlement currency, which
+/// the simulator does not model.
+const MINIMUM_CHARGE: &[(&str, i64, u32)] = &[
+    ("usd", 50, 2),
+    ("aed", 200, 2),
+    ("aud", 50, 2),
+    ("bgn", 100, 2),
+    ("brl", 50, 2),
+    ("cad", 50, 2),
+    ("chf", 50, 2),
+    ("czk", 1500, 2),
+    ("dkk", 250, 2),
+    ("eur", 50, 2),
+    ("gbp", 30, 2),
+    ("hkd", 400, 2),
+    ("huf", 17500, 2),
+    ("inr", 50, 2),
+    ("jpy", 50, 0),
+    ("mxn", 1000, 2),
+    ("myr", 200, 2),
+    ("nok", 300, 2),
+    ("nzd", 50, 2),
+    ("pln", 200, 2),
+    ("ron", 200, 2),
+    ("sek", 300, 2),
+    ("sgd", 50, 2),
+    ("thb", 1000, 2),
+];
+
+/// Refuses an amount below Stripe's minimum charge in `currency` (`amount_too_small`).
+pub(super) fn check_minimum(amount: i64, currency: &str) -> Result<(), ApiError> {
+    match MINIMUM_CHARGE.iter().find(|(c, _, _)| *c == currency) {
+        Some(&(c, min, exp)) if amount < min => {
+            let unit = 10i64.pow(exp);
+            let major = if exp == 0 {
+                min.to_string()
+            } else {
+                format!("{}.{:0width$}", min / unit, min % unit, width = exp as usize)
+            };
+            Err(ApiError::invalid(
+                format!("Amount must be at least {major} {c}"),
+                Some("amount"),
+                Some("amount_too_small"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A scalar parameter; a hash or list where a string belongs is an error.
 pub(super) fn scalar<'a>(p: &'a Params, name: &str) -> Result<Option<&'a str>, ApiError> {
     match p.get(&[name]) {
@@ -279,6 +329,13 @@ mod tests {
         let p = form::parse(b"amount=100000000&currency=hkd").unwrap();
         assert_eq!(amount_param(&p, "amount").unwrap_err().error["code"], "amount_too_large");
         assert_eq!(currency_param(&p).unwrap(), "hkd");
+        let small = check_minimum(399, "hkd").unwrap_err().error;
+        assert_eq!(
+            (small["code"].as_str(), small["message"].as_str()),
+            (Some("amount_too_small"), Some("Amount must be at least 4.00 hkd"))
+        );
+        assert_eq!(check_minimum(49, "jpy").unwrap_err().error["message"], "Amount must be at least 50 jpy");
+        assert!(check_minimum(400, "hkd").is_ok() && check_minimum(1, "kwd").is_ok());
         let p = form::parse(b"amount[x]=1").unwrap();
         assert!(amount_param(&p, "amount").is_err());
         assert_eq!(ApiError::unknown("foo").error["code"], "parameter_unknown");
