@@ -228,6 +228,13 @@ def test_refunds_partial_over_and_full():
     assert e.code == "charge_already_refunded", e.code
     charge = stripe.Charge.retrieve(pi.latest_charge)
     assert charge.refunded and charge.amount_refunded == 1000
+    noted = stripe.Refund.modify(r1.id, metadata={"note": "customer called"})
+    assert noted.metadata.to_dict() == {"paymux_refund": "rf-1", "note": "customer called"}, noted.metadata
+    e = expect_raises(stripe.InvalidRequestError, stripe.Refund.modify, r1.id, amount=1)
+    assert e.code == "parameter_unknown" and e.param == "amount", (e.code, e.param)
+    assert [r.id for r in stripe.Refund.list(charge=pi.latest_charge).data] == [r2.id, r1.id]
+    charges = stripe.Charge.list(payment_intent=pi.id)
+    assert [c.id for c in charges.data] == [pi.latest_charge] and not charges.has_more, charges
     unpaid = stripe.PaymentIntent.create(amount=450, currency="hkd")
     expect_raises(stripe.InvalidRequestError, stripe.Refund.create, payment_intent=unpaid.id)
     SHARED["refunded"] = pi

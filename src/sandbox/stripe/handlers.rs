@@ -560,8 +560,12 @@ requires_action, processing.",
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "payment_intent", "charge", "starting_after", "ending_before", "created"])?;
         let limit = limit_param(p)?;
-        let pi = scalar(p, "payment_intent")?;
-        let mut all: Vec<&Refund> = st.refunds.values().filter(|r| pi.is_none_or(|x| r.payment_intent == x)).collect();
+        let (pi, ch) = (scalar(p, "payment_intent")?, scalar(p, "charge")?);
+        let mut all: Vec<&Refund> = st
+            .refunds
+            .values()
+            .filter(|r| pi.is_none_or(|x| r.payment_intent == x) && ch.is_none_or(|x| r.charge == x))
+            .collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
         let page: Vec<Value> = all.iter().take(limit).map(|r| refund_json(r)).collect();
         Ok(json!({"object": "list", "data": page, "has_more": all.len() > limit, "url": "/v1/refunds"}))
@@ -577,6 +581,44 @@ requires_action, processing.",
         allow(p, &["expand"])?;
         let id = first(ids);
         st.refunds.get(id).map(refund_json).ok_or_else(|| ApiError::no_such("refund", id, "id"))
+    }
+
+    /// `POST /v1/refunds/:id`: a refund's metadata is all that can change.
+    pub(super) fn update_refund(
+        &self,
+        st: &mut State,
+        _: &mut Ctx<'_>,
+        p: &Params,
+        ids: &[String],
+    ) -> Result<Value, ApiError> {
+        allow(p, &["expand", "metadata"])?;
+        let id = first(ids);
+        let r = st.refunds.get_mut(id).ok_or_else(|| ApiError::no_such("refund", id, "id"))?;
+        merge_metadata(p, &mut r.metadata)?;
+        Ok(refund_json(r))
+    }
+
+    /// `GET /v1/charges`, newest first, optionally those of one PaymentIntent.
+    pub(super) fn list_charges(
+        &self,
+        st: &mut State,
+        _: &mut Ctx<'_>,
+        p: &Params,
+        _: &[String],
+    ) -> Result<Value, ApiError> {
+        allow(p, &["limit", "expand", "payment_intent", "customer", "starting_after", "ending_before", "created"])?;
+        let limit = limit_param(p)?;
+        let pi = scalar(p, "payment_intent")?;
+        let mut all: Vec<&Charge> = st.charges.values().filter(|c| pi.is_none_or(|x| c.payment_intent == x)).collect();
+        all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        let page: Vec<Value> = all
+            .iter()
+            .take(limit)
+            .filter_map(|c| {
+                Some(charge_json(c, st.intents.get(&c.payment_intent)?, st.methods.get(&c.payment_method)?))
+            })
+            .collect();
+        Ok(json!({"object": "list", "data": page, "has_more": all.len() > limit, "url": "/v1/charges"}))
     }
 
     pub(super) fn retrieve_charge(

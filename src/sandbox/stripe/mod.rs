@@ -107,6 +107,8 @@ const ROUTES: &[Route] = &[
     Route { method: "POST", pattern: "/v1/refunds", op: Op::Refund, run: StripeSim::create_refund },
     Route { method: "GET", pattern: "/v1/refunds", op: Op::Query, run: StripeSim::list_refunds },
     Route { method: "GET", pattern: "/v1/refunds/:id", op: Op::Query, run: StripeSim::retrieve_refund },
+    Route { method: "POST", pattern: "/v1/refunds/:id", op: Op::Refund, run: StripeSim::update_refund },
+    Route { method: "GET", pattern: "/v1/charges", op: Op::Query, run: StripeSim::list_charges },
     Route { method: "GET", pattern: "/v1/charges/:id", op: Op::Query, run: StripeSim::retrieve_charge },
     Route { method: "GET", pattern: "/v1/payment_methods/:id", op: Op::Query, run: StripeSim::retrieve_payment_method },
 ];
