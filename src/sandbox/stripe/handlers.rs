@@ -395,19 +395,8 @@ requires_action, processing.",
         _: &[String],
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "starting_after", "ending_before", "customer", "created"])?;
-        let limit = limit_param(p)?;
         let all: Vec<&Intent> = st.order.iter().rev().filter_map(|id| st.intents.get(id)).collect();
-        let start = match scalar(p, "starting_after")? {
-            Some(after) => all.iter().position(|pi| pi.id == after).map(|i| i + 1).unwrap_or(all.len()),
-            None => 0,
-        };
-        let page: Vec<Value> = all.iter().skip(start).take(limit).map(|pi| intent_json(pi)).collect();
-        Ok(json!({
-            "object": "list",
-            "data": page,
-            "has_more": all.len() > start + limit,
-            "url": "/v1/payment_intents",
-        }))
+        list_page(p, &all, |pi| &pi.id, |pi| Some(intent_json(pi)), "/v1/payment_intents")
     }
 
     pub(super) fn search_intents(
@@ -559,7 +548,6 @@ requires_action, processing.",
         _: &[String],
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "payment_intent", "charge", "starting_after", "ending_before", "created"])?;
-        let limit = limit_param(p)?;
         let (pi, ch) = (scalar(p, "payment_intent")?, scalar(p, "charge")?);
         let mut all: Vec<&Refund> = st
             .refunds
@@ -567,8 +555,7 @@ requires_action, processing.",
             .filter(|r| pi.is_none_or(|x| r.payment_intent == x) && ch.is_none_or(|x| r.charge == x))
             .collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
-        let page: Vec<Value> = all.iter().take(limit).map(|r| refund_json(r)).collect();
-        Ok(json!({"object": "list", "data": page, "has_more": all.len() > limit, "url": "/v1/refunds"}))
+        list_page(p, &all, |r| &r.id, |r| Some(refund_json(r)), "/v1/refunds")
     }
 
     pub(super) fn retrieve_refund(
@@ -607,18 +594,12 @@ requires_action, processing.",
         _: &[String],
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "payment_intent", "customer", "starting_after", "ending_before", "created"])?;
-        let limit = limit_param(p)?;
         let pi = scalar(p, "payment_intent")?;
         let mut all: Vec<&Charge> = st.charges.values().filter(|c| pi.is_none_or(|x| c.payment_intent == x)).collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
-        let page: Vec<Value> = all
-            .iter()
-            .take(limit)
-            .filter_map(|c| {
-                Some(charge_json(c, st.intents.get(&c.payment_intent)?, st.methods.get(&c.payment_method)?))
-            })
-            .collect();
-        Ok(json!({"object": "list", "data": page, "has_more": all.len() > limit, "url": "/v1/charges"}))
+        let render =
+            |c: &Charge| Some(charge_json(c, st.intents.get(&c.payment_intent)?, st.methods.get(&c.payment_method)?));
+        list_page(p, &all, |c| &c.id, render, "/v1/charges")
     }
 
     pub(super) fn retrieve_charge(
@@ -687,6 +668,24 @@ fn matches(pi: &Intent, c: &Clause) -> bool {
             _ => false,
         },
     }
+}
+
+/// One page of a Stripe list over `all` (already newest first): `limit` items after
+/// `starting_after`, and whether more follow.
+fn list_page<T>(
+    p: &Params,
+    all: &[&T],
+    id: impl Fn(&T) -> &str,
+    render: impl Fn(&T) -> Option<Value>,
+    url: &str,
+) -> Result<Value, ApiError> {
+    let limit = limit_param(p)?;
+    let start = match scalar(p, "starting_after")? {
+        Some(after) => all.iter().position(|x| id(x) == after).map(|i| i + 1).unwrap_or(all.len()),
+        None => 0,
+    };
+    let data: Vec<Value> = all.iter().skip(start).take(limit).filter_map(|x| render(x)).collect();
+    Ok(json!({"object": "list", "data": data, "has_more": all.len() > start + limit, "url": url}))
 }
 
 /// Applies `expand[]` to an answer: the ids Stripe can expand in place (`latest_charge` and
