@@ -43,18 +43,7 @@ fn payment(id: &str) -> PaymentRow {
 fn one_payment(s: &SqliteStore) -> Duration {
     let id = new_id("pay");
     let p = payment(&id);
-    let mut a = AttemptRow {
-        payment_id: id.clone(),
-        n: 1,
-        channel: "stripe_primary".into(),
-        attempt_ref: format!("{id}-a1"),
-        outcome: "pending".into(),
-        error_code: None,
-        latency_ms: 0,
-        provider_ref: None,
-        started_at: 1,
-        watch: false,
-    };
+    let mut a = AttemptRow::pending(&id, 1, "stripe_primary", 1);
     let claim = IdemRecord {
         api_key_id: "demo".into(),
         key: new_id("key"),

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::connector::transport::SendError;
-use crate::connector::{CreateOutcome, CreateRequest, QueryOutcome, QueryRef};
+use crate::connector::{CreateOutcome, CreateRequest, QueryOutcome};
 use crate::store::{now_ms, IdemRecord, Write};
 use serde_json::json;
 
@@ -106,19 +106,8 @@ impl Engine {
                 break;
             }
             let n = attempts.len() as i64 + 1;
-            let attempt_ref = crate::store::attempt_ref(&id, n);
-            let mut a = AttemptRow {
-                payment_id: id.clone(),
-                n,
-                channel: ch.id.clone(),
-                attempt_ref: attempt_ref.clone(),
-                outcome: "pending".into(),
-                error_code: None,
-                latency_ms: 0,
-                provider_ref: None,
-                started_at: now_ms(),
-                watch: false,
-            };
+            let mut a = AttemptRow::pending(&id, n, &ch.id, now_ms());
+            let attempt_ref = a.attempt_ref.clone();
             // Recorded before sending: after a crash, the reconciler knows this channel may
             // hold the payment under this reference.
             let ops: Vec<Write> =
@@ -300,24 +289,8 @@ impl Engine {
         code: String,
         sent_at: Instant,
     ) -> Step {
-        let q = QueryRef { attempt_ref, provider_ref: None, since_send_ms: sent_at.elapsed().as_millis() as u64 };
-        let aref = attempt_ref.to_string();
-        let since = q.since_send_ms;
-        let req = match self
-            .build(ch, move |c| {
-                c.build_query(&QueryRef { attempt_ref: &aref, provider_ref: None, since_send_ms: since })
-            })
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => return Step::Unknown { code },
-        };
-        let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
-        let out = match res {
-            Ok(resp) => ch.connector.parse_query(&q, &req, &resp),
-            Err(e) => QueryOutcome::Unknown { code: e.code().into() },
-        };
-        match out {
+        let since = sent_at.elapsed().as_millis() as u64;
+        match self.ask(ctx, ch, attempt_ref, None, since).await {
             QueryOutcome::Found(mut pp) => {
                 if pp.state == ProviderState::RequiresAction && pp.next_action.is_none() {
                     pp.next_action = self.refetch_action(ctx, ch, create, &pp.provider_ref).await;

@@ -31,34 +31,54 @@ impl Engine {
         Ok(v)
     }
 
-    /// Asks the holding channel about a payment; `None` when no query could be made or
-    /// answered.
+    /// Asks the holding channel about a payment; `None` when it has no holding channel or
+    /// attempt to ask about.
     pub(crate) async fn query_state(&self, ctx: &Ctx, pol: &Policy, p: &PaymentRow) -> Option<QueryOutcome> {
         let ch = holding_channel(pol, p)?;
         let aref = p.attempt_ref.clone()?;
         let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
-        self.query_ref(ctx, &ch, &aref, pref).await
+        Some(self.query_ref(ctx, &ch, &aref, pref).await)
     }
 
-    /// Asks `ch` about the attempt `aref` (and the provider's id when known).
+    /// Asks `ch` about the attempt `aref` (and the provider's id when known), timed from the
+    /// attempt's stored start.
     pub(crate) async fn query_ref(
         &self,
         ctx: &Ctx,
         ch: &Arc<Channel>,
         aref: &str,
         pref: Option<String>,
-    ) -> Option<QueryOutcome> {
+    ) -> QueryOutcome {
         let since = self.since_send(aref).await;
+        self.ask(ctx, ch, aref, pref, since).await
+    }
+
+    /// The one status query: built, signed, sent and read by the channel's connector. A query
+    /// that cannot be built or sent is `Unknown`, with why.
+    pub(crate) async fn ask(
+        &self,
+        ctx: &Ctx,
+        ch: &Arc<Channel>,
+        aref: &str,
+        pref: Option<String>,
+        since_send_ms: u64,
+    ) -> QueryOutcome {
         let (a2, p2) = (aref.to_string(), pref.clone());
-        let req = self
+        let built = self
             .build(ch, move |c| {
-                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms: since })
+                c.build_query(&QueryRef { attempt_ref: &a2, provider_ref: p2.as_deref(), since_send_ms })
             })
-            .await
-            .ok()?;
+            .await;
+        let req = match built {
+            Ok(r) => r,
+            Err(e) => return QueryOutcome::Unknown { code: e.code.to_string() },
+        };
         let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
-        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms: since };
-        Some(ch.connector.parse_query(&q, &req, &res.ok()?))
+        let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms };
+        match res {
+            Ok(resp) => ch.connector.parse_query(&q, &req, &resp),
+            Err(e) => QueryOutcome::Unknown { code: e.code().into() },
+        }
     }
 
     /// Cancels a payment that has not completed.

@@ -253,11 +253,11 @@ impl Engine {
             };
             let found = self.query_ref(&ctx, &ch, &a.attempt_ref, a.provider_ref.clone()).await;
             let keep_watching = match found {
-                Some(QueryOutcome::Found(pp)) => match pp.state {
+                QueryOutcome::Found(pp) => match pp.state {
                     ProviderState::Failed { .. } | ProviderState::Canceled => false,
                     state => !self.reverse(&ctx, &ch, &a, &pp.provider_ref, &state).await,
                 },
-                Some(QueryOutcome::NotFound { authoritative: true }) => now_ms() - a.started_at < WATCH_WINDOW_MS,
+                QueryOutcome::NotFound { authoritative: true } => now_ms() - a.started_at < WATCH_WINDOW_MS,
                 _ => true,
             };
             if keep_watching {

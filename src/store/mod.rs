@@ -60,6 +60,24 @@ pub struct AttemptRow {
     pub watch: bool,
 }
 
+impl AttemptRow {
+    /// Attempt `n` of a payment on `channel`, about to be sent: stored before any byte leaves.
+    pub fn pending(payment_id: &str, n: i64, channel: &str, started_at: i64) -> AttemptRow {
+        AttemptRow {
+            payment_id: payment_id.to_string(),
+            n,
+            channel: channel.to_string(),
+            attempt_ref: attempt_ref(payment_id, n),
+            outcome: "pending".into(),
+            error_code: None,
+            latency_ms: 0,
+            provider_ref: None,
+            started_at,
+            watch: false,
+        }
+    }
+}
+
 /// The reference of attempt `n` of a payment, sent to the provider as its idempotency
 /// reference: `<payment id>-a<n>`.
 pub fn attempt_ref(payment_id: &str, n: i64) -> String {

@@ -811,18 +811,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
         let id = crate::domain::new_id("pay");
-        let a = AttemptRow {
-            payment_id: id.clone(),
-            n: 2,
-            channel: "c".into(),
-            attempt_ref: attempt_ref(&id, 2),
-            outcome: "pending".into(),
-            error_code: None,
-            latency_ms: 0,
-            provider_ref: None,
-            started_at: 1,
-            watch: false,
-        };
+        let a = AttemptRow::pending(&id, 2, "c", 1);
         s.write_batch(&[
             Write::InsertPayment(payment(&id, PaymentStatus::Processing)),
             Write::InsertAttempt(a.clone()),
