@@ -34,6 +34,29 @@ fn cpu_seconds(pid: &str) -> f64 {
     f.iter().sum::<u64>() as f64 / 100.0
 }
 
+/// Sum of the values of every sample of `name` whose labels contain `labels` (Prometheus text).
+fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// (requests, seconds in paymux's create handler, provider calls, seconds in them) so far.
+async fn own_time(http: &reqwest::Client, admin: &str) -> [f64; 4] {
+    let text = match http.get(format!("{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let ep = "endpoint=\"create_payment\"";
+    [
+        metric_sum(&text, "paymux_request_duration_seconds_count", ep),
+        metric_sum(&text, "paymux_request_duration_seconds_sum", ep),
+        metric_sum(&text, "paymux_channel_latency_seconds_count", ""),
+        metric_sum(&text, "paymux_channel_latency_seconds_sum", ""),
+    ]
+}
+
 fn env_or(name: &str, d: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
 }
@@ -195,9 +218,12 @@ fn main() {
         println!("warming up…");
         run(["warmup-direct", "warmup-paymux"], rate / 2, 2, block, direct("w1"), via("w2")).await;
         let pid = pm.child.id().to_string();
+        let admin = pm.admin.clone();
+        let t0 = own_time(&http, &admin).await;
         let (me0, pm0) = (cpu_seconds("self"), cpu_seconds(&pid));
         let [d, v] = run(["direct", "via paymux"], rate, secs, block, direct("d"), via("p")).await;
         let (me1, pm1) = (cpu_seconds("self"), cpu_seconds(&pid));
+        let t1 = own_time(&http, &admin).await;
         println!(
             "\nopen loop, {rate} req/s, {secs} s of each kind in alternating {} ms blocks, loopback; latency in ms from scheduled send\n",
             block.as_millis()
@@ -230,6 +256,14 @@ fn main() {
             "CPU per request: paymux {:.3} ms per payment; generator + simulator {:.3} ms per request",
             per(pm1 - pm0, v.sent),
             per(me1 - me0, d.sent + v.sent)
+        );
+        // paymux's own view (its metrics): time in the create handler minus time waiting on
+        // the provider, per payment, mean.
+        let handler = (t1[1] - t0[1]) / (t1[0] - t0[0]).max(1.0) * 1000.0;
+        let provider = (t1[3] - t0[3]) / (t1[2] - t0[2]).max(1.0) * 1000.0;
+        println!(
+            "paymux's own time per payment (its metrics, mean): handler {handler:.3} ms − provider call {provider:.3} ms = {:.3} ms",
+            handler - provider
         );
         drop(pm);
     });

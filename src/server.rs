@@ -30,6 +30,11 @@ pub enum StartError {
     Other(String),
 }
 
+/// How often journaled writes are applied to the database: batches of a few milliseconds
+/// share one commit, and what waits in the journal stays small (every other store call
+/// applies it first anyway).
+const JOURNAL_APPLY_EVERY: Duration = Duration::from_millis(10);
+
 /// What `paymux serve` was asked for.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -100,8 +105,10 @@ pub fn stranded_channels(store: &dyn Store, policy: &crate::policy::Policy) -> V
 pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let policy = config::load_dir(&opts.config_dir, &opts.overrides).map_err(StartError::Config)?;
     let s = policy.server.clone();
-    let store: Arc<dyn Store> =
+    let sqlite =
         Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
+    SqliteStore::spawn_applier(&sqlite, JOURNAL_APPLY_EVERY);
+    let store: Arc<dyn Store> = sqlite;
     let audit = AuditLog::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?;
     let (queued, failed) =
         store.recover_interrupted(crate::store::now_ms()).map_err(|e| StartError::Other(e.to_string()))?;

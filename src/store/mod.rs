@@ -5,13 +5,15 @@
 //! Every method is synchronous and short; async callers go through [`call`], which runs it on
 //! the blocking pool so a slow fsync never stalls an async worker.
 
+pub mod journal;
 pub mod sqlite;
 
 use crate::domain::{Currency, Method, PaymentStatus};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// A payment as stored.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PaymentRow {
     pub id: String,
     pub api_key_id: String,
@@ -42,7 +44,7 @@ pub struct PaymentRow {
 }
 
 /// One call to a provider.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRow {
     pub payment_id: String,
     pub n: i64,
@@ -107,8 +109,9 @@ pub struct RefundRow {
     pub updated_at: i64,
 }
 
-/// One write of a [`Store::write_batch`].
-#[derive(Clone, Debug)]
+/// One write of a [`Store::write_batch`]. Serialisable: a batch may be recorded in a
+/// write-ahead journal before it reaches the database ([`journal`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Write {
     InsertPayment(PaymentRow),
     UpdatePayment(PaymentRow),
@@ -122,12 +125,27 @@ pub enum Write {
         api_key_id: String,
         key: String,
         status: u16,
+        #[serde(with = "text_bytes")]
         body: Vec<u8>,
     },
 }
 
+/// Stored responses are JSON text: journaled as a string, not as an array of numbers. A body
+/// that is not UTF-8 fails to serialise (the batch is then written straight to the database).
+mod text_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(b).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
 /// A new idempotency claim.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
     pub api_key_id: String,
     pub key: String,

@@ -1,11 +1,19 @@
 //! SQLite backend (WAL). One connection behind a mutex: SQLite serialises writers anyway, and
 //! the statements here are short. `synchronous=NORMAL` survives a process crash (kill -9);
 //! `FULL` also survives power loss.
+//!
+//! Under `synchronous=NORMAL`, [`Store::write_batch`] (a payment's two writes on the request
+//! path) appends to the write-ahead [`Journal`] instead of committing, and the batches reach
+//! the database in one transaction per few milliseconds ([`SqliteStore::apply_journal`],
+//! called by a background thread). Every other method, read or write, first applies what the
+//! journal holds, so each sees exactly the state it would have seen had the batches been
+//! committed when they were journaled: the journal changes the cost, not the semantics.
 
+use super::journal::{Entry, Journal};
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -13,6 +21,16 @@ pub struct SqliteStore {
     /// A second connection used only for WAL checkpoints, so a checkpoint (which fsyncs)
     /// never holds the connection request handlers use.
     checkpointer: Mutex<Connection>,
+    /// A third, for the idempotency check of a journaled batch: it reads the committed state
+    /// while `conn` may be busy applying. Only taken with `journal` held.
+    reader: Mutex<Connection>,
+    /// Lock order: `conn` before `journal` before `reader`.
+    journal: Mutex<Journal>,
+    /// New batches go to the journal (`synchronous=NORMAL`); with `FULL` they are committed
+    /// and fsynced at once, and the journal only replays what an earlier run left.
+    journal_writes: bool,
+    /// Where batches the database refused to apply are set aside (see `apply_journal`).
+    rejected_path: PathBuf,
     synchronous_full: bool,
     /// An exclusive lock on `paymux.lock` in the data directory, held while the store is open:
     /// two processes sharing one store would each take the other's work for abandoned.
@@ -26,7 +44,7 @@ pub struct SqliteStore {
 // responses never split random pages) with a small unique index; indexes most rows never
 // enter are partial. Two lookups need no index of their own: an attempt reference is its
 // payment id and number (the primary key), and idempotency records expire in rowid order.
-const SCHEMA: &str = r#"
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS payments (
   id TEXT PRIMARY KEY, api_key_id TEXT NOT NULL, order_id TEXT NOT NULL, method TEXT NOT NULL,
   amount INTEGER NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, channel TEXT, attempt_ref TEXT,
@@ -59,10 +77,20 @@ CREATE TABLE IF NOT EXISTS webhook_events (
 ) WITHOUT ROWID;
 "#;
 
-/// The layout `SCHEMA` creates, stamped in the database's `user_version`. Bump it with every
-/// change to `SCHEMA`, and add the step that brings a database of the previous version up to
-/// it to [`SqliteStore::open`]'s version check (there is none yet: version 1 is the first).
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2: the sequence number of the last write-ahead journal record applied
+/// ([`super::journal`]), written in the transaction that applies it.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE journal_applied (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
+INSERT INTO journal_applied (id, seq) VALUES (0, 0);
+"#;
+
+/// The schema as the steps that build it: step `i` brings a database of version `i` to
+/// version `i + 1`. A new database runs them all; an older one the ones it lacks. A step, once
+/// released, never changes (a test pins them): a change is a new step.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// The layout [`MIGRATIONS`] build, stamped in the database's `user_version`.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// `PRAGMA application_id` of a paymux database ("pmux"): tells it from another SQLite file.
 const APPLICATION_ID: i64 = 0x706d_7578;
@@ -86,23 +114,20 @@ fn ensure_schema(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     if app != 0 && app != APPLICATION_ID {
         return Err(refuse(format!("not a paymux database (application_id {app:#x})")));
     }
-    match version {
-        0 if objects == 0 => {
-            tx.execute_batch(SCHEMA)?;
-        }
-        // Written before the schema was versioned: adopted only if its layout is exactly
-        // this build's (an older layout would fail, or quietly misbehave, on first use).
-        0 if layout(&tx)? == layout(&schema_only()?)? => {}
+    let from = match version {
+        0 if objects == 0 => 0,
+        // Written before the schema was versioned: adopted as version 1 only if its layout is
+        // exactly version 1's (an older layout would fail, or quietly misbehave, on first use).
+        0 if layout(&tx)? == layout(&schema_only(1)?)? => 1,
         0 => return Err(refuse("the database has an unversioned layout from an earlier build".into())),
-        SCHEMA_VERSION => {}
         v if v > SCHEMA_VERSION => {
             return Err(refuse(format!("the database has schema version {v}, from a newer build")))
         }
-        v => {
-            return Err(refuse(format!(
-                "the database has schema version {v} and no upgrade to {SCHEMA_VERSION} exists"
-            )))
-        }
+        v if v < 0 => return Err(refuse(format!("the database has schema version {v}"))),
+        v => v as usize,
+    };
+    for step in &MIGRATIONS[from..] {
+        tx.execute_batch(step)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
@@ -120,10 +145,12 @@ fn layout(c: &Connection) -> rusqlite::Result<Vec<(String, String, Option<String
     .collect()
 }
 
-/// An in-memory database holding just this build's schema, to compare layouts against.
-fn schema_only() -> rusqlite::Result<Connection> {
+/// An in-memory database holding the schema of `version`, to compare layouts against.
+fn schema_only(version: usize) -> rusqlite::Result<Connection> {
     let c = Connection::open_in_memory()?;
-    c.execute_batch(SCHEMA)?;
+    for step in &MIGRATIONS[..version] {
+        c.execute_batch(step)?;
+    }
     Ok(c)
 }
 
@@ -163,16 +190,142 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(SqliteStore {
+        let reader = Connection::open(&path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        let applied: i64 = conn.query_row("SELECT seq FROM journal_applied", [], |r| r.get(0))?;
+        let journal = Journal::open(dir, applied as u64).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let store = SqliteStore {
             conn: Mutex::new(conn),
             checkpointer: Mutex::new(checkpointer),
+            reader: Mutex::new(reader),
+            journal: Mutex::new(journal),
+            journal_writes: !synchronous_full,
+            rejected_path: dir.join("journal-rejected.jsonl"),
             synchronous_full,
             _lock: lock,
-        })
+        };
+        // What a previous run journaled and did not apply goes in before anything is served.
+        let replayed = store.apply_journal()?;
+        if replayed > 0 {
+            tracing::info!(records = replayed, "applied the write-ahead journal a previous run left");
+        }
+        Ok(store)
     }
 
+    /// Applies every journaled batch to the database now; returns how many. The background
+    /// applier calls this every few milliseconds; every other store call does it first.
+    pub fn apply_journal(&self) -> StoreResult<usize> {
+        let mut c = self.lock_conn()?;
+        self.apply_locked(&mut c)
+    }
+
+    /// Starts the thread that applies the journal every `every` (until the store is dropped).
+    pub fn spawn_applier(store: &Arc<SqliteStore>, every: std::time::Duration) {
+        let weak = Arc::downgrade(store);
+        let spawned = std::thread::Builder::new().name("paymux-journal".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(s) = weak.upgrade() else { return };
+            if let Err(e) = s.apply_journal() {
+                tracing::error!(error = %e, "applying the write-ahead journal failed; will retry");
+            }
+        });
+        if let Err(e) = spawned {
+            // Still correct: every other store call applies the journal first.
+            tracing::error!(error = %e, "could not start the journal applier thread");
+        }
+    }
+
+    fn lock_conn(&self) -> StoreResult<MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))
+    }
+
+    fn lock_journal(&self) -> StoreResult<MutexGuard<'_, Journal>> {
+        self.journal.lock().map_err(|_| StoreError::Backend("journal mutex poisoned".into()))
+    }
+
+    fn apply_locked(&self, c: &mut Connection) -> StoreResult<usize> {
+        let entries = {
+            let mut j = self.lock_journal()?;
+            if j.is_idle() {
+                return Ok(0);
+            }
+            j.take().map_err(|e| StoreError::Backend(format!("journal: {e}")))?
+        };
+        let n = entries.len();
+        let last = entries.last().map_or(0, |e| e.seq);
+        match apply_entries(c, &entries) {
+            Ok(()) => {}
+            Err(e) if !is_constraint(&e) => {
+                // Nothing applied: the records stay pending (and in the files) for the next try.
+                self.lock_journal()?.untake(entries);
+                return Err(e.into());
+            }
+            // A batch the database refuses was checked when it was journaled, so this is a
+            // bug; the others must not wait on it. Each applies on its own, and one refused
+            // is set aside in a file with the reason, never dropped.
+            Err(_) => {
+                for (i, e) in entries.iter().enumerate() {
+                    match apply_entries(c, std::slice::from_ref(e)) {
+                        Ok(()) => {}
+                        Err(err) if is_constraint(&err) => {
+                            self.set_aside(e, &err.to_string())?;
+                            let tx = c.transaction()?;
+                            tx.execute("UPDATE journal_applied SET seq = ?1", params![e.seq as i64])?;
+                            tx.commit()?;
+                        }
+                        Err(err) => {
+                            let rest: Vec<Entry> = entries.into_iter().skip(i).collect::<Vec<_>>();
+                            self.lock_journal()?.untake(rest);
+                            return Err(err.into());
+                        }
+                    }
+                }
+            }
+        }
+        self.lock_journal()?.applied(last).map_err(|e| StoreError::Backend(format!("journal: {e}")))?;
+        Ok(n)
+    }
+
+    fn set_aside(&self, e: &Entry, reason: &str) -> StoreResult<()> {
+        use std::io::Write as _;
+        tracing::error!(seq = e.seq, reason, file = %self.rejected_path.display(), "journaled batch refused by the database; set aside");
+        let line = serde_json::json!({"seq": e.seq, "reason": reason, "ops": e.ops});
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.rejected_path)
+            .and_then(|mut f| writeln!(f, "{line}").map(|_| f))
+            .map_err(|err| StoreError::Backend(format!("{}: {err}", self.rejected_path.display())))?;
+        f.sync_all().map_err(|err| StoreError::Backend(format!("{}: {err}", self.rejected_path.display())))
+    }
+
+    /// Tries to journal a batch. `Ok(false)`: it must be written to the database instead (a
+    /// key it claims has a write still in the journal, so only the database, once that is
+    /// applied, can say who holds it; or the batch cannot be serialised).
+    fn journal_batch(&self, ops: &[Write]) -> StoreResult<bool> {
+        let mut j = self.lock_journal()?;
+        for op in ops {
+            if let Write::ClaimIdempotency(r) = op {
+                if j.holds_key(&r.api_key_id, &r.key) {
+                    return Ok(false);
+                }
+                let reader = self.reader.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+                if let Some(s) = idem_live(&reader, &r.api_key_id, &r.key, r.created_at)? {
+                    return Err(StoreError::KeyTaken(s));
+                }
+            }
+        }
+        match j.append(ops) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(false),
+            Err(e) => Err(StoreError::Backend(format!("journal: {e}"))),
+        }
+    }
+
+    /// Runs `f` on the connection once the journal is applied.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        let mut c = self.conn.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+        let mut c = self.lock_conn()?;
+        self.apply_locked(&mut c)?;
         f(&mut c).map_err(StoreError::from)
     }
 
@@ -343,6 +496,43 @@ fn idem_live(c: &Connection, k: &str, key: &str, now: i64) -> rusqlite::Result<O
     .optional()
 }
 
+/// One write of a batch, its checks done (a claim was checked when journaled, or just before).
+fn apply_op(tx: &Connection, op: &Write) -> rusqlite::Result<()> {
+    match op {
+        Write::InsertPayment(p) => insert_payment(tx, p),
+        Write::UpdatePayment(p) => update_payment(tx, p).map(|_| ()),
+        Write::InsertAttempt(a) => insert_attempt(tx, a),
+        Write::UpdateAttempt(a) => update_attempt(tx, a),
+        Write::ClaimIdempotency(r) => tx
+            .prepare_cached("INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, resource_id, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5, ?6)")?
+            .execute(params![r.api_key_id, r.key, r.request_hash, r.resource_id, r.created_at, r.expires_at])
+            .map(|_| ()),
+        Write::CompleteIdempotency { api_key_id, key, status, body } => tx
+            .prepare_cached("UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2")?
+            .execute(params![api_key_id, key, i64::from(*status), body])
+            .map(|_| ()),
+    }
+}
+
+/// Journaled batches, in order, in one transaction with the applied-through marker.
+fn apply_entries(c: &mut Connection, entries: &[Entry]) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for e in entries {
+        for op in &e.ops {
+            apply_op(&tx, op)?;
+        }
+    }
+    if let Some(last) = entries.last() {
+        tx.prepare_cached("UPDATE journal_applied SET seq = ?1")?.execute(params![last.seq as i64])?;
+    }
+    tx.commit()
+}
+
+/// A refusal that applying again would repeat (a constraint), as opposed to I/O trouble.
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
 fn json_text(v: &serde_json::Value) -> String {
     v.to_string()
 }
@@ -385,7 +575,11 @@ impl Store for SqliteStore {
     }
 
     fn write_batch(&self, ops: &[Write]) -> StoreResult<()> {
-        let mut c = self.conn.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+        if self.journal_writes && self.journal_batch(ops)? {
+            return Ok(());
+        }
+        let mut c = self.lock_conn()?;
+        self.apply_locked(&mut c)?;
         // IMMEDIATE when a claim is in the batch: its check and its insert see the same state.
         let claims = ops.iter().any(|o| matches!(o, Write::ClaimIdempotency(_)));
         let tx = c.transaction_with_behavior(if claims {
@@ -394,28 +588,13 @@ impl Store for SqliteStore {
             rusqlite::TransactionBehavior::Deferred
         })?;
         for op in ops {
-            match op {
-                Write::InsertPayment(p) => insert_payment(&tx, p)?,
-                Write::UpdatePayment(p) => {
-                    update_payment(&tx, p)?;
-                }
-                Write::InsertAttempt(a) => insert_attempt(&tx, a)?,
-                Write::UpdateAttempt(a) => update_attempt(&tx, a)?,
-                Write::ClaimIdempotency(r) => {
-                    // Dropping `tx` rolls the whole batch back.
-                    if let Some(s) = idem_live(&tx, &r.api_key_id, &r.key, r.created_at)? {
-                        return Err(StoreError::KeyTaken(s));
-                    }
-                    tx.prepare_cached("INSERT OR REPLACE INTO idempotency (api_key_id, key, request_hash, state, resource_id, created_at, expires_at) VALUES (?1, ?2, ?3, 'in_flight', ?4, ?5, ?6)")?
-                        .execute(params![r.api_key_id, r.key, r.request_hash, r.resource_id, r.created_at, r.expires_at])?;
-                }
-                Write::CompleteIdempotency { api_key_id, key, status, body } => {
-                    tx.prepare_cached(
-                        "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE api_key_id = ?1 AND key = ?2",
-                    )?
-                    .execute(params![api_key_id, key, i64::from(*status), body])?;
+            if let Write::ClaimIdempotency(r) = op {
+                // Dropping `tx` rolls the whole batch back.
+                if let Some(s) = idem_live(&tx, &r.api_key_id, &r.key, r.created_at)? {
+                    return Err(StoreError::KeyTaken(s));
                 }
             }
+            apply_op(&tx, op)?;
         }
         tx.commit().map_err(StoreError::from)
     }
@@ -678,10 +857,30 @@ mod tests {
         // Reopening this build's database works.
         drop(SqliteStore::open(dir.path(), false).unwrap());
 
-        // Unversioned but exactly this layout (written just before versioning): adopted.
-        Connection::open(&db).unwrap().pragma_update(None, "user_version", 0).unwrap();
-        drop(SqliteStore::open(dir.path(), false).unwrap());
-        assert_eq!(version(&Connection::open(&db).unwrap()), SCHEMA_VERSION);
+        // Unversioned but exactly version 1's layout (written just before versioning):
+        // adopted and brought up to date.
+        let v0 = tempfile::tempdir().unwrap();
+        let c = Connection::open(v0.path().join("paymux.db")).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        drop(c);
+        drop(SqliteStore::open(v0.path(), false).unwrap());
+        assert_eq!(version(&Connection::open(v0.path().join("paymux.db")).unwrap()), SCHEMA_VERSION);
+
+        // Version 1 (before the journal) is upgraded: its rows kept, the marker added.
+        let v1 = tempfile::tempdir().unwrap();
+        let c = Connection::open(v1.path().join("paymux.db")).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        insert_payment(&c, &payment("pay_v1", PaymentStatus::Succeeded)).unwrap();
+        drop(c);
+        let s = SqliteStore::open(v1.path(), false).unwrap();
+        assert_eq!(s.get_payment("pay_v1").unwrap().unwrap().status, PaymentStatus::Succeeded);
+        drop(s);
+        let c = Connection::open(v1.path().join("paymux.db")).unwrap();
+        assert_eq!(version(&c), 2);
+        assert_eq!(c.query_row("SELECT seq FROM journal_applied", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+        drop(c);
 
         // A newer build's database is refused, untouched.
         Connection::open(&db).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
@@ -701,10 +900,10 @@ mod tests {
         let e = SqliteStore::open(old.path(), false).err().unwrap().to_string();
         assert!(e.contains("unversioned layout from an earlier build"), "{e}");
 
-        // Unversioned, this layout plus SQLite's own statistics table: adopted.
+        // Unversioned, version 1's layout plus SQLite's own statistics table: adopted.
         let stats = tempfile::tempdir().unwrap();
         let c = Connection::open(stats.path().join("paymux.db")).unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
         c.execute_batch("ANALYZE;").unwrap();
         drop(c);
         drop(SqliteStore::open(stats.path(), false).unwrap());
@@ -719,16 +918,20 @@ mod tests {
         assert!(e.contains("not a paymux database"), "{e}");
     }
 
-    /// Fails when `SCHEMA` changes: bump `SCHEMA_VERSION`, add the upgrade step from the
-    /// previous version in `ensure_schema`, then update the hash here.
+    /// Fails when a released schema step changes (a database of that version would never
+    /// get the change): add a new step to `MIGRATIONS` instead, then pin it here.
     #[test]
-    fn the_schema_text_belongs_to_its_version() {
-        let hash = crate::crypto::sha256_hex(SCHEMA.as_bytes());
+    fn released_schema_steps_never_change() {
+        let hashes: Vec<String> = MIGRATIONS.iter().map(|m| crate::crypto::sha256_hex(m.as_bytes())).collect();
         assert_eq!(
-            (SCHEMA_VERSION, hash.as_str()),
-            (1, "942dfc3ad09345f2afb7bdb909cc43f0aa010af59ffb9d16e1c08de1e2611cb8"),
-            "SCHEMA changed: bump SCHEMA_VERSION and add an upgrade step"
+            hashes,
+            [
+                "942dfc3ad09345f2afb7bdb909cc43f0aa010af59ffb9d16e1c08de1e2611cb8",
+                "dd46ec62593498560ef6e4f412d9b6e7541d76e9e5e3ae5eeeab7f43f149babb",
+            ],
+            "a released schema step changed: add a new step to MIGRATIONS instead"
         );
+        assert_eq!(SCHEMA_VERSION, 2);
     }
 
     #[test]
@@ -760,6 +963,175 @@ mod tests {
         assert_eq!(s.idem_get("k", "key2", 10).unwrap(), None);
         assert_eq!(s.idem_expire(100).unwrap(), 2);
         assert_eq!(claim(&s, "k", "key1", "h2", 101, 200), IdemClaim::Claimed);
+    }
+
+    fn rows_in_db(dir: &Path, table: &str) -> i64 {
+        Connection::open(dir.join("paymux.db"))
+            .unwrap()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn journal_files(dir: &Path) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn create_batch(id: &str, key: &str) -> Vec<Write> {
+        vec![
+            Write::ClaimIdempotency(IdemRecord {
+                api_key_id: "k".into(),
+                key: key.into(),
+                request_hash: "h".into(),
+                resource_id: Some(id.into()),
+                created_at: 10,
+                expires_at: 100,
+            }),
+            Write::InsertPayment(payment(id, PaymentStatus::Processing)),
+            Write::InsertAttempt(AttemptRow::pending(id, 1, "stripe_hk", 10)),
+        ]
+    }
+
+    #[test]
+    fn journaled_batches_read_back_at_once_and_survive_a_kill() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        // In the journal, not yet in the database...
+        assert_eq!(rows_in_db(dir.path(), "payments"), 0);
+        assert_eq!(journal_files(dir.path()).len(), 1);
+        assert!(journal_files(dir.path())[0].1 > 0);
+        // ...yet every read sees it (a read applies the journal first).
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Processing);
+        assert_eq!(rows_in_db(dir.path(), "payments"), 1);
+        assert_eq!(journal_files(dir.path())[0].1, 0, "applied records are dropped from the file");
+
+        // Two more batches journaled, then the process dies before applying them (dropping
+        // the store applies nothing; the next open must).
+        s.write_batch(&create_batch("p2", "key2")).unwrap();
+        let mut done = payment("p2", PaymentStatus::Succeeded);
+        done.channel = Some("stripe_hk".into());
+        s.write_batch(&[
+            Write::UpdatePayment(done),
+            Write::CompleteIdempotency {
+                api_key_id: "k".into(),
+                key: "key2".into(),
+                status: 201,
+                body: b"{\"id\":\"p2\"}".to_vec(),
+            },
+        ])
+        .unwrap();
+        drop(s);
+        assert_eq!(rows_in_db(dir.path(), "payments"), 1);
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        assert_eq!(rows_in_db(dir.path(), "payments"), 2, "replayed at open, before serving");
+        let p2 = s.get_payment("p2").unwrap().unwrap();
+        assert_eq!((p2.status, p2.channel.as_deref()), (PaymentStatus::Succeeded, Some("stripe_hk")));
+        assert_eq!(s.attempts("p2").unwrap().len(), 1);
+        match s.idem_get("k", "key2", 11).unwrap() {
+            Some(IdemState::Done { status: 201, body, .. }) => assert_eq!(body, b"{\"id\":\"p2\"}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(journal_files(dir.path()).iter().all(|(_, len)| *len == 0), "{:?}", journal_files(dir.path()));
+    }
+
+    #[test]
+    fn replay_applies_each_record_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        let (name, _) = journal_files(dir.path()).remove(0);
+        let kept = std::fs::read(dir.path().join(&name)).unwrap();
+        assert_eq!(s.apply_journal().unwrap(), 1);
+        // A later write moves the payment on.
+        assert_eq!(
+            s.update_payment(&payment("p1", PaymentStatus::Succeeded)).unwrap(),
+            Some(PaymentStatus::Processing)
+        );
+        drop(s);
+        // As if the process had died after the commit but before the journal file was emptied.
+        std::fs::write(dir.path().join(&name), &kept).unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        assert_eq!(
+            s.get_payment("p1").unwrap().unwrap().status,
+            PaymentStatus::Succeeded,
+            "an applied record was replayed"
+        );
+        assert!(!dir.path().join("journal-rejected.jsonl").exists());
+        assert!(journal_files(dir.path()).iter().all(|(n, len)| *len == 0 || *n != name));
+    }
+
+    #[test]
+    fn a_claim_is_checked_against_writes_still_in_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        // The first claim is only in the journal: a second one must still lose.
+        match s.write_batch(&create_batch("p2", "key1")) {
+            Err(StoreError::KeyTaken(IdemState::InFlight { resource_id, .. })) => {
+                assert_eq!(resource_id.as_deref(), Some("p1"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.get_payment("p2").unwrap().is_none());
+        // Applied, then completed in the journal: a retry gets the stored response, not 409.
+        s.write_batch(&[Write::CompleteIdempotency {
+            api_key_id: "k".into(),
+            key: "key1".into(),
+            status: 201,
+            body: b"{}".to_vec(),
+        }])
+        .unwrap();
+        match s.write_batch(&create_batch("p3", "key1")) {
+            Err(StoreError::KeyTaken(IdemState::Done { status: 201, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        // And once all is applied, the claim check reads the database (the reader connection).
+        s.apply_journal().unwrap();
+        match s.write_batch(&create_batch("p4", "key1")) {
+            Err(StoreError::KeyTaken(IdemState::Done { status: 201, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rows_in_db(dir.path(), "payments"), 1);
+        // Another key is free.
+        s.write_batch(&create_batch("p5", "key5")).unwrap();
+        assert!(s.get_payment("p5").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_batch_the_database_refuses_is_set_aside_and_the_rest_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.insert_payment(&payment("p1", PaymentStatus::Processing)).unwrap();
+        // A second insert of the same id cannot apply (a bug upstream); it must neither block
+        // the batches after it nor vanish.
+        s.write_batch(&[Write::InsertPayment(payment("p1", PaymentStatus::Failed))]).unwrap();
+        s.write_batch(&create_batch("p2", "key2")).unwrap();
+        assert_eq!(s.apply_journal().unwrap(), 2);
+        assert!(s.get_payment("p2").unwrap().is_some());
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Processing);
+        let aside = std::fs::read_to_string(dir.path().join("journal-rejected.jsonl")).unwrap();
+        assert!(aside.contains("\"p1\"") && aside.contains("UNIQUE constraint failed"), "{aside}");
+        drop(s);
+        // Nothing is replayed again at the next start.
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("journal-rejected.jsonl")).unwrap(), aside);
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Processing);
+    }
+
+    #[test]
+    fn with_synchronous_full_batches_are_committed_not_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), true).unwrap();
+        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        assert_eq!(rows_in_db(dir.path(), "payments"), 1);
+        assert!(journal_files(dir.path()).iter().all(|(_, len)| *len == 0));
     }
 
     #[test]
