@@ -57,6 +57,23 @@ async fn own_time(http: &reqwest::Client, admin: &str) -> [f64; 4] {
     ]
 }
 
+fn table(stats: &[&Stats]) {
+    println!("| kind | sent | errors | p50 | p90 | p99 | p99.9 |");
+    println!("|---|---|---|---|---|---|---|");
+    for s in stats {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            s.name,
+            s.sent,
+            s.errors,
+            s.pct(0.5),
+            s.pct(0.9),
+            s.pct(0.99),
+            s.pct(0.999)
+        );
+    }
+}
+
 fn env_or(name: &str, d: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
 }
@@ -78,42 +95,51 @@ impl Stats {
     }
 }
 
-/// Sends `rate` requests per second for `2 × secs` seconds, alternating blocks of `block`
-/// between `a` and `b` (each gets `rate × secs` requests); returns their stats.
-async fn run<A, FA, B, FB>(names: [&'static str; 2], rate: u64, secs: u64, block: Duration, a: A, b: B) -> [Stats; 2]
+/// A kind of request: request number → future resolving to "answered as expected".
+type Kind = Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
+
+fn kind<F, Fut>(f: F) -> Kind
 where
-    A: Fn(u64) -> FA + Send + Sync + 'static,
-    FA: std::future::Future<Output = bool> + Send + 'static,
-    B: Fn(u64) -> FB + Send + Sync + 'static,
-    FB: std::future::Future<Output = bool> + Send + 'static,
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let (a, b) = (Arc::new(a), Arc::new(b));
-    let total = rate * secs * 2;
+    Arc::new(move |i| Box::pin(f(i)))
+}
+
+/// Sends `rate` requests per second, rotating blocks of `block` among the kinds (each gets
+/// `rate × secs` requests, so the run lasts `kinds × secs` seconds); returns their stats.
+async fn run<const N: usize>(
+    names: [&'static str; N],
+    rate: u64,
+    secs: u64,
+    block: Duration,
+    kinds: [Kind; N],
+) -> [Stats; N] {
+    let total = rate * secs * N as u64;
     let per_block = (rate * block.as_millis() as u64 / 1000).max(1);
     let start = Instant::now() + Duration::from_millis(50);
     let mut handles = Vec::with_capacity(total as usize);
-    let mut n = [0u64; 2];
+    let mut n = [0u64; N];
     for i in 0..total {
         let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
         tokio::time::sleep_until(at.into()).await;
-        let kind = ((i / per_block) % 2) as usize;
-        let j = n[kind];
-        n[kind] += 1;
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> =
-            if kind == 0 { Box::pin(a(j)) } else { Box::pin(b(j)) };
+        let k = ((i / per_block) % N as u64) as usize;
+        let j = n[k];
+        n[k] += 1;
+        let fut = kinds[k](j);
         handles.push(tokio::spawn(async move {
             let ok = fut.await;
-            (kind, ok, at.elapsed().as_micros() as u64)
+            (k, ok, at.elapsed().as_micros() as u64)
         }));
     }
-    let mut s = names.map(|name| Stats { name, sent: 0, errors: 0, lat_us: Vec::with_capacity(total as usize / 2) });
+    let mut s = names.map(|name| Stats { name, sent: 0, errors: 0, lat_us: Vec::with_capacity(total as usize / N) });
     for h in handles {
-        if let Ok((kind, ok, us)) = h.await {
-            s[kind].sent += 1;
+        if let Ok((k, ok, us)) = h.await {
+            s[k].sent += 1;
             if ok {
-                s[kind].lat_us.push(us);
+                s[k].lat_us.push(us);
             } else {
-                s[kind].errors += 1;
+                s[k].errors += 1;
             }
         }
     }
@@ -162,7 +188,7 @@ fn main() {
 
         let direct = |phase: &'static str| {
             let (http, stripe, base, run_id) = (http.clone(), stripe.clone(), direct_base.clone(), run_id.clone());
-            move |i: u64| {
+            kind(move |i: u64| {
                 let (http, stripe, base) = (http.clone(), stripe.clone(), base.clone());
                 let aref = format!("{run_id}-{phase}-{i}");
                 async move {
@@ -191,11 +217,11 @@ fn main() {
                         _ => false,
                     }
                 }
-            }
+            })
         };
         let via = |phase: &'static str| {
             let (http, api, run_id) = (http.clone(), pm.api.clone(), run_id.clone());
-            move |i: u64| {
+            kind(move |i: u64| {
                 let (http, api) = (http.clone(), api.clone());
                 let key = format!("{run_id}-{phase}-{i}");
                 async move {
@@ -213,35 +239,38 @@ fn main() {
                         _ => false,
                     }
                 }
-            }
+            })
+        };
+        // The floor any proxy in paymux's place pays: a round trip to a pingora service in
+        // the paymux process that does nothing (GET /healthz on the admin listener), then the
+        // same direct request.
+        let hop_then_direct = |phase: &'static str| {
+            let (http, admin, direct) = (http.clone(), pm.admin.clone(), direct(phase));
+            kind(move |i: u64| {
+                let (http, admin, direct) = (http.clone(), admin.clone(), direct.clone());
+                async move {
+                    let hop = match http.get(format!("{admin}/healthz")).send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                        _ => false,
+                    };
+                    hop && direct(i).await
+                }
+            })
         };
         println!("warming up…");
-        run(["warmup-direct", "warmup-paymux"], rate / 2, 2, block, direct("w1"), via("w2")).await;
+        run(["warmup-direct", "warmup-paymux"], rate / 2, 2, block, [direct("w1"), via("w2")]).await;
         let pid = pm.child.id().to_string();
         let admin = pm.admin.clone();
         let t0 = own_time(&http, &admin).await;
         let (me0, pm0) = (cpu_seconds("self"), cpu_seconds(&pid));
-        let [d, v] = run(["direct", "via paymux"], rate, secs, block, direct("d"), via("p")).await;
+        let [d, v] = run(["direct", "via paymux"], rate, secs, block, [direct("d"), via("p")]).await;
         let (me1, pm1) = (cpu_seconds("self"), cpu_seconds(&pid));
         let t1 = own_time(&http, &admin).await;
         println!(
             "\nopen loop, {rate} req/s, {secs} s of each kind in alternating {} ms blocks, loopback; latency in ms from scheduled send\n",
             block.as_millis()
         );
-        println!("| kind | sent | errors | p50 | p90 | p99 | p99.9 |");
-        println!("|---|---|---|---|---|---|---|");
-        for s in [&d, &v] {
-            println!(
-                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
-                s.name,
-                s.sent,
-                s.errors,
-                s.pct(0.5),
-                s.pct(0.9),
-                s.pct(0.99),
-                s.pct(0.999)
-            );
-        }
+        table(&[&d, &v]);
         println!(
             "\nadded by paymux: p50 {:.3} ms ({:.2}× direct), p99 {:.3} ms ({:.2}× direct)",
             v.pct(0.5) - d.pct(0.5),
@@ -264,6 +293,15 @@ fn main() {
         println!(
             "paymux's own time per payment (its metrics, mean): handler {handler:.3} ms − provider call {provider:.3} ms = {:.3} ms",
             handler - provider
+        );
+        // Second run: the floor, against its own direct baseline.
+        let [d2, h] = run(["direct", "hop + direct"], rate, secs, block, [direct("d2"), hop_then_direct("h")]).await;
+        println!("\nfloor: one round trip to an idle pingora service in paymux's process, then the direct request\n");
+        table(&[&d2, &h]);
+        println!(
+            "\nfloor added by the hop alone: p50 {:.3} ms, p99 {:.3} ms",
+            h.pct(0.5) - d2.pct(0.5),
+            h.pct(0.99) - d2.pct(0.99)
         );
         drop(pm);
     });

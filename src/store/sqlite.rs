@@ -21,8 +21,8 @@ pub struct SqliteStore {
     /// A second connection used only for WAL checkpoints, so a checkpoint (which fsyncs)
     /// never holds the connection request handlers use.
     checkpointer: Mutex<Connection>,
-    /// A third, for the idempotency check of a journaled batch: it reads the committed state
-    /// while `conn` may be busy applying. Only taken with `journal` held.
+    /// A third, for the idempotency check of a journaled batch while `conn` is busy
+    /// applying: it reads the committed state. Only taken with `journal` held.
     reader: Mutex<Connection>,
     /// Lock order: `conn` before `journal` before `reader`.
     journal: Mutex<Journal>,
@@ -309,8 +309,18 @@ impl SqliteStore {
                 if j.holds_key(&r.api_key_id, &r.key) {
                     return Ok(false);
                 }
-                let reader = self.reader.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
-                if let Some(s) = idem_live(&reader, &r.api_key_id, &r.key, r.created_at)? {
+                // The main connection when it is free (its page cache is warm: the database
+                // changes only through it); the reader while it applies. Never waits on
+                // `conn` here (lock order), so a `try_lock`.
+                let live = match self.conn.try_lock() {
+                    Ok(c) => idem_live(&c, &r.api_key_id, &r.key, r.created_at)?,
+                    Err(_) => {
+                        let reader =
+                            self.reader.lock().map_err(|_| StoreError::Backend("store mutex poisoned".into()))?;
+                        idem_live(&reader, &r.api_key_id, &r.key, r.created_at)?
+                    }
+                };
+                if let Some(s) = live {
                     return Err(StoreError::KeyTaken(s));
                 }
             }
@@ -1099,9 +1109,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(rows_in_db(dir.path(), "payments"), 1);
-        // Another key is free.
+        // While the main connection is busy (the applier holds it), the check reads the
+        // committed state on the reader connection, and journaling never waits for it.
+        let busy = s.conn.lock().unwrap();
+        match s.write_batch(&create_batch("p6", "key1")) {
+            Err(StoreError::KeyTaken(IdemState::Done { status: 201, .. })) => {}
+            other => panic!("{other:?}"),
+        }
         s.write_batch(&create_batch("p5", "key5")).unwrap();
+        drop(busy);
         assert!(s.get_payment("p5").unwrap().is_some());
+        assert!(s.get_payment("p6").unwrap().is_none());
     }
 
     #[test]
