@@ -135,11 +135,26 @@ impl Journal {
                 if entry.seq <= prev_seq {
                     return Err(corrupt(n + 1, format!("sequence {} after {prev_seq}", entry.seq)));
                 }
+                // The records not yet applied must follow the database's marker without a gap
+                // (a missing record would be applied around, into a state no run produced).
+                let expected = pending.last().map_or(applied, |e: &Entry| e.seq) + 1;
+                if entry.seq > applied && entry.seq != expected {
+                    return Err(corrupt(
+                        n + 1,
+                        format!("sequence {} where {expected} was expected: records are missing", entry.seq),
+                    ));
+                }
                 prev_seq = entry.seq;
                 good_len += line.len();
                 if entry.seq > applied {
                     pending.push(entry);
                 }
+            }
+            if good_len == 0 {
+                // Only a cut-off record: nothing in it was ever acknowledged. Removed, so the
+                // new current segment (which may take its name) is never mistaken for it.
+                std::fs::remove_file(&path)?;
+                continue;
             }
             sealed.push(Segment { path, file: None, len: good_len as u64, last_seq: prev_seq });
         }
@@ -229,8 +244,9 @@ impl Journal {
     pub fn applied(&mut self, seq: u64) -> io::Result<()> {
         self.keys.retain(|_, s| *s > seq);
         let mut first_err = None;
+        let current = self.current.path.clone();
         self.sealed.retain(|s| {
-            if s.last_seq > seq {
+            if s.last_seq > seq || s.path == current {
                 return true;
             }
             match std::fs::remove_file(&s.path) {
@@ -321,6 +337,25 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_holding_only_a_cut_off_record_is_removed_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 0).unwrap();
+        let path = j.current.path.clone();
+        drop(j);
+        // Killed during the very first append.
+        std::fs::write(&path, br#"{"seq":1,"ops":[{"Claim"#).unwrap();
+        let mut j = Journal::open(dir.path(), 0).unwrap();
+        assert!(j.sealed.is_empty());
+        assert_eq!(j.current.path, path, "the new segment takes the same name");
+        j.append(&claim("a")).unwrap();
+        // Applying nothing new must not remove the file the journal writes to.
+        j.applied(0).unwrap();
+        assert!(path.exists());
+        drop(j);
+        assert_eq!(seqs(&Journal::open(dir.path(), 0).unwrap()), [1]);
+    }
+
+    #[test]
     fn damage_before_the_end_is_refused_with_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), 0).unwrap();
@@ -334,10 +369,17 @@ mod tests {
         std::fs::write(&path, format!("{}\n{{\"seq\":2,\"op\n{}\n", lines[0], lines[2])).unwrap();
         let e = Journal::open(dir.path(), 0).err().unwrap().to_string();
         assert!(e.contains(&format!("{}:2: unreadable journal record", path.display())), "{e}");
-        // Records out of order are damage too.
-        std::fs::write(&path, format!("{}\n{}\n", lines[1], lines[0])).unwrap();
+        // Records out of order, or missing, are damage too.
+        std::fs::write(&path, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[0])).unwrap();
         let e = Journal::open(dir.path(), 0).err().unwrap().to_string();
-        assert!(e.contains(":2: ") && e.contains("sequence 1 after 2"), "{e}");
+        assert!(e.contains(":3: ") && e.contains("sequence 1 after 2"), "{e}");
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        let e = Journal::open(dir.path(), 0).err().unwrap().to_string();
+        assert!(e.contains(":2: ") && e.contains("sequence 3 where 2 was expected"), "{e}");
+        // Records the database has applied may go; the rest must follow its marker.
+        let e = Journal::open(dir.path(), 1).err().unwrap().to_string();
+        assert!(e.contains("sequence 3 where 2 was expected"), "{e}");
+        assert_eq!(seqs(&Journal::open(dir.path(), 2).unwrap()), [3]);
     }
 
     #[test]

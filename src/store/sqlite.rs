@@ -29,6 +29,8 @@ pub struct SqliteStore {
     /// New batches go to the journal (`synchronous=NORMAL`); with `FULL` they are committed
     /// and fsynced at once, and the journal only replays what an earlier run left.
     journal_writes: bool,
+    /// False after an apply failed (until one succeeds): batches then commit directly.
+    journal_ok: std::sync::atomic::AtomicBool,
     /// Where batches the database refused to apply are set aside (see `apply_journal`).
     rejected_path: PathBuf,
     synchronous_full: bool,
@@ -200,6 +202,7 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             journal: Mutex::new(journal),
             journal_writes: !synchronous_full,
+            journal_ok: std::sync::atomic::AtomicBool::new(true),
             rejected_path: dir.join("journal-rejected.jsonl"),
             synchronous_full,
             _lock: lock,
@@ -253,37 +256,55 @@ impl SqliteStore {
         };
         let n = entries.len();
         let last = entries.last().map_or(0, |e| e.seq);
-        match apply_entries(c, &entries) {
-            Ok(()) => {}
+        let applied = match apply_entries(c, &entries) {
+            Ok(()) => Ok(()),
             Err(e) if !is_constraint(&e) => {
                 // Nothing applied: the records stay pending (and in the files) for the next try.
                 self.lock_journal()?.untake(entries);
-                return Err(e.into());
+                Err(e.into())
             }
             // A batch the database refuses was checked when it was journaled, so this is a
             // bug; the others must not wait on it. Each applies on its own, and one refused
             // is set aside in a file with the reason, never dropped.
             Err(_) => {
+                let mut failed = None;
                 for (i, e) in entries.iter().enumerate() {
-                    match apply_entries(c, std::slice::from_ref(e)) {
-                        Ok(()) => {}
-                        Err(err) if is_constraint(&err) => {
-                            self.set_aside(e, &err.to_string())?;
-                            let tx = c.transaction()?;
-                            tx.execute("UPDATE journal_applied SET seq = ?1", params![e.seq as i64])?;
-                            tx.commit()?;
-                        }
-                        Err(err) => {
-                            let rest: Vec<Entry> = entries.into_iter().skip(i).collect::<Vec<_>>();
-                            self.lock_journal()?.untake(rest);
-                            return Err(err.into());
-                        }
+                    if let Err(err) = self.apply_alone(c, e) {
+                        failed = Some((i, err));
+                        break;
+                    }
+                }
+                match failed {
+                    None => Ok(()),
+                    Some((i, err)) => {
+                        // That one and every later one stay pending, in order.
+                        self.lock_journal()?.untake(entries.into_iter().skip(i).collect());
+                        Err(err)
                     }
                 }
             }
-        }
+        };
+        // While the database cannot take the journal, new batches are not acknowledged from
+        // the journal alone: they commit directly (and fail, as this did, if it still can't).
+        self.journal_ok.store(applied.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        applied?;
         self.lock_journal()?.applied(last).map_err(|e| StoreError::Backend(format!("journal: {e}")))?;
         Ok(n)
+    }
+
+    /// One journaled batch in its own transaction; one the database refuses (a constraint) is
+    /// set aside with the reason and the marker moved past it.
+    fn apply_alone(&self, c: &mut Connection, e: &Entry) -> StoreResult<()> {
+        match apply_entries(c, std::slice::from_ref(e)) {
+            Ok(()) => Ok(()),
+            Err(err) if is_constraint(&err) => {
+                self.set_aside(e, &err.to_string())?;
+                let tx = c.transaction()?;
+                tx.execute("UPDATE journal_applied SET seq = ?1", params![e.seq as i64])?;
+                tx.commit().map_err(StoreError::from)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     fn set_aside(&self, e: &Entry, reason: &str) -> StoreResult<()> {
@@ -585,11 +606,23 @@ impl Store for SqliteStore {
     }
 
     fn write_batch(&self, ops: &[Write]) -> StoreResult<()> {
-        if self.journal_writes && self.journal_batch(ops)? {
+        if self.journal_writes
+            && self.journal_ok.load(std::sync::atomic::Ordering::Relaxed)
+            && self.journal_batch(ops)?
+        {
             return Ok(());
         }
         let mut c = self.lock_conn()?;
-        self.apply_locked(&mut c)?;
+        // The journal applied and then held until this commits: a claim journaled meanwhile
+        // (checked against the committed rows, which do not show this one yet) would
+        // otherwise win the same key.
+        let _journal = loop {
+            self.apply_locked(&mut c)?;
+            let j = self.lock_journal()?;
+            if j.is_idle() {
+                break j;
+            }
+        };
         // IMMEDIATE when a claim is in the batch: its check and its insert see the same state.
         let claims = ops.iter().any(|o| matches!(o, Write::ClaimIdempotency(_)));
         let tx = c.transaction_with_behavior(if claims {
@@ -1141,6 +1174,31 @@ mod tests {
         let s = SqliteStore::open(dir.path(), false).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("journal-rejected.jsonl")).unwrap(), aside);
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Processing);
+    }
+
+    #[test]
+    fn while_the_database_refuses_the_journal_nothing_is_lost_or_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        s.insert_payment(&payment("p1", PaymentStatus::Processing)).unwrap();
+        s.write_batch(&[Write::InsertPayment(payment("p1", PaymentStatus::Failed))]).unwrap();
+        s.write_batch(&create_batch("p2", "key2")).unwrap();
+        // The set-aside file cannot be written (a directory stands in its way).
+        let aside = dir.path().join("journal-rejected.jsonl");
+        std::fs::create_dir(&aside).unwrap();
+        assert!(s.apply_journal().is_err());
+        // Meanwhile a new batch is not acknowledged from the journal alone.
+        assert!(s.write_batch(&create_batch("p3", "key3")).is_err());
+        std::fs::remove_dir(&aside).unwrap();
+        // Once it can, everything journaled lands: p2 is not lost, p1's duplicate set aside.
+        s.apply_journal().unwrap();
+        assert!(s.get_payment("p2").unwrap().is_some());
+        assert!(std::fs::read_to_string(&aside).unwrap().contains("\"p1\""));
+        s.write_batch(&create_batch("p3", "key3")).unwrap();
+        assert!(s.get_payment("p3").unwrap().is_some());
+        drop(s);
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        assert!(s.get_payment("p2").unwrap().is_some() && s.get_payment("p3").unwrap().is_some());
     }
 
     #[test]
