@@ -169,13 +169,14 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     server.bootstrap();
 
     let state = Arc::new(AppState { policy: policy.clone(), engine: engine.clone() });
-    let mut api_app = pingora::apps::http_app::HttpServer::new_app(ApiApp { state });
     let h2c = || {
         let mut o = HttpServerOptions::default();
         o.h2c = true;
         Some(o)
     };
-    api_app.server_options = h2c();
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let api_app = crate::api::service::ApiService { app: ApiApp { state }, options };
     let mut api = Service::new("payments api".into(), api_app);
     match &s.tls {
         Some((cert, key)) => {

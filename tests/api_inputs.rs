@@ -96,6 +96,34 @@ async fn a_body_shorter_than_its_content_length_times_out_as_408() {
 }
 
 #[tokio::test]
+async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    for head in [
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "GET /v1/payments/pay_x HTTP/1.1\r\nHo st: x\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "connection neither answered nor closed: {head:?}");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{head:?}: {text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+        assert!(text.contains("\"code\":\"malformed_http\""), "{text}");
+    }
+    assert_eq!(count_rows(&w.pm.data, "payments"), 0);
+    // The listener is unharmed.
+    let r = get(&w.pm.api, "/v1/payments/pay_0000000000000000000000").await;
+    assert_eq!((r.status, r.body["code"].as_str()), (404, Some("payment_not_found")), "{}", r.text);
+    let metrics = client().get(format!("{}/metrics", w.pm.admin)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"400\""), 3.0, "{metrics}");
+}
+
+#[tokio::test]
 async fn idempotency_replays_and_rejects_reuse() {
     let w = world();
     let base = &w.pm.api;

@@ -67,6 +67,7 @@ impl Problem {
 fn title(code: &str) -> &'static str {
     match code {
         "unauthorized" => "Missing or invalid API key",
+        "malformed_http" => "Request is not valid HTTP",
         "malformed_json" => "Request body is not valid JSON",
         "validation_failed" => "Request failed validation",
         "body_too_large" => "Request body too large",
