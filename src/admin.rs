@@ -29,7 +29,11 @@ impl ServeHttp for AdminApp {
         let path = s.req_header().uri.path().to_string();
         let rid = crate::domain::new_id("req");
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => text(200, "text/plain; version=0.0.4; charset=utf-8", self.engine.metrics.render()),
+            ("GET", "/metrics") => {
+                let m = &self.engine.metrics;
+                m.store_journal_backlog.set(self.engine.store.journal_backlog() as i64);
+                text(200, "text/plain; version=0.0.4; charset=utf-8", m.render())
+            }
             ("GET", "/healthz") => json(200, br#"{"status":"ok"}"#.to_vec(), &[]),
             ("GET", "/readyz") => {
                 let store_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();

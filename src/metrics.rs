@@ -1,7 +1,9 @@
 //! Prometheus metrics. Handles are created once at startup; labels are bounded sets (endpoint
 //! names, channel ids from the policy, methods, outcomes) and never an order or payment id.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// All paymux metrics.
 pub struct Metrics {
@@ -17,6 +19,8 @@ pub struct Metrics {
     pub config_version: IntGaugeVec,
     pub reconciliations: IntCounterVec,
     pub orphan_reversals: IntCounterVec,
+    /// Set from the store at each scrape.
+    pub store_journal_backlog: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -105,6 +109,12 @@ impl Metrics {
                 "Payments found processed on a channel paymux had moved on from, and reversed.",
                 &["channel", "result"]
             )),
+            store_journal_backlog: reg!(IntGauge::new(
+                "paymux_store_journal_backlog",
+                "Store writes acknowledged from the write-ahead journal and not yet applied to the database \
+                 (a few milliseconds' worth normally; growing means the database is not taking them).",
+            )
+            .expect("metric")),
             registry,
         }
     }

@@ -493,9 +493,12 @@ from prometheus_client.parser import text_string_to_metric_families
 text = urllib.request.urlopen(sys.argv[1]).read().decode()
 fams = {f.name: f for f in text_string_to_metric_families(text)}
 need = ["paymux_http_requests", "paymux_request_duration_seconds", "paymux_payments", "paymux_channel_attempts",
-        "paymux_channel_latency_seconds", "paymux_failovers", "paymux_webhooks", "paymux_config_reloads", "paymux_config_version_info"]
+        "paymux_channel_latency_seconds", "paymux_failovers", "paymux_webhooks", "paymux_config_reloads", "paymux_config_version_info",
+        "paymux_store_journal_backlog"]
 missing = [n for n in need if n not in fams]
 assert not missing, missing
+backlog = fams["paymux_store_journal_backlog"]
+assert backlog.type == "gauge" and backlog.samples[0].value >= 0, backlog
 fo = [s for s in fams["paymux_failovers"].samples if s.name == "paymux_failovers_total"]
 assert any(s.labels == {"from": "stripe_primary", "to": "stripe_backup", "reason": "connect_failed"} and s.value == 1 for s in fo), fo
 for f in fams.values():

@@ -216,6 +216,11 @@ impl Journal {
         self.keys.contains_key(&(api_key_id.to_string(), key.to_string()))
     }
 
+    /// Records appended and not yet taken for applying.
+    pub fn backlog(&self) -> usize {
+        self.pending.len()
+    }
+
     /// True when every appended record has been taken for applying.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()

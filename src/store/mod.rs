@@ -301,6 +301,11 @@ pub trait Store: Send + Sync + 'static {
     fn open_work_by_channel(&self) -> StoreResult<Vec<(String, i64)>>;
     /// Records a webhook event id; returns true when it had been seen before (a duplicate).
     fn webhook_seen(&self, channel: &str, event_id: &str, now_ms: i64) -> StoreResult<bool>;
+    /// Writes acknowledged but not yet in the database proper (a write-ahead backlog), for
+    /// the metrics; 0 for a backend without one.
+    fn journal_backlog(&self) -> usize {
+        0
+    }
 }
 
 /// Why a refund could not be reserved.

@@ -817,6 +817,10 @@ impl Store for SqliteStore {
         )
     }
 
+    fn journal_backlog(&self) -> usize {
+        self.journal.lock().map(|j| j.backlog()).unwrap_or(0)
+    }
+
     fn webhook_seen(&self, channel: &str, event_id: &str, now: i64) -> StoreResult<bool> {
         self.with(|c| {
             c.prepare_cached(
@@ -1048,10 +1052,12 @@ mod tests {
         s.write_batch(&create_batch("p1", "key1")).unwrap();
         // In the journal, not yet in the database...
         assert_eq!(rows_in_db(dir.path(), "payments"), 0);
+        assert_eq!(s.journal_backlog(), 1);
         assert_eq!(journal_files(dir.path()).len(), 1);
         assert!(journal_files(dir.path())[0].1 > 0);
         // ...yet every read sees it (a read applies the journal first).
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Processing);
+        assert_eq!(s.journal_backlog(), 0);
         assert_eq!(rows_in_db(dir.path(), "payments"), 1);
         assert_eq!(journal_files(dir.path())[0].1, 0, "applied records are dropped from the file");
 
