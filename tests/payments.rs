@@ -605,12 +605,18 @@ async fn replays_return_the_first_answer_whatever_changed_since() {
     assert_eq!(replay.body["id"], id.as_str());
 }
 
-/// Non-empty write-ahead journal files in a data directory (records not yet applied).
+/// Bytes in the write-ahead journal's segments (`journal-<seq>.log`) of a data directory:
+/// records not yet applied.
 fn journal_bytes(data: &std::path::Path) -> u64 {
     std::fs::read_dir(data)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("journal-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum()
 }

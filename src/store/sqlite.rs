@@ -247,49 +247,64 @@ impl SqliteStore {
     }
 
     fn apply_locked(&self, c: &mut Connection) -> StoreResult<usize> {
+        let r = self.apply_pending(c, None);
+        // While the database cannot take the journal, new batches are not acknowledged from
+        // the journal alone: they commit directly (and fail, as this did, if it still can't).
+        self.journal_ok.store(r.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    /// Applies what the journal holds. With `held`, the journal stays locked throughout (no
+    /// append can slip in); without, it is locked only to take the records and to settle
+    /// them, so appends go on while the database works.
+    fn apply_pending(&self, c: &mut Connection, mut held: Option<&mut Journal>) -> StoreResult<usize> {
+        let journal_err = |e: std::io::Error| StoreError::Backend(format!("journal: {e}"));
         let entries = {
-            let mut j = self.lock_journal()?;
+            let mut guard = None;
+            let j = match held.as_deref_mut() {
+                Some(j) => j,
+                None => &mut **guard.insert(self.lock_journal()?),
+            };
             if j.is_idle() {
                 return Ok(0);
             }
-            j.take().map_err(|e| StoreError::Backend(format!("journal: {e}")))?
+            j.take().map_err(journal_err)?
         };
         let n = entries.len();
         let last = entries.last().map_or(0, |e| e.seq);
-        let applied = match apply_entries(c, &entries) {
-            Ok(()) => Ok(()),
-            Err(e) if !is_constraint(&e) => {
-                // Nothing applied: the records stay pending (and in the files) for the next try.
-                self.lock_journal()?.untake(entries);
-                Err(e.into())
+        let result = self.apply_taken(c, entries);
+        let mut guard = None;
+        let j = match held {
+            Some(j) => j,
+            None => &mut **guard.insert(self.lock_journal()?),
+        };
+        match result {
+            Ok(()) => j.applied(last).map_err(journal_err).map(|()| n),
+            Err((e, back)) => {
+                // Those not applied stay pending (and in the files), in order, for the next try.
+                j.untake(back);
+                Err(e)
             }
+        }
+    }
+
+    /// Applies taken records in one transaction. On failure, returns the records not applied.
+    fn apply_taken(&self, c: &mut Connection, entries: Vec<Entry>) -> Result<(), (StoreError, Vec<Entry>)> {
+        match apply_entries(c, &entries) {
+            Ok(()) => Ok(()),
+            Err(e) if !is_constraint(&e) => Err((e.into(), entries)),
             // A batch the database refuses was checked when it was journaled, so this is a
             // bug; the others must not wait on it. Each applies on its own, and one refused
             // is set aside in a file with the reason, never dropped.
             Err(_) => {
-                let mut failed = None;
                 for (i, e) in entries.iter().enumerate() {
                     if let Err(err) = self.apply_alone(c, e) {
-                        failed = Some((i, err));
-                        break;
+                        return Err((err, entries.into_iter().skip(i).collect()));
                     }
                 }
-                match failed {
-                    None => Ok(()),
-                    Some((i, err)) => {
-                        // That one and every later one stay pending, in order.
-                        self.lock_journal()?.untake(entries.into_iter().skip(i).collect());
-                        Err(err)
-                    }
-                }
+                Ok(())
             }
-        };
-        // While the database cannot take the journal, new batches are not acknowledged from
-        // the journal alone: they commit directly (and fail, as this did, if it still can't).
-        self.journal_ok.store(applied.is_ok(), std::sync::atomic::Ordering::Relaxed);
-        applied?;
-        self.lock_journal()?.applied(last).map_err(|e| StoreError::Backend(format!("journal: {e}")))?;
-        Ok(n)
+        }
     }
 
     /// One journaled batch in its own transaction; one the database refuses (a constraint) is
@@ -616,13 +631,12 @@ impl Store for SqliteStore {
         // The journal applied and then held until this commits: a claim journaled meanwhile
         // (checked against the committed rows, which do not show this one yet) would
         // otherwise win the same key.
-        let _journal = loop {
-            self.apply_locked(&mut c)?;
-            let j = self.lock_journal()?;
-            if j.is_idle() {
-                break j;
-            }
-        };
+        self.apply_locked(&mut c)?;
+        let mut journal = self.lock_journal()?;
+        // Appended since: applied with the journal held, so none can follow until the commit.
+        let r = self.apply_pending(&mut c, Some(&mut journal));
+        self.journal_ok.store(r.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        r?;
         // IMMEDIATE when a claim is in the batch: its check and its insert see the same state.
         let claims = ops.iter().any(|o| matches!(o, Write::ClaimIdempotency(_)));
         let tx = c.transaction_with_behavior(if claims {
