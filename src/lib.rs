@@ -15,4 +15,5 @@ pub mod policy;
 pub mod reload;
 pub mod sandbox;
 pub mod server;
+pub mod sniff;
 pub mod store;

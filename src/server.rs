@@ -2,6 +2,7 @@
 //! server with its services (payments API, admin, reload watcher, housekeeping).
 
 use crate::admin::AdminApp;
+use crate::api::service::ApiService;
 use crate::api::{ApiApp, AppState};
 use crate::audit::{AuditLog, Event};
 use crate::config::{self, Overrides};
@@ -9,6 +10,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::reload::{ReloadService, Reloader};
+use crate::sniff::Sniff;
 use crate::store::{sqlite::SqliteStore, Store};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -169,15 +171,15 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     server.bootstrap();
 
     let state = Arc::new(AppState { policy: policy.clone(), engine: engine.clone() });
-    let h2c = || {
+    let options = |h2c: bool| {
         let mut o = HttpServerOptions::default();
-        o.h2c = true;
-        Some(o)
+        o.h2c = h2c;
+        o
     };
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    let api_app = crate::api::service::ApiService { app: ApiApp { state }, options };
-    let mut api = Service::new("payments api".into(), api_app);
+    // HTTP/1.1 and HTTP/2 (prior knowledge on cleartext, ALPN on TLS), told apart with a
+    // deadline (`sniff`).
+    let api_app = |h2c| Arc::new(ApiService { app: ApiApp { state: state.clone() }, options: options(h2c) });
+    let mut api = Service::new("payments api".into(), Sniff { h2c: api_app(true), h1: api_app(false) });
     match &s.tls {
         Some((cert, key)) => {
             let mut tls =
@@ -190,13 +192,16 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     }
     server.add_service(api);
 
-    let mut admin_app = pingora::apps::http_app::HttpServer::new_app(AdminApp {
-        policy: policy.clone(),
-        engine: engine.clone(),
-        reloader: reloader.clone(),
-    });
-    admin_app.server_options = h2c();
-    let mut admin = Service::new("admin".into(), admin_app);
+    let admin_app = |h2c| {
+        let mut a = pingora::apps::http_app::HttpServer::new_app(AdminApp {
+            policy: policy.clone(),
+            engine: engine.clone(),
+            reloader: reloader.clone(),
+        });
+        a.server_options = Some(options(h2c));
+        Arc::new(a)
+    };
+    let mut admin = Service::new("admin".into(), Sniff { h2c: admin_app(true), h1: admin_app(false) });
     admin.add_tcp(&s.admin_listen);
     server.add_service(admin);
     server.add_service(background_service(

@@ -104,6 +104,8 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
         "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
         "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         "GET /v1/payments/pay_x HTTP/1.1\r\nHo st: x\r\n\r\n",
+        // Shorter than the HTTP/2 preface: answered once the listener stops waiting for it.
+        "GARBAGE\r\n\r\n",
     ] {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
         s.write_all(head.as_bytes()).await.unwrap();
@@ -120,7 +122,16 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
     let r = get(&w.pm.api, "/v1/payments/pay_0000000000000000000000").await;
     assert_eq!((r.status, r.body["code"].as_str()), (404, Some("payment_not_found")), "{}", r.text);
     let metrics = client().get(format!("{}/metrics", w.pm.admin)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"400\""), 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"400\""), 4.0, "{metrics}");
+
+    // A valid request shorter than the HTTP/2 preface is served too (it used to wait for
+    // bytes that never come).
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut out)).await;
+    let text = String::from_utf8_lossy(&out[..n.expect("no answer within 10 s").unwrap()]).to_string();
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
 
 #[tokio::test]
