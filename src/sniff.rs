@@ -4,10 +4,13 @@
 //!
 //! pingora does this itself when `h2c` is on, but waits for the whole 24-byte HTTP/2 preface
 //! with no deadline: a connection that sends nothing, or an HTTP/1.1 request shorter than 24
-//! bytes, was held open and unanswered until the client gave up. Here the wait is bounded by
-//! [`PREFACE_WAIT`]; whatever arrived is put back and the connection goes to the HTTP/1.1 app,
-//! whose own read timeout and error answers then apply. TLS connections are left to pingora
-//! (ALPN decides there).
+//! bytes, was held open and unanswered until the client gave up. Here the first bytes that
+//! differ from the preface decide at once, and the wait is bounded by [`PREFACE_WAIT`];
+//! whatever arrived is put back and the connection goes to the HTTP/1.1 app. There a request
+//! that cannot be read gets a 400 problem; a connection that sends nothing is closed by
+//! pingora's keep-alive timeout (60 s) without an answer; a client that keeps sending a byte
+//! at a time is not cut off (pingora's timeout is per read). TLS connections are left to
+//! pingora (ALPN decides there).
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -47,7 +50,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Sniff<A> {
             tokio::select! {
                 r = tcp.read(&mut buf[n..]) => match r {
                     Ok(0) => break,
-                    Ok(k) => n += k,
+                    Ok(k) => {
+                        n += k;
+                        // Not the preface: HTTP/1.1 (a short request is not kept waiting).
+                        if !H2_PREFACE.starts_with(&buf[..n]) {
+                            break;
+                        }
+                    }
                     Err(_) => return None,
                 },
                 _ = &mut deadline => break,
