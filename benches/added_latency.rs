@@ -34,14 +34,6 @@ fn cpu_seconds(pid: &str) -> f64 {
     f.iter().sum::<u64>() as f64 / 100.0
 }
 
-/// Sum of the values of every sample of `name` whose labels contain `labels` (Prometheus text).
-fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// (requests, seconds in paymux's create handler, provider calls, seconds in them) so far.
 async fn own_time(http: &reqwest::Client, admin: &str) -> [f64; 4] {
     let text = match http.get(format!("{admin}/metrics")).send().await {
@@ -50,10 +42,10 @@ async fn own_time(http: &reqwest::Client, admin: &str) -> [f64; 4] {
     };
     let ep = "endpoint=\"create_payment\"";
     [
-        metric_sum(&text, "paymux_request_duration_seconds_count", ep),
-        metric_sum(&text, "paymux_request_duration_seconds_sum", ep),
-        metric_sum(&text, "paymux_channel_latency_seconds_count", ""),
-        metric_sum(&text, "paymux_channel_latency_seconds_sum", ""),
+        metric(&text, "paymux_request_duration_seconds_count", ep),
+        metric(&text, "paymux_request_duration_seconds_sum", ep),
+        metric(&text, "paymux_channel_latency_seconds_count", ""),
+        metric(&text, "paymux_channel_latency_seconds_sum", ""),
     ]
 }
 

@@ -71,8 +71,8 @@ fn one_payment(s: &SqliteStore) -> Duration {
         Write::CompleteIdempotency { api_key_id: "demo".into(), key, status: 201, body },
     ];
     let t = Instant::now();
-    s.write_batch(&first).unwrap();
-    s.write_batch(&last).unwrap();
+    s.write_batch(first.into()).unwrap();
+    s.write_batch(last.into()).unwrap();
     t.elapsed()
 }
 

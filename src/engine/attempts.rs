@@ -112,7 +112,7 @@ impl Engine {
             // hold the payment under this reference.
             let ops: Vec<Write> =
                 std::mem::take(&mut pending_insert).into_iter().chain([Write::InsertAttempt(a.clone())]).collect();
-            crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
+            crate::store::call(&self.store, move |s| s.write_batch(ops)).await?;
             if let Some(d) = decision.take() {
                 self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
             }
@@ -194,7 +194,7 @@ impl Engine {
         }
         ops.push(Write::UpdatePayment(view.payment.clone()));
         ops.push(Write::CompleteIdempotency { api_key_id: api_key, key, status: 201, body: body.clone() });
-        crate::store::call(&self.store, move |s| s.write_batch(&ops)).await?;
+        crate::store::call(&self.store, move |s| s.write_batch(ops)).await?;
         if let Some(d) = decision.take() {
             self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
         }

@@ -183,29 +183,32 @@ impl Journal {
     }
 
     /// Appends one batch as one record; returns its sequence number once the record is in
-    /// the file. On a failed write the partial record is cut off again, so nothing of it is
-    /// ever read back. A batch that cannot be serialised (a stored response that is not
-    /// UTF-8) fails with `InvalidData` and leaves the journal as it was.
-    pub fn append(&mut self, ops: &[Write]) -> io::Result<u64> {
+    /// the file (the batch is kept, not copied, until it is applied). On a failed write the
+    /// partial record is cut off again, so nothing of it is ever read back. A batch that
+    /// cannot be serialised (a stored response that is not UTF-8) fails with `InvalidData`.
+    /// On any failure the journal is as it was and the batch comes back with the error.
+    pub fn append(&mut self, ops: Vec<Write>) -> Result<u64, (io::Error, Vec<Write>)> {
         let seq = self.next_seq;
-        let mut line =
-            serde_json::to_vec(&EntryRef { seq, ops }).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut line = match serde_json::to_vec(&EntryRef { seq, ops: &ops }) {
+            Ok(l) => l,
+            Err(e) => return Err((io::Error::new(io::ErrorKind::InvalidData, e), ops)),
+        };
         line.push(b'\n');
         let seg = &mut self.current;
         let file = seg.file.as_mut().expect("the current segment is open");
         if let Err(e) = file.write_all(&line) {
             let _ = file.set_len(seg.len);
-            return Err(e);
+            return Err((e, ops));
         }
         seg.len += line.len() as u64;
         seg.last_seq = seq;
         self.next_seq += 1;
-        for op in ops {
+        for op in &ops {
             if let Some(k) = idem_key(op) {
                 self.keys.insert(k, seq);
             }
         }
-        self.pending.push(Entry { seq, ops: ops.to_vec() });
+        self.pending.push(Entry { seq, ops });
         Ok(seq)
     }
 
@@ -308,7 +311,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), 0).unwrap();
         for k in ["a", "b", "c"] {
-            j.append(&claim(k)).unwrap();
+            j.append(claim(k)).unwrap();
         }
         assert!(j.holds_key("k", "b") && !j.holds_key("k", "z") && !j.holds_key("other", "b"));
         drop(j);
@@ -323,8 +326,8 @@ mod tests {
     fn a_record_cut_short_at_the_end_is_ignored_and_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), 0).unwrap();
-        j.append(&claim("a")).unwrap();
-        j.append(&claim("b")).unwrap();
+        j.append(claim("a")).unwrap();
+        j.append(claim("b")).unwrap();
         let path = j.current.path.clone();
         drop(j);
         let whole = std::fs::read(&path).unwrap();
@@ -335,7 +338,7 @@ mod tests {
         assert_eq!(seqs(&j), [1, 2]);
         assert_eq!(std::fs::read(&path).unwrap(), whole, "the torn tail is cut off");
         // The next record continues the sequence in a new file; a later open reads both.
-        assert_eq!(j.append(&claim("c")).unwrap(), 3);
+        assert_eq!(j.append(claim("c")).unwrap(), 3);
         drop(j);
         let j = Journal::open(dir.path(), 0).unwrap();
         assert_eq!(seqs(&j), [1, 2, 3]);
@@ -352,7 +355,7 @@ mod tests {
         let mut j = Journal::open(dir.path(), 0).unwrap();
         assert!(j.sealed.is_empty());
         assert_eq!(j.current.path, path, "the new segment takes the same name");
-        j.append(&claim("a")).unwrap();
+        j.append(claim("a")).unwrap();
         // Applying nothing new must not remove the file the journal writes to.
         j.applied(0).unwrap();
         assert!(path.exists());
@@ -365,7 +368,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), 0).unwrap();
         for k in ["a", "b", "c"] {
-            j.append(&claim(k)).unwrap();
+            j.append(claim(k)).unwrap();
         }
         let path = j.current.path.clone();
         drop(j);
@@ -393,13 +396,13 @@ mod tests {
         let mut j = Journal::open(dir.path(), 0).unwrap();
         let mut last = 0;
         while j.current.len < SEGMENT_BYTES {
-            last = j.append(&claim(&format!("key-{last}"))).unwrap();
+            last = j.append(claim(&format!("key-{last}"))).unwrap();
         }
         let taken = j.take().unwrap();
         assert_eq!(taken.len() as u64, last);
         assert_eq!(files(dir.path()).len(), 2, "sealed at its size, a new segment started");
         // Appended while the sealed one is being applied.
-        let next = j.append(&claim("late")).unwrap();
+        let next = j.append(claim("late")).unwrap();
         j.applied(last).unwrap();
         assert_eq!(files(dir.path()).len(), 1, "the applied segment is gone");
         assert!(!j.holds_key("k", "key-1") && j.holds_key("k", "late"));
@@ -412,7 +415,7 @@ mod tests {
     fn a_failed_append_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), 0).unwrap();
-        j.append(&claim("a")).unwrap();
+        j.append(claim("a")).unwrap();
         // A stored response that is not UTF-8 cannot be journaled; the journal is unchanged.
         let bad = [Write::CompleteIdempotency {
             api_key_id: "k".into(),
@@ -420,8 +423,8 @@ mod tests {
             status: 201,
             body: vec![0xff, 0xfe],
         }];
-        assert_eq!(j.append(&bad).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(j.append(bad.to_vec()).unwrap_err().0.kind(), io::ErrorKind::InvalidData);
         assert_eq!(seqs(&j), [1]);
-        assert_eq!(j.append(&claim("b")).unwrap(), 2);
+        assert_eq!(j.append(claim("b")).unwrap(), 2);
     }
 }

@@ -226,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     /// Claims a key on its own (requests whose first write is not a batch of their own; a
     /// payment claims its key in the transaction that records its first attempt).
     fn idem_claim(&self, claim: &IdemRecord) -> StoreResult<IdemClaim> {
-        match self.write_batch(&[Write::ClaimIdempotency(claim.clone())]) {
+        match self.write_batch(vec![Write::ClaimIdempotency(claim.clone())]) {
             Ok(()) => Ok(IdemClaim::Claimed),
             Err(StoreError::KeyTaken(s)) => Ok(IdemClaim::Existing(s)),
             Err(e) => Err(e),
@@ -236,7 +236,7 @@ pub trait Store: Send + Sync + 'static {
     fn idem_get(&self, api_key_id: &str, key: &str, now_ms: i64) -> StoreResult<Option<IdemState>>;
     /// Stores the first response.
     fn idem_complete(&self, api_key_id: &str, key: &str, status: u16, body: &[u8]) -> StoreResult<()> {
-        self.write_batch(&[Write::CompleteIdempotency {
+        self.write_batch(vec![Write::CompleteIdempotency {
             api_key_id: api_key_id.into(),
             key: key.into(),
             status,
@@ -251,8 +251,9 @@ pub trait Store: Send + Sync + 'static {
     fn idem_expire(&self, now_ms: i64) -> StoreResult<usize>;
 
     /// Applies several writes in one transaction (one commit on the hot path instead of many);
-    /// all or nothing.
-    fn write_batch(&self, ops: &[Write]) -> StoreResult<()>;
+    /// all or nothing. Takes the batch by value: a backend may keep it (the SQLite one holds
+    /// it in its write-ahead journal until applied) without copying it on the request path.
+    fn write_batch(&self, ops: Vec<Write>) -> StoreResult<()>;
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
     /// Stores a payment's new state. Returns the status it replaced, or `None` when nothing was
     /// written (no such payment, or a final status that a non-final one may not replace).

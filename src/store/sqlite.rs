@@ -335,15 +335,15 @@ impl SqliteStore {
         f.sync_all().map_err(|err| StoreError::Backend(format!("{}: {err}", self.rejected_path.display())))
     }
 
-    /// Tries to journal a batch. `Ok(false)`: it must be written to the database instead (a
-    /// key it claims has a write still in the journal, so only the database, once that is
+    /// Tries to journal a batch. `Ok(Some(ops))`: it must be written to the database instead
+    /// (a key it claims has a write still in the journal, so only the database, once that is
     /// applied, can say who holds it; or the batch cannot be serialised).
-    fn journal_batch(&self, ops: &[Write]) -> StoreResult<bool> {
+    fn journal_batch(&self, ops: Vec<Write>) -> StoreResult<Option<Vec<Write>>> {
         let mut j = self.lock_journal()?;
-        for op in ops {
+        for op in &ops {
             if let Write::ClaimIdempotency(r) = op {
                 if j.holds_key(&r.api_key_id, &r.key) {
-                    return Ok(false);
+                    return Ok(Some(ops));
                 }
                 // The main connection when it is free (its page cache is warm: the database
                 // changes only through it); the reader while it applies. Never waits on
@@ -362,9 +362,9 @@ impl SqliteStore {
             }
         }
         match j.append(ops) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(false),
-            Err(e) => Err(StoreError::Backend(format!("journal: {e}"))),
+            Ok(_) => Ok(None),
+            Err((e, ops)) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Some(ops)),
+            Err((e, _)) => Err(StoreError::Backend(format!("journal: {e}"))),
         }
     }
 
@@ -620,13 +620,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn write_batch(&self, ops: &[Write]) -> StoreResult<()> {
-        if self.journal_writes
-            && self.journal_ok.load(std::sync::atomic::Ordering::Relaxed)
-            && self.journal_batch(ops)?
-        {
-            return Ok(());
-        }
+    fn write_batch(&self, ops: Vec<Write>) -> StoreResult<()> {
+        let ops = if self.journal_writes && self.journal_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            match self.journal_batch(ops)? {
+                None => return Ok(()),
+                Some(ops) => ops,
+            }
+        } else {
+            ops
+        };
         let mut c = self.lock_conn()?;
         // The journal applied and then held until this commits: a claim journaled meanwhile
         // (checked against the committed rows, which do not show this one yet) would
@@ -644,7 +646,7 @@ impl Store for SqliteStore {
         } else {
             rusqlite::TransactionBehavior::Deferred
         })?;
-        for op in ops {
+        for op in &ops {
             if let Write::ClaimIdempotency(r) = op {
                 // Dropping `tx` rolls the whole batch back.
                 if let Some(s) = idem_live(&tx, &r.api_key_id, &r.key, r.created_at)? {
@@ -1063,7 +1065,7 @@ mod tests {
     fn journaled_batches_read_back_at_once_and_survive_a_kill() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
-        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        s.write_batch(create_batch("p1", "key1")).unwrap();
         // In the journal, not yet in the database...
         assert_eq!(rows_in_db(dir.path(), "payments"), 0);
         assert_eq!(s.journal_backlog(), 1);
@@ -1077,10 +1079,10 @@ mod tests {
 
         // Two more batches journaled, then the process dies before applying them (dropping
         // the store applies nothing; the next open must).
-        s.write_batch(&create_batch("p2", "key2")).unwrap();
+        s.write_batch(create_batch("p2", "key2")).unwrap();
         let mut done = payment("p2", PaymentStatus::Succeeded);
         done.channel = Some("stripe_hk".into());
-        s.write_batch(&[
+        s.write_batch(vec![
             Write::UpdatePayment(done),
             Write::CompleteIdempotency {
                 api_key_id: "k".into(),
@@ -1108,7 +1110,7 @@ mod tests {
     fn replay_applies_each_record_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
-        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        s.write_batch(create_batch("p1", "key1")).unwrap();
         let (name, _) = journal_files(dir.path()).remove(0);
         let kept = std::fs::read(dir.path().join(&name)).unwrap();
         assert_eq!(s.apply_journal().unwrap(), 1);
@@ -1134,9 +1136,9 @@ mod tests {
     fn a_claim_is_checked_against_writes_still_in_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
-        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        s.write_batch(create_batch("p1", "key1")).unwrap();
         // The first claim is only in the journal: a second one must still lose.
-        match s.write_batch(&create_batch("p2", "key1")) {
+        match s.write_batch(create_batch("p2", "key1")) {
             Err(StoreError::KeyTaken(IdemState::InFlight { resource_id, .. })) => {
                 assert_eq!(resource_id.as_deref(), Some("p1"))
             }
@@ -1144,20 +1146,20 @@ mod tests {
         }
         assert!(s.get_payment("p2").unwrap().is_none());
         // Applied, then completed in the journal: a retry gets the stored response, not 409.
-        s.write_batch(&[Write::CompleteIdempotency {
+        s.write_batch(vec![Write::CompleteIdempotency {
             api_key_id: "k".into(),
             key: "key1".into(),
             status: 201,
             body: b"{}".to_vec(),
         }])
         .unwrap();
-        match s.write_batch(&create_batch("p3", "key1")) {
+        match s.write_batch(create_batch("p3", "key1")) {
             Err(StoreError::KeyTaken(IdemState::Done { status: 201, .. })) => {}
             other => panic!("{other:?}"),
         }
         // And once all is applied, the claim check reads the database (the reader connection).
         s.apply_journal().unwrap();
-        match s.write_batch(&create_batch("p4", "key1")) {
+        match s.write_batch(create_batch("p4", "key1")) {
             Err(StoreError::KeyTaken(IdemState::Done { status: 201, .. })) => {}
             other => panic!("{other:?}"),
         }
@@ -1165,11 +1167,11 @@ mod tests {
         // While the main connection is busy (the applier holds it), the check reads the
         // committed state on the reader connection, and journaling never waits for it.
         let busy = s.conn.lock().unwrap();
-        match s.write_batch(&create_batch("p6", "key1")) {
+        match s.write_batch(create_batch("p6", "key1")) {
             Err(StoreError::KeyTaken(IdemState::Done { status: 201, .. })) => {}
             other => panic!("{other:?}"),
         }
-        s.write_batch(&create_batch("p5", "key5")).unwrap();
+        s.write_batch(create_batch("p5", "key5")).unwrap();
         drop(busy);
         assert!(s.get_payment("p5").unwrap().is_some());
         assert!(s.get_payment("p6").unwrap().is_none());
@@ -1182,8 +1184,8 @@ mod tests {
         s.insert_payment(&payment("p1", PaymentStatus::Processing)).unwrap();
         // A second insert of the same id cannot apply (a bug upstream); it must neither block
         // the batches after it nor vanish.
-        s.write_batch(&[Write::InsertPayment(payment("p1", PaymentStatus::Failed))]).unwrap();
-        s.write_batch(&create_batch("p2", "key2")).unwrap();
+        s.write_batch(vec![Write::InsertPayment(payment("p1", PaymentStatus::Failed))]).unwrap();
+        s.write_batch(create_batch("p2", "key2")).unwrap();
         assert_eq!(s.apply_journal().unwrap(), 2);
         assert!(s.get_payment("p2").unwrap().is_some());
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Processing);
@@ -1201,20 +1203,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
         s.insert_payment(&payment("p1", PaymentStatus::Processing)).unwrap();
-        s.write_batch(&[Write::InsertPayment(payment("p1", PaymentStatus::Failed))]).unwrap();
-        s.write_batch(&create_batch("p2", "key2")).unwrap();
+        s.write_batch(vec![Write::InsertPayment(payment("p1", PaymentStatus::Failed))]).unwrap();
+        s.write_batch(create_batch("p2", "key2")).unwrap();
         // The set-aside file cannot be written (a directory stands in its way).
         let aside = dir.path().join("journal-rejected.jsonl");
         std::fs::create_dir(&aside).unwrap();
         assert!(s.apply_journal().is_err());
         // Meanwhile a new batch is not acknowledged from the journal alone.
-        assert!(s.write_batch(&create_batch("p3", "key3")).is_err());
+        assert!(s.write_batch(create_batch("p3", "key3")).is_err());
         std::fs::remove_dir(&aside).unwrap();
         // Once it can, everything journaled lands: p2 is not lost, p1's duplicate set aside.
         s.apply_journal().unwrap();
         assert!(s.get_payment("p2").unwrap().is_some());
         assert!(std::fs::read_to_string(&aside).unwrap().contains("\"p1\""));
-        s.write_batch(&create_batch("p3", "key3")).unwrap();
+        s.write_batch(create_batch("p3", "key3")).unwrap();
         assert!(s.get_payment("p3").unwrap().is_some());
         drop(s);
         let s = SqliteStore::open(dir.path(), false).unwrap();
@@ -1225,7 +1227,7 @@ mod tests {
     fn with_synchronous_full_batches_are_committed_not_journaled() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), true).unwrap();
-        s.write_batch(&create_batch("p1", "key1")).unwrap();
+        s.write_batch(create_batch("p1", "key1")).unwrap();
         assert_eq!(rows_in_db(dir.path(), "payments"), 1);
         assert!(journal_files(dir.path()).iter().all(|(_, len)| *len == 0));
     }
@@ -1242,12 +1244,12 @@ mod tests {
             created_at: 10,
             expires_at: 100,
         };
-        s.write_batch(&[
+        s.write_batch(vec![
             Write::ClaimIdempotency(rec("p1")),
             Write::InsertPayment(payment("p1", PaymentStatus::Processing)),
         ])
         .unwrap();
-        let second = s.write_batch(&[
+        let second = s.write_batch(vec![
             Write::ClaimIdempotency(rec("p2")),
             Write::InsertPayment(payment("p2", PaymentStatus::Processing)),
         ]);
@@ -1260,7 +1262,7 @@ mod tests {
         assert!(s.get_payment("p2").unwrap().is_none(), "the rolled-back batch stored its payment");
         assert!(s.get_payment("p1").unwrap().is_some());
         // Completing in the payment's last batch makes the key replay the stored response.
-        s.write_batch(&[
+        s.write_batch(vec![
             Write::UpdatePayment(payment("p1", PaymentStatus::Succeeded)),
             Write::CompleteIdempotency {
                 api_key_id: "k".into(),
@@ -1280,7 +1282,7 @@ mod tests {
         let s = SqliteStore::open(dir.path(), false).unwrap();
         let id = crate::domain::new_id("pay");
         let a = AttemptRow::pending(&id, 2, "c", 1);
-        s.write_batch(&[
+        s.write_batch(vec![
             Write::InsertPayment(payment(&id, PaymentStatus::Processing)),
             Write::InsertAttempt(a.clone()),
         ])
@@ -1300,7 +1302,7 @@ mod tests {
             (w.n, w.attempt_ref, w.watch) = (n, attempt_ref(&id, n), true);
             ops.push(Write::InsertAttempt(w));
         }
-        s.write_batch(&ops).unwrap();
+        s.write_batch(ops).unwrap();
         let first = s.watched_attempts(None, 2).unwrap();
         assert_eq!(first.iter().map(|w| w.n).collect::<Vec<_>>(), [3, 4]);
         let rest = s.watched_attempts(Some((&id, 4)), 2).unwrap();
