@@ -273,11 +273,6 @@ impl Journal {
         }
         first_err.map_or(Ok(()), Err)
     }
-
-    /// The data directory the journal lives in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 #[cfg(test)]
