@@ -1,7 +1,8 @@
 //! Load script: added latency of paymux over calling the sandbox directly, at a fixed rate.
 //!
 //! Open loop (requests are sent on a fixed schedule whatever the responses do, and latency is
-//! measured from the scheduled send time, so a stall is not hidden by coordinated omission).
+//! measured from the scheduled send time, so a stall is not hidden by coordinated omission;
+//! how late the sends themselves left is printed with each run).
 //! Loopback only; bounded by rate × seconds; stops by itself.
 //!
 //!   cargo bench --bench added_latency                          # 1000 req/s, 10 s of each kind
@@ -109,21 +110,36 @@ async fn run<const N: usize>(
 ) -> [Stats; N] {
     let total = rate * secs * N as u64;
     let per_block = (rate * block.as_millis() as u64 / 1000).max(1);
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut handles = Vec::with_capacity(total as usize);
-    let mut n = [0u64; N];
-    for i in 0..total {
-        let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-        tokio::time::sleep_until(at.into()).await;
-        let k = ((i / per_block) % N as u64) as usize;
-        let j = n[k];
-        n[k] += 1;
-        let fut = kinds[k](j);
-        handles.push(tokio::spawn(async move {
-            let ok = fut.await;
-            (k, ok, at.elapsed().as_micros() as u64)
-        }));
-    }
+    // The schedule is kept by a thread of its own: tokio's timer has a 1 ms granularity, which
+    // at 1,000 req/s would release requests up to a millisecond late (and in step with the
+    // timer tick); a thread's sleep is accurate to tens of microseconds.
+    let rt = tokio::runtime::Handle::current();
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(50);
+        let mut handles = Vec::with_capacity(total as usize);
+        let mut late_us = Vec::with_capacity(total as usize);
+        let mut n = [0u64; N];
+        for i in 0..total {
+            let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+            if let Some(d) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            late_us.push(at.elapsed().as_micros() as u64);
+            let k = ((i / per_block) % N as u64) as usize;
+            let j = n[k];
+            n[k] += 1;
+            let fut = kinds[k](j);
+            handles.push(rt.spawn(async move {
+                let ok = fut.await;
+                (k, ok, at.elapsed().as_micros() as u64)
+            }));
+        }
+        late_us.sort_unstable();
+        (handles, late_us)
+    });
+    let (handles, late_us) = tokio::task::spawn_blocking(move || pacer.join().expect("pacer")).await.expect("pacer");
+    let pct = |p: f64| late_us[((late_us.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    println!("(sends left the schedule late by p50 {:.3} ms, p99 {:.3} ms)", pct(0.5), pct(0.99));
     let mut s = names.map(|name| Stats { name, sent: 0, errors: 0, lat_us: Vec::with_capacity(total as usize / N) });
     for h in handles {
         if let Ok((k, ok, us)) = h.await {
@@ -141,6 +157,59 @@ async fn run<const N: usize>(
     s
 }
 
+/// The simulator, running in this process or as a child `paymux sandbox` (killed on drop).
+enum Sandboxed {
+    InProcess(#[allow(dead_code)] paymux::sandbox::Sandbox),
+    Process(std::process::Child),
+}
+
+impl Drop for Sandboxed {
+    fn drop(&mut self) {
+        if let Sandboxed::Process(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Ports where the control port's next three are free too: `paymux sandbox` puts its
+/// simulators (stripe_primary, stripe_backup, antom_hk) on control + 1, + 2, + 3.
+fn consecutive_ports() -> Ports {
+    loop {
+        let control = free_port();
+        let next: Vec<_> = (1..=3).map(|i| std::net::TcpListener::bind(("127.0.0.1", control + i))).collect();
+        if next.iter().all(|l| l.is_ok()) {
+            drop(next);
+            return Ports {
+                api: free_port(),
+                admin: free_port(),
+                stripe_primary: control + 1,
+                stripe_backup: control + 2,
+                antom: control + 3,
+                control,
+            };
+        }
+    }
+}
+
+/// Starts `paymux sandbox` on `ports` with `faults`; returns once the Stripe simulator accepts.
+fn spawn_sandbox(ports: Ports, faults: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["sandbox", "--listen", &format!("127.0.0.1:{}", ports.control)])
+        .args(["--callback-base", &format!("http://127.0.0.1:{}", ports.api)])
+        .arg("--faults")
+        .arg(faults)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn paymux sandbox");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", ports.stripe_primary)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "paymux sandbox did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
     // and a load run does not belong in the test suite.
@@ -154,18 +223,26 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let tmp = tempfile::tempdir().unwrap();
-        let ports = Ports::new();
+        let in_process = std::env::var("PAYMUX_LOAD_SANDBOX").is_ok_and(|v| v == "in-process");
+        let ports = if in_process { Ports::new() } else { consecutive_ports() };
         let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
         write_config(&cfg, ports, &data, 3000);
         // Callbacks are dropped: this measures the request path. (With them, each card payment
         // also brings two signed webhooks to paymux, tripling its request rate.)
-        let mut scfg = sandbox_config(ports);
-        for s in &scfg.stripe {
-            let f: paymux::sandbox::Faults =
-                serde_json::from_value(serde_json::json!({"callbacks": {"drop": true}})).unwrap();
-            scfg.faults.insert(s.name.clone(), f);
-        }
-        let _sandbox = paymux::sandbox::Sandbox::start(scfg).await.unwrap();
+        let faults = tmp.path().join("faults.yaml");
+        std::fs::write(&faults, "stripe_primary: {callbacks: {drop: true}}\nstripe_backup: {callbacks: {drop: true}}\n")
+            .unwrap();
+        // By default the simulator is its own process (`paymux sandbox`), as a provider is
+        // another party: the direct baseline then pays the same cross-process hop to it that
+        // paymux does. PAYMUX_LOAD_SANDBOX=in-process runs it inside this generator's runtime,
+        // where a direct request never leaves the process (a cheaper baseline than any app gets).
+        let _sandbox = if in_process {
+            let mut scfg = sandbox_config(ports);
+            scfg.faults = paymux::sandbox::load_faults(&faults).unwrap();
+            Sandboxed::InProcess(paymux::sandbox::Sandbox::start(scfg).await.unwrap())
+        } else {
+            Sandboxed::Process(spawn_sandbox(ports, &faults))
+        };
         let pm = Paymux::start(&cfg, &data, ports);
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
@@ -259,8 +336,9 @@ fn main() {
         let (me1, pm1) = (cpu_seconds("self"), cpu_seconds(&pid));
         let t1 = own_time(&http, &admin).await;
         println!(
-            "\nopen loop, {rate} req/s, {secs} s of each kind in alternating {} ms blocks, loopback; latency in ms from scheduled send\n",
-            block.as_millis()
+            "\nopen loop, {rate} req/s, {secs} s of each kind in alternating {} ms blocks, loopback, simulator {}; latency in ms from scheduled send\n",
+            block.as_millis(),
+            if in_process { "in this process" } else { "in its own process" }
         );
         table(&[&d, &v]);
         println!(

@@ -689,3 +689,69 @@ async fn kill_9_under_load_loses_no_acknowledged_payment() {
         assert_eq!(replay.body["id"], id, "{key}");
     }
 }
+
+/// Providers are reached over TLS with their certificate checked against the system's CA
+/// store, which `SSL_CERT_FILE` / `SSL_CERT_DIR` extend: the Antom simulator's TLS listener
+/// (a `localhost` certificate from the sandbox CA) serves an AlipayHK payment when paymux
+/// trusts that CA, and refuses the handshake, nothing sent, when it does not. A CA file that
+/// cannot be read stops startup with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_reached_over_tls_with_their_certificate_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let tls_port = free_port();
+    let cfg = tmp.path().join("cfg");
+    write_config(&cfg, ports, &tmp.path().join("data"), 3000);
+    let channels = cfg.join("channels.yaml");
+    let text = std::fs::read_to_string(&channels).unwrap();
+    let plain = format!("http://127.0.0.1:{}", ports.antom);
+    assert!(text.contains(&plain));
+    std::fs::write(&channels, text.replace(&plain, &format!("https://localhost:{tls_port}"))).unwrap();
+    let mut scfg = sandbox_config(ports);
+    scfg.antom[0].tls_listen = Some(format!("127.0.0.1:{tls_port}").parse().unwrap());
+    let _sandbox = paymux::sandbox::Sandbox::start(scfg).await.expect("sandbox");
+    let ctrl = format!("http://127.0.0.1:{}", ports.control);
+    let sim_payments = || async {
+        let r = send(client().get(format!("{ctrl}/_sandbox/antom_hk/payments"))).await;
+        r.body.as_array().map_or(0, |a| a.len())
+    };
+    let alipay = |order: &str| {
+        json!({"amount": 8800, "currency": "HKD", "method": "alipay_hk", "order_id": order,
+               "return_url": "https://shop.example.hk/done"})
+    };
+
+    // Trusted: the sandbox CA is added to the store.
+    let ca = root().join("sandbox/tls/ca.pem");
+    let data = tmp.path().join("data");
+    let pm = Paymux::start_env(&cfg, &data, ports, &[("SSL_CERT_FILE", Some(&ca)), ("SSL_CERT_DIR", None)]);
+    let r = create(&pm.api, "tls-1", alipay("order-tls-1")).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "requires_action", "{}\n{}", r.text, pm.log());
+    assert_eq!(r.body["channel"], "antom_hk");
+    assert_eq!(sim_payments().await, 1);
+    drop(pm);
+
+    // Not trusted: an empty store. The handshake fails before any request byte is sent.
+    let empty = tmp.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let pm = Paymux::start_env(&cfg, &data, ports, &[("SSL_CERT_FILE", Some(&empty)), ("SSL_CERT_DIR", None)]);
+    let r = create(&pm.api, "tls-2", alipay("order-tls-2")).await;
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert_eq!(r.body["attempts"][0]["error_code"], "connect_failed", "{}", r.text);
+    assert_eq!(sim_payments().await, 1, "an untrusted provider must not receive the payment");
+    drop(pm);
+
+    // A CA file that cannot be read: startup refuses, naming it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("SSL_CERT_FILE", tmp.path().join("missing.pem"))
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("CA certificates") && err.contains("missing.pem"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! Sends connector requests over a pooled HTTP/1.1 client and classifies transport failures.
+//! Sends connector requests over pingora's pooled HTTP/1.1 client and classifies transport
+//! failures.
 //!
 //! The classification is what failover safety rests on: `NotSent` means no request byte can
 //! have reached the provider (connect refused, connect timeout, DNS), so trying another channel
@@ -7,6 +8,12 @@
 //! refreshed in the background, so no lookup ever runs on the request path.
 
 use super::{WireRequest, WireResponse};
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::v1::Connector as H1Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v1::client::HttpSession as H1Session;
+use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -77,47 +84,68 @@ impl DnsCache {
     }
 }
 
-struct CacheResolver(Arc<DnsCache>);
-
-impl reqwest::dns::Resolve for CacheResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let found = self.0.lookup(name.as_str());
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            match found {
-                Some(a) => Ok(Box::new(a.into_iter()) as reqwest::dns::Addrs),
-                None => Err(format!("host {host} not in the DNS cache").into()),
-            }
-        })
-    }
+/// The process-wide HTTP/1.1 connector: connection pool (shared by every channel, kept across
+/// reloads) and TLS client (the platform's CA certificates, checked when first needed).
+fn connector() -> Result<&'static H1Connector, String> {
+    static C: OnceLock<Result<H1Connector, String>> = OnceLock::new();
+    C.get_or_init(|| {
+        // pingora's TLS set-up panics on a CA store it cannot read; read it first to say why.
+        let mut probe = pingora::tls::RootCertStore::empty();
+        pingora::tls::load_platform_certs_incl_env_into_store(&mut probe)
+            .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?;
+        Ok(H1Connector::new(Some(ConnectorOptions::new(POOL_SIZE))))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
 }
 
-/// One channel's HTTP client: base URL, pool, timeouts.
+/// Idle connections kept per process (all channels).
+const POOL_SIZE: usize = 256;
+/// How long an idle pooled connection is kept.
+const IDLE: Duration = Duration::from_secs(50);
+/// The largest provider answer read; a larger one is treated as a broken exchange.
+const MAX_RESPONSE: usize = 4 << 20;
+
+/// One channel's HTTP endpoint: where, how long to wait, and the shared pool.
 #[derive(Clone)]
 pub struct Transport {
-    client: reqwest::Client,
-    base: String,
+    host: String,
+    port: u16,
+    tls: bool,
+    /// `Host` header value: the host, with the port when it is not the scheme's default.
+    authority: String,
+    /// Path prefix of the base URL, without a trailing slash.
+    prefix: String,
+    connect_timeout: Duration,
     attempt_timeout: Duration,
 }
 
 impl Transport {
-    /// Builds a client; primes the DNS cache for the base URL's host (blocking).
+    /// Validates the base URL and primes the DNS cache for its host (blocking).
     pub fn new(base_url: &str, connect_timeout: Duration, attempt_timeout: Duration) -> Result<Self, String> {
         let url = reqwest::Url::parse(base_url).map_err(|e| e.to_string())?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(format!("unsupported scheme `{other}` (use http or https)")),
+        };
         let host = url.host_str().ok_or("base URL has no host")?.to_string();
-        let cache = DnsCache::global();
-        cache.prime(&host).map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .http1_only()
-            .dns_resolver(Arc::new(CacheResolver(cache)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Transport { client, base: base_url.trim_end_matches('/').to_string(), attempt_timeout })
+        let port = url.port_or_known_default().ok_or("base URL has no port")?;
+        DnsCache::global().prime(&host).map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
+        connector()?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        Ok(Transport {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            tls,
+            authority,
+            prefix: url.path().trim_end_matches('/').to_string(),
+            connect_timeout,
+            attempt_timeout,
+        })
     }
 
     /// The per-attempt timeout.
@@ -125,40 +153,239 @@ impl Transport {
         self.attempt_timeout
     }
 
+    fn addrs(&self) -> Result<Vec<SocketAddr>, SendError> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let found = DnsCache::global().lookup(&self.host);
+        let addrs: Vec<SocketAddr> =
+            found.unwrap_or_default().into_iter().map(|a| SocketAddr::new(a.ip(), self.port)).collect();
+        if addrs.is_empty() {
+            return Err(SendError::NotSent(format!("host {} not in the DNS cache", self.host)));
+        }
+        Ok(addrs)
+    }
+
+    /// A pooled or new connection to the first address that answers.
+    async fn connect(&self, conn: &H1Connector) -> Result<(H1Session, HttpPeer), SendError> {
+        let mut last = String::new();
+        for addr in self.addrs()? {
+            let mut peer = HttpPeer::new(addr, self.tls, self.host.clone());
+            peer.options.connection_timeout = Some(self.connect_timeout);
+            peer.options.total_connection_timeout = Some(self.connect_timeout);
+            match conn.get_http_session(&peer).await {
+                Ok((s, _reused)) => return Ok((s, peer)),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(SendError::NotSent(last))
+    }
+
     /// Sends `req`, bounded by the attempt timeout (or `deadline`, if sooner).
     pub async fn send(&self, req: &WireRequest, deadline: Option<Duration>) -> Result<WireResponse, SendError> {
         let timeout = deadline.map_or(self.attempt_timeout, |d| d.min(self.attempt_timeout));
-        let mut b = self
-            .client
-            .request(req.method.clone(), format!("{}{}", self.base, req.path))
-            .timeout(timeout)
-            .body(req.body.clone());
+        let started = tokio::time::Instant::now();
+        let conn = connector().map_err(SendError::NotSent)?;
+        let (mut session, peer) = tokio::time::timeout(timeout.min(self.connect_timeout), self.connect(conn))
+            .await
+            .map_err(|_| SendError::NotSent("connect timed out".into()))??;
+        let head = self.head(req).map_err(SendError::NotSent)?;
+        let left = timeout.saturating_sub(started.elapsed());
+        let resp = match tokio::time::timeout(left, exchange(&mut session, head, &req.body)).await {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Err(e)) => return Err(SendError::Broken(e)),
+            Ok(Ok(r)) => r,
+        };
+        conn.release_http_session(session, &peer, Some(IDLE)).await;
+        Ok(resp)
+    }
+
+    fn head(&self, req: &WireRequest) -> Result<Box<RequestHeader>, String> {
+        let path = format!("{}{}", self.prefix, req.path);
+        let mut h = RequestHeader::build(req.method.clone(), path.as_bytes(), Some(req.headers.len() + 2))
+            .map_err(|e| e.to_string())?;
+        let e = |e: Box<pingora::Error>| e.to_string();
+        h.insert_header(http::header::HOST, &self.authority).map_err(e)?;
         for (k, v) in &req.headers {
-            b = b.header(*k, v);
+            h.append_header(*k, v.as_str()).map_err(e)?;
         }
-        let resp = b.send().await.map_err(classify)?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(classify)?;
-        Ok(WireResponse { status, headers, body })
+        if !req.body.is_empty() || req.method == http::Method::POST {
+            h.insert_header(http::header::CONTENT_LENGTH, req.body.len()).map_err(e)?;
+        }
+        Ok(Box::new(h))
     }
 }
 
-fn classify(e: reqwest::Error) -> SendError {
-    if e.is_connect() {
-        // Connect refused, connect timeout, TLS handshake failure, DNS: nothing was sent.
-        SendError::NotSent(root_cause(&e))
-    } else if e.is_timeout() {
-        SendError::Timeout
-    } else {
-        SendError::Broken(root_cause(&e))
+/// Writes the request and reads the whole answer on `s`.
+async fn exchange(s: &mut H1Session, head: Box<RequestHeader>, body: &Bytes) -> Result<WireResponse, String> {
+    let e = |e: Box<pingora::Error>| e.to_string();
+    s.write_request_header(head).await.map_err(e)?;
+    if !body.is_empty() {
+        s.write_body(body).await.map_err(e)?;
     }
+    s.finish_body().await.map_err(e)?;
+    // Informational answers (100, 103) come before the real one.
+    let status = loop {
+        s.read_response().await.map_err(e)?;
+        match s.get_status() {
+            Some(st) if st.is_informational() && st.as_u16() != 101 => continue,
+            Some(st) => break st.as_u16(),
+            None => return Err("no response status".into()),
+        }
+    };
+    let headers = s.resp_header().map(|h| h.headers.clone()).unwrap_or_default();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = s.read_body_bytes().await.map_err(e)? {
+        if buf.len() + chunk.len() > MAX_RESPONSE {
+            return Err(format!("response body over {MAX_RESPONSE} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(WireResponse { status, headers, body: buf.freeze() })
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(s) = cur.source() {
-        cur = s;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A provider on loopback that answers every request with `answer`, records what it
+    /// received, and closes each connection after answering if `close` is set.
+    async fn provider(answer: Vec<u8>, close: bool) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (seen, conns) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
+        let (seen2, conns2) = (seen.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                *conns2.lock().unwrap() += 1;
+                let (answer, seen) = (answer.clone(), seen2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else { continue };
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        seen.lock().unwrap().push(text[..end + 4 + len].to_string());
+                        buf.drain(..end + 4 + len);
+                        if s.write_all(&answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen, conns)
     }
-    cur.to_string()
+
+    fn post(path: &str, body: &str) -> WireRequest {
+        WireRequest {
+            method: http::Method::POST,
+            path: path.into(),
+            headers: vec![("idempotency-key", "k1".into())],
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn transport(port: u16, prefix: &str, attempt_ms: u64) -> Transport {
+        let base = format!("http://127.0.0.1:{port}{prefix}");
+        Transport::new(&base, Duration::from_millis(500), Duration::from_millis(attempt_ms)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sends_the_base_path_host_and_length_and_reuses_the_connection() {
+        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false).await;
+        let t = transport(port, "/api/", 2000);
+        for _ in 0..3 {
+            let r = t.send(&post("/v1/x", "a=1"), None).await.unwrap();
+            assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        }
+        let first = seen.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(first.starts_with("post /api/v1/x http/1.1\r\n"), "{first}");
+        for h in
+            [format!("host: 127.0.0.1:{port}\r\n"), "content-length: 3\r\n".into(), "idempotency-key: k1\r\n".into()]
+        {
+            assert!(first.contains(&h), "{h} missing in {first}");
+        }
+        assert!(first.ends_with("\r\n\r\na=1"), "{first}");
+        assert_eq!(*conns.lock().unwrap(), 1, "three sends, one pooled connection");
+    }
+
+    #[tokio::test]
+    async fn reads_chunked_answers_after_informational_ones() {
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 402 Payment Required\r\nTransfer-Encoding: chunked\r\nX-Req: r1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let (port, _, _) = provider(answer.to_vec(), false).await;
+        let r = transport(port, "", 2000).send(&post("/v1/x", ""), None).await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (402, &b"hello world"[..]));
+        assert_eq!(r.headers.get("x-req").unwrap(), "r1");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_provider_closed_after_answering_is_not_reused() {
+        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), true).await;
+        let t = transport(port, "", 2000);
+        t.send(&post("/a", "1"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The closed connection is noticed in the pool; the next send opens a new one
+        // rather than failing as a broken (ambiguous) exchange.
+        t.send(&post("/b", "2"), None).await.unwrap();
+        assert_eq!((seen.lock().unwrap().len(), *conns.lock().unwrap()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_is_a_broken_exchange() {
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_RESPONSE + 1).into_bytes();
+        answer.resize(answer.len() + MAX_RESPONSE + 1, b'x');
+        let (port, _, _) = provider(answer, false).await;
+        match transport(port, "", 5000).send(&post("/x", ""), None).await {
+            Err(SendError::Broken(e)) => assert!(e.contains("over"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_is_not_sent_silence_is_a_timeout_and_a_cut_answer_is_broken() {
+        // Refused: nothing reached anyone.
+        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let r = transport(port, "", 2000).send(&post("/x", ""), None).await;
+        assert!(matches!(r, Err(SendError::NotSent(_))), "{r:?}");
+        // Accepted, never answered: the request may have been processed.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let started = std::time::Instant::now();
+        let r = transport(port, "", 300).send(&post("/x", ""), None).await;
+        assert_eq!(r.unwrap_err(), SendError::Timeout);
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        // The caller's deadline wins when it is sooner than the attempt timeout.
+        let started = std::time::Instant::now();
+        let r = transport(port, "", 10_000).send(&post("/x", ""), Some(Duration::from_millis(200))).await;
+        assert_eq!(r.unwrap_err(), SendError::Timeout);
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        held.abort();
+        // Cut off mid-answer: broken, also ambiguous.
+        let (port, _, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf".to_vec(), true).await;
+        let r = transport(port, "", 2000).send(&post("/x", ""), None).await;
+        assert!(matches!(r, Err(SendError::Broken(_))), "{r:?}");
+    }
 }

@@ -84,6 +84,11 @@ pub struct Paymux {
 
 impl Paymux {
     pub fn start(config: &Path, data: &Path, ports: Ports) -> Paymux {
+        Self::start_env(config, data, ports, &[])
+    }
+
+    /// [`Paymux::start`] with environment variables set (`None`: removed) for the process.
+    pub fn start_env(config: &Path, data: &Path, ports: Ports, env: &[(&str, Option<&Path>)]) -> Paymux {
         let log = data.join(format!("paymux-{}.log", ports.api));
         std::fs::create_dir_all(data).unwrap();
         // PAYMUX_PIN_CPU=N runs paymux on CPU N only (the load bench uses it to keep the
@@ -96,6 +101,12 @@ impl Paymux {
             }
             Err(_) => Command::new(env!("CARGO_BIN_EXE_paymux")),
         };
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let child = cmd
             .args(["serve", "--config"])
             .arg(config)
