@@ -199,6 +199,8 @@ fn spawn_sandbox(ports: Ports, faults: &std::path::Path) -> std::process::Child 
         .args(["--callback-base", &format!("http://127.0.0.1:{}", ports.api)])
         .arg("--faults")
         .arg(faults)
+        // Warnings and errors only: at info it logs every dropped callback.
+        .env("PAYMUX_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn paymux sandbox");

@@ -8,16 +8,17 @@
 //! refreshed in the background, so no lookup ever runs on the request path.
 
 use super::{WireRequest, WireResponse};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pingora::connectors::http::v1::Connector as H1Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::v1::client::HttpSession as H1Session;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as H1Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// Why a send produced no response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,12 +187,12 @@ impl Transport {
         let timeout = deadline.map_or(self.attempt_timeout, |d| d.min(self.attempt_timeout));
         let started = tokio::time::Instant::now();
         let conn = connector().map_err(SendError::NotSent)?;
-        let (mut session, peer) = tokio::time::timeout(timeout.min(self.connect_timeout), self.connect(conn))
+        let wire = self.wire(req).map_err(SendError::NotSent)?;
+        let (session, peer) = tokio::time::timeout(timeout.min(self.connect_timeout), self.connect(conn))
             .await
             .map_err(|_| SendError::NotSent("connect timed out".into()))??;
-        let head = self.head(req).map_err(SendError::NotSent)?;
         let left = timeout.saturating_sub(started.elapsed());
-        let resp = match tokio::time::timeout(left, exchange(&mut session, head, &req.body)).await {
+        let (resp, session) = match tokio::time::timeout(left, exchange(session, &peer, &wire)).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) => return Err(SendError::Broken(e)),
             Ok(Ok(r)) => r,
@@ -200,7 +201,8 @@ impl Transport {
         Ok(resp)
     }
 
-    fn head(&self, req: &WireRequest) -> Result<Box<RequestHeader>, String> {
+    /// The request as it goes on the wire: request line, headers, body.
+    fn wire(&self, req: &WireRequest) -> Result<BytesMut, String> {
         let path = format!("{}{}", self.prefix, req.path);
         let mut h = RequestHeader::build(req.method.clone(), path.as_bytes(), Some(req.headers.len() + 2))
             .map_err(|e| e.to_string())?;
@@ -212,18 +214,23 @@ impl Transport {
         if !req.body.is_empty() || req.method == http::Method::POST {
             h.insert_header(http::header::CONTENT_LENGTH, req.body.len()).map_err(e)?;
         }
-        Ok(Box::new(h))
+        let mut wire = http_req_header_to_wire(&h).ok_or("the request line or a header cannot be sent")?;
+        wire.extend_from_slice(&req.body);
+        Ok(wire)
     }
 }
 
-/// Writes the request and reads the whole answer on `s`.
-async fn exchange(s: &mut H1Session, head: Box<RequestHeader>, body: &Bytes) -> Result<WireResponse, String> {
+/// Writes the request and reads the whole answer; gives the session back for reuse.
+async fn exchange(s: H1Session, peer: &HttpPeer, wire: &[u8]) -> Result<(WireResponse, H1Session), String> {
+    // Request line, headers and body leave in one write: pingora's session writes the header
+    // and the body separately (two segments, and often two wake-ups of the provider).
+    let mut stream = s.into_inner();
+    stream.write_all(wire).await.map_err(|e| format!("writing the request: {e}"))?;
+    stream.flush().await.map_err(|e| format!("writing the request: {e}"))?;
+    // A session that did not write the request assumes it was neither HEAD nor an Upgrade,
+    // which paymux never sends: it reads the answer as any other.
+    let mut s = H1Session::new_with_options(stream, peer);
     let e = |e: Box<pingora::Error>| e.to_string();
-    s.write_request_header(head).await.map_err(e)?;
-    if !body.is_empty() {
-        s.write_body(body).await.map_err(e)?;
-    }
-    s.finish_body().await.map_err(e)?;
     // Informational answers (100, 103) come before the real one.
     let status = loop {
         s.read_response().await.map_err(e)?;
@@ -241,12 +248,13 @@ async fn exchange(s: &mut H1Session, head: Box<RequestHeader>, body: &Bytes) -> 
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(WireResponse { status, headers, body: buf.freeze() })
+    Ok((WireResponse { status, headers, body: buf.freeze() }, s))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
