@@ -134,6 +134,38 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
 
+/// A header section pingora will not read because of its size (over 1 MiB) or its number of
+/// headers (over 256) is 431, not 400: the client can tell that a shorter request would do.
+#[tokio::test]
+async fn a_header_section_too_large_is_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    // Just over 1 MiB and never finished: everything sent is read before the answer, so
+    // closing does not reset the connection under it.
+    let big = format!("X-Big: {}\r\n", "a".repeat(1 << 20));
+    for extra in [format!("{many}\r\n"), big] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(format!("GET /v1/payments/pay_x HTTP/1.1\r\nHost: x\r\n{extra}").as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "connection neither answered nor closed");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+        assert!(text.contains("\"code\":\"request_header_too_large\""), "{text}");
+    }
+    let metrics = client().get(format!("{}/metrics", w.pm.admin)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"431\""), 2.0, "{metrics}");
+    // 256 headers are still read.
+    let fine: String = (0..250).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /v1/payments/pay_x HTTP/1.1\r\nHost: x\r\n{fine}\r\n").as_bytes()).await.unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut out)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&out[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&out[..n]));
+}
+
 #[tokio::test]
 async fn idempotency_replays_and_rejects_reuse() {
     let w = world();

@@ -68,6 +68,7 @@ fn title(code: &str) -> &'static str {
     match code {
         "unauthorized" => "Missing or invalid API key",
         "malformed_http" => "Request is not valid HTTP",
+        "request_header_too_large" => "Request header fields too large",
         "malformed_json" => "Request body is not valid JSON",
         "validation_failed" => "Request failed validation",
         "body_too_large" => "Request body too large",
