@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 enum Entry {
     InFlight { fingerprint: String },
-    Done { fingerprint: String, response: Response },
+    Done { fingerprint: String, response: Box<Response> },
 }
 
 /// What to do with a request that carries a key.
@@ -39,7 +39,7 @@ impl IdempotencyStore {
             }
             Some(Entry::InFlight { .. }) => Begin::InFlight,
             Some(Entry::Done { fingerprint: f, .. }) if f != fingerprint => Begin::Mismatch,
-            Some(Entry::Done { response, .. }) => Begin::Replay(response.clone()),
+            Some(Entry::Done { response, .. }) => Begin::Replay((**response).clone()),
         }
     }
 
@@ -49,7 +49,7 @@ impl IdempotencyStore {
         let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match (m.remove(key), response) {
             (Some(Entry::InFlight { fingerprint }), Some(response)) => {
-                m.insert(key.to_string(), Entry::Done { fingerprint, response });
+                m.insert(key.to_string(), Entry::Done { fingerprint, response: Box::new(response) });
             }
             (Some(done @ Entry::Done { .. }), _) => {
                 m.insert(key.to_string(), done);

@@ -137,7 +137,7 @@ impl AntomSim {
         });
         st.payments.insert(
             payment_id.clone(),
-            Payment {
+            Box::new(Payment {
                 payment_id: payment_id.clone(),
                 payment_request_id: prid.to_string(),
                 amount: input.amount,
@@ -155,7 +155,7 @@ impl AntomSim {
                 response: response.clone(),
                 refunded: 0,
                 refund_ids: Vec::new(),
-            },
+            }),
         );
         st.by_request.insert(prid.to_string(), payment_id.clone());
         st.order.push(payment_id);
@@ -184,7 +184,8 @@ impl AntomSim {
         };
         match st.payments.get(&id) {
             Some(p) => {
-                let refunds: Vec<&RefundRec> = p.refund_ids.iter().filter_map(|r| st.refunds.get(r)).collect();
+                let refunds: Vec<&RefundRec> =
+                    p.refund_ids.iter().filter_map(|r| st.refunds.get(r).map(Box::as_ref)).collect();
                 inquiry_json(p, &refunds)
             }
             None => not_found(),
@@ -282,7 +283,7 @@ impl AntomSim {
             notifies.push((url, refund_notify(&rec)));
         }
         st.refunds_by_request.insert(rrid.to_string(), refund_id.clone());
-        st.refunds.insert(refund_id, rec);
+        st.refunds.insert(refund_id, Box::new(rec));
         Stats::bump(&self.stats.refunds);
         response
     }
@@ -293,7 +294,8 @@ impl AntomSim {
             (Some(id), _) => st.refunds.get(id),
             (None, Some(r)) => st.refunds_by_request.get(r).and_then(|id| st.refunds.get(id)),
         };
-        rec.map(refund_inquiry_json).unwrap_or_else(|| outcome("REFUND_NOT_EXIST", "F", "The refund does not exist."))
+        rec.map(|r| refund_inquiry_json(r))
+            .unwrap_or_else(|| outcome("REFUND_NOT_EXIST", "F", "The refund does not exist."))
     }
 }
 

@@ -49,11 +49,12 @@ pub(crate) struct AntomSim {
 
 #[derive(Default)]
 struct State {
-    payments: HashMap<String, Payment>,
+    /// Boxed, as the Stripe simulator's tables (a doubling table moves only pointers).
+    payments: HashMap<String, Box<Payment>>,
     by_request: HashMap<String, String>,
     /// paymentIds in creation order.
     order: Vec<String>,
-    refunds: HashMap<String, RefundRec>,
+    refunds: HashMap<String, Box<RefundRec>>,
     refunds_by_request: HashMap<String, String>,
 }
 
@@ -306,7 +307,7 @@ impl Simulator for AntomSim {
 
     fn payments(&self) -> Vec<Value> {
         let st = self.lock();
-        st.order.iter().filter_map(|id| st.payments.get(id)).map(listing).collect()
+        st.order.iter().filter_map(|id| st.payments.get(id)).map(|p| listing(p)).collect()
     }
 
     fn stats(&self) -> &Stats {

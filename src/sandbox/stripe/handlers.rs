@@ -16,11 +16,11 @@ use crate::sandbox::sim::Stats;
 use serde_json::{json, Value};
 
 fn intent_in<'a>(st: &'a State, id: &str) -> Result<&'a Intent, ApiError> {
-    st.intents.get(id).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))
+    st.intents.get(id).map(Box::as_ref).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))
 }
 
 fn intent_mut<'a>(st: &'a mut State, id: &str) -> Result<&'a mut Intent, ApiError> {
-    st.intents.get_mut(id).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))
+    st.intents.get_mut(id).map(Box::as_mut).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))
 }
 
 impl StripeSim {
@@ -102,14 +102,14 @@ impl StripeSim {
             let err = decline_error(d, &ch.id, pm);
             pi.status = PiStatus::RequiresPaymentMethod;
             pi.last_payment_error = Some(Value::Object(err.clone()));
-            charges.insert(ch.id.clone(), ch);
+            charges.insert(ch.id.clone(), Box::new(ch));
             let pi_json = intent_json(pi);
             ctx.event("payment_intent.payment_failed", pi_json.clone());
             let mut err = err;
             err.insert("payment_intent".into(), pi_json);
             return Err(ApiError::card(err));
         }
-        charges.insert(ch.id.clone(), ch);
+        charges.insert(ch.id.clone(), Box::new(ch));
         if manual {
             pi.status = PiStatus::RequiresCapture;
             pi.amount_capturable = pi.amount;
@@ -187,7 +187,7 @@ payment method or ConfirmationToken.",
             cancellation_reason: None,
             amount_refunded: 0,
         };
-        st.intents.insert(id.clone(), pi);
+        st.intents.insert(id.clone(), Box::new(pi));
         st.order.push(id.clone());
         Stats::bump(&self.stats.payments_created);
         if confirm {
@@ -395,7 +395,7 @@ requires_action, processing.",
         _: &[String],
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "starting_after", "ending_before", "customer", "created"])?;
-        let all: Vec<&Intent> = st.order.iter().rev().filter_map(|id| st.intents.get(id)).collect();
+        let all: Vec<&Intent> = st.order.iter().rev().filter_map(|id| st.intents.get(id).map(Box::as_ref)).collect();
         list_page(p, &all, |pi| &pi.id, |pi| Some(intent_json(pi)), "/v1/payment_intents")
     }
 
@@ -419,7 +419,7 @@ requires_action, processing.",
             .order
             .iter()
             .rev()
-            .filter_map(|id| st.intents.get(id))
+            .filter_map(|id| st.intents.get(id).map(Box::as_ref))
             .filter(|pi| clauses.iter().all(|c| matches(pi, c)))
             .collect();
         let page: Vec<Value> = hits.iter().skip(offset).take(limit).map(|pi| intent_json(pi)).collect();
@@ -535,7 +535,7 @@ requires_action, processing.",
             ctx.event("refund.failed", refund_json(&refund));
             ctx.event("charge.refund.updated", refund_json(&refund));
         }
-        refunds.insert(refund.id.clone(), refund);
+        refunds.insert(refund.id.clone(), Box::new(refund));
         Ok(created)
     }
 
@@ -552,6 +552,7 @@ requires_action, processing.",
         let mut all: Vec<&Refund> = st
             .refunds
             .values()
+            .map(Box::as_ref)
             .filter(|r| pi.is_none_or(|x| r.payment_intent == x) && ch.is_none_or(|x| r.charge == x))
             .collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
@@ -567,7 +568,7 @@ requires_action, processing.",
     ) -> Result<Value, ApiError> {
         allow(p, &["expand"])?;
         let id = first(ids);
-        st.refunds.get(id).map(refund_json).ok_or_else(|| ApiError::no_such("refund", id, "id"))
+        st.refunds.get(id).map(|r| refund_json(r)).ok_or_else(|| ApiError::no_such("refund", id, "id"))
     }
 
     /// `POST /v1/refunds/:id`: a refund's metadata is all that can change.
@@ -595,7 +596,8 @@ requires_action, processing.",
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "payment_intent", "customer", "starting_after", "ending_before", "created"])?;
         let pi = scalar(p, "payment_intent")?;
-        let mut all: Vec<&Charge> = st.charges.values().filter(|c| pi.is_none_or(|x| c.payment_intent == x)).collect();
+        let mut all: Vec<&Charge> =
+            st.charges.values().map(Box::as_ref).filter(|c| pi.is_none_or(|x| c.payment_intent == x)).collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
         let render =
             |c: &Charge| Some(charge_json(c, st.intents.get(&c.payment_intent)?, st.methods.get(&c.payment_method)?));
@@ -626,7 +628,7 @@ requires_action, processing.",
     ) -> Result<Value, ApiError> {
         allow(p, &["expand"])?;
         let id = first(ids);
-        st.methods.get(id).map(payment_method_json).ok_or_else(|| ApiError::no_such("payment_method", id, "id"))
+        st.methods.get(id).map(|m| payment_method_json(m)).ok_or_else(|| ApiError::no_such("payment_method", id, "id"))
     }
 }
 
@@ -653,7 +655,7 @@ fn attach(st: &mut State, id: &str, param: &str) -> Result<String, ApiError> {
     };
     let pm_id = if fresh { new_id("pm") } else { id.to_string() };
     let fingerprint = crypto::sha256_hex(format!("{}{}", card.brand, card.last4).as_bytes()).chars().take(16).collect();
-    st.methods.insert(pm_id.clone(), PaymentMethod { id: pm_id.clone(), card, created: now(), fingerprint });
+    st.methods.insert(pm_id.clone(), Box::new(PaymentMethod { id: pm_id.clone(), card, created: now(), fingerprint }));
     Ok(pm_id)
 }
 
@@ -702,8 +704,8 @@ pub(super) fn expand(st: &State, p: &Params, mut v: Value) -> Result<Value, ApiE
                 let pi = st.intents.get(&ch.payment_intent)?;
                 st.methods.get(&ch.payment_method).map(|pm| charge_json(ch, pi, pm))
             }),
-            ("payment_intent", "payment_method", Some(id)) => st.methods.get(&id).map(payment_method_json),
-            ("charge" | "refund", "payment_intent", Some(id)) => st.intents.get(&id).map(intent_json),
+            ("payment_intent", "payment_method", Some(id)) => st.methods.get(&id).map(|m| payment_method_json(m)),
+            ("charge" | "refund", "payment_intent", Some(id)) => st.intents.get(&id).map(|i| intent_json(i)),
             _ => {
                 return Err(ApiError::invalid(
                     format!("This property cannot be expanded ({path})."),

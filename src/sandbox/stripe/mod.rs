@@ -52,14 +52,19 @@ pub(crate) struct StripeSim {
     dispatcher: Dispatcher,
 }
 
+/// Objects by id. Boxed: a table of whole objects (an Intent is ~700 bytes) moves all of
+/// them into a freshly faulted allocation each time it doubles, which stalled every request
+/// for 40–190 ms at 7k, 14k, 28k objects under load; boxes keep that move to 32 bytes each.
+type Table<V> = HashMap<String, Box<V>>;
+
 #[derive(Default)]
 struct State {
-    intents: HashMap<String, Intent>,
+    intents: Table<Intent>,
     /// PaymentIntent ids in creation order.
     order: Vec<String>,
-    charges: HashMap<String, Charge>,
-    refunds: HashMap<String, Refund>,
-    methods: HashMap<String, PaymentMethod>,
+    charges: Table<Charge>,
+    refunds: Table<Refund>,
+    methods: Table<PaymentMethod>,
 }
 
 /// What a handler may record besides its answer.
