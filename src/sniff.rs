@@ -6,8 +6,7 @@
 //! with no deadline: a connection that sends nothing, or an HTTP/1.1 request shorter than 24
 //! bytes, was held open and unanswered until the client gave up. Here the first bytes that
 //! differ from the preface decide at once, and the wait is bounded by [`PREFACE_WAIT`];
-//! whatever arrived is put back and the connection goes to the HTTP/1.1 app, which serves its
-//! later keep-alive requests without another sniff. There a request
+//! whatever arrived is put back and the connection goes to the HTTP/1.1 app. There a request
 //! that cannot be read gets a 400 problem; a connection that sends nothing is closed by
 //! pingora's keep-alive timeout (60 s) without an answer; a client that keeps sending a byte
 //! at a time is not cut off (pingora's timeout is per read). TLS connections are left to
@@ -68,14 +67,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Sniff<A> {
         if &buf[..n] == H2_PREFACE {
             self.h2c.process_new(stream, shutdown).await
         } else {
-            // The rest of the connection is HTTP/1.1 (the preface can only come first): its
-            // later requests go straight to the HTTP/1.1 app, not through the sniff again,
-            // which pingora would do with a connection handed back for reuse.
-            let mut next = self.h1.process_new(stream, shutdown).await;
-            while let Some(s) = next {
-                next = self.h1.process_new(s, shutdown).await;
-            }
-            None
+            self.h1.process_new(stream, shutdown).await
         }
     }
 

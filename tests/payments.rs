@@ -738,6 +738,10 @@ async fn providers_are_reached_over_tls_with_their_certificate_verified() {
     let r = create(&pm.api, "tls-2", alipay("order-tls-2")).await;
     assert_eq!(r.body["status"], "failed", "{}", r.text);
     assert_eq!(r.body["attempts"][0]["error_code"], "connect_failed", "{}", r.text);
+    // The handshake, not the connection, is what failed: paymux's log says why (the app's
+    // answer does not carry the provider's transport details).
+    let log = pm.log();
+    assert!(log.to_ascii_lowercase().contains("certificate"), "{log}");
     assert_eq!(sim_payments().await, 1, "an untrusted provider must not receive the payment");
     drop(pm);
 

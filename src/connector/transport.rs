@@ -104,6 +104,8 @@ fn connector() -> Result<&'static H1Connector, String> {
 const POOL_SIZE: usize = 256;
 /// How long an idle pooled connection is kept.
 const IDLE: Duration = Duration::from_secs(50);
+/// Less time than this left after connecting: the request is not sent (see `send`).
+const MIN_EXCHANGE: Duration = Duration::from_millis(5);
 /// The largest provider answer read; a larger one is treated as a broken exchange.
 const MAX_RESPONSE: usize = 4 << 20;
 
@@ -168,15 +170,24 @@ impl Transport {
     }
 
     /// A pooled or new connection to the first address that answers.
-    async fn connect(&self, conn: &H1Connector) -> Result<(H1Session, HttpPeer), SendError> {
-        let mut last = String::new();
-        for addr in self.addrs()? {
-            let mut peer = HttpPeer::new(addr, self.tls, self.host.clone());
-            peer.options.connection_timeout = Some(self.connect_timeout);
-            peer.options.total_connection_timeout = Some(self.connect_timeout);
-            match conn.get_http_session(&peer).await {
-                Ok((s, _reused)) => return Ok((s, peer)),
-                Err(e) => last = e.to_string(),
+    /// A pooled or new connection to the first address that answers within `budget`, which
+    /// the addresses share: one that hangs (a dead AAAA record, say) leaves the next its turn.
+    async fn connect(&self, conn: &H1Connector, budget: Duration) -> Result<(H1Session, HttpPeer), SendError> {
+        let until = tokio::time::Instant::now() + budget;
+        let addrs = self.addrs()?;
+        let mut last = String::from("connect timed out");
+        for (i, addr) in addrs.iter().enumerate() {
+            let share = until.saturating_duration_since(tokio::time::Instant::now()) / (addrs.len() - i) as u32;
+            if share.is_zero() {
+                break;
+            }
+            let mut peer = HttpPeer::new(*addr, self.tls, self.host.clone());
+            peer.options.connection_timeout = Some(share);
+            peer.options.total_connection_timeout = Some(share);
+            match tokio::time::timeout(share, conn.get_http_session(&peer)).await {
+                Ok(Ok((s, _reused))) => return Ok((s, peer)),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("connect to {addr} timed out"),
             }
         }
         Err(SendError::NotSent(last))
@@ -188,21 +199,38 @@ impl Transport {
         let started = tokio::time::Instant::now();
         let conn = connector().map_err(SendError::NotSent)?;
         let wire = self.wire(req).map_err(SendError::NotSent)?;
-        let (session, peer) = tokio::time::timeout(timeout.min(self.connect_timeout), self.connect(conn))
-            .await
-            .map_err(|_| SendError::NotSent("connect timed out".into()))??;
+        let (session, peer) = self.connect(conn, timeout.min(self.connect_timeout)).await?;
+        // A connection that took (nearly) the whole budget: sending now could only end in an
+        // ambiguous timeout, while nothing has been sent yet.
         let left = timeout.saturating_sub(started.elapsed());
+        if left < MIN_EXCHANGE {
+            return Err(SendError::NotSent(format!("connected with {left:?} of the attempt left")));
+        }
         let (resp, session) = match tokio::time::timeout(left, exchange(session, &peer, &wire)).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) => return Err(SendError::Broken(e)),
             Ok(Ok(r)) => r,
         };
-        conn.release_http_session(session, &peer, Some(IDLE)).await;
+        // Pooling (or, for a connection not kept alive, closing: a TLS close_notify) is not
+        // the caller's wait.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), conn.release_http_session(session, &peer, Some(IDLE))).await;
         Ok(resp)
     }
 
     /// The request as it goes on the wire: request line, headers, body.
     fn wire(&self, req: &WireRequest) -> Result<BytesMut, String> {
+        // The answer is read by a session that did not write the request (`exchange`): it
+        // takes the request for one with an ordinary answer on a kept-alive connection.
+        if req.method == http::Method::HEAD || req.method == http::Method::CONNECT {
+            return Err(format!("{} is not sent to providers", req.method));
+        }
+        if let Some((k, _)) = req.headers.iter().find(|(k, _)| {
+            ["connection", "upgrade", "expect", "transfer-encoding", "content-length", "host"]
+                .contains(&k.to_ascii_lowercase().as_str())
+        }) {
+            return Err(format!("the transport sets or forbids the `{k}` header"));
+        }
         let path = format!("{}{}", self.prefix, req.path);
         let mut h = RequestHeader::build(req.method.clone(), path.as_bytes(), Some(req.headers.len() + 2))
             .map_err(|e| e.to_string())?;
@@ -369,8 +397,10 @@ mod tests {
 
     #[tokio::test]
     async fn refused_is_not_sent_silence_is_a_timeout_and_a_cut_answer_is_broken() {
-        // Refused: nothing reached anyone.
-        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        // Refused (bound, not listening: no other test can take the port meanwhile).
+        let bound = tokio::net::TcpSocket::new_v4().unwrap();
+        bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = bound.local_addr().unwrap().port();
         let r = transport(port, "", 2000).send(&post("/x", ""), None).await;
         assert!(matches!(r, Err(SendError::NotSent(_))), "{r:?}");
         // Accepted, never answered: the request may have been processed.
@@ -395,5 +425,57 @@ mod tests {
         let (port, _, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf".to_vec(), true).await;
         let r = transport(port, "", 2000).send(&post("/x", ""), None).await;
         assert!(matches!(r, Err(SendError::Broken(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_address_that_hangs_leaves_the_next_one_its_share_of_the_connect_budget() {
+        // 127.0.0.2 takes no new connection (its accept queue is full, SYNs are dropped);
+        // 127.0.0.1 on the same port answers.
+        let (port, seen, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), false).await;
+        let full = tokio::net::TcpSocket::new_v4().unwrap();
+        full.bind(format!("127.0.0.2:{port}").parse().unwrap()).unwrap();
+        let full = full.listen(1).unwrap();
+        let mut filler = Vec::new();
+        for _ in 0..4 {
+            let s = tokio::net::TcpStream::connect(("127.0.0.2", port));
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), s).await {
+                filler.push(s);
+            }
+        }
+        let host = "two-addresses.paymux.test";
+        DnsCache::global()
+            .map
+            .write()
+            .unwrap()
+            .insert(host.into(), vec!["127.0.0.2:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()]);
+        let t = Transport {
+            host: host.into(),
+            port,
+            tls: false,
+            authority: format!("{host}:{port}"),
+            prefix: String::new(),
+            connect_timeout: Duration::from_millis(1000),
+            attempt_timeout: Duration::from_millis(3000),
+        };
+        let started = std::time::Instant::now();
+        let r = t.send(&post("/x", "1"), None).await;
+        assert_eq!(r.map(|r| r.status), Ok(200));
+        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        drop((full, filler));
+    }
+
+    #[tokio::test]
+    async fn requests_the_reading_side_would_misjudge_are_not_sent() {
+        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), false).await;
+        let t = transport(port, "", 2000);
+        let mut head = post("/x", "");
+        head.method = http::Method::HEAD;
+        let mut upgrade = post("/x", "");
+        upgrade.headers.push(("Connection", "upgrade".into()));
+        for req in [head, upgrade] {
+            assert!(matches!(t.send(&req, None).await, Err(SendError::NotSent(_))));
+        }
+        assert_eq!((seen.lock().unwrap().len(), *conns.lock().unwrap()), (0, 0));
     }
 }

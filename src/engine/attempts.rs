@@ -244,7 +244,10 @@ impl Engine {
         let (res, latency) = self.send(ch, &req, Some(ctx.remaining())).await;
         let sent_at = Instant::now();
         let outcome = match res {
-            Err(SendError::NotSent(_)) => {
+            Err(SendError::NotSent(why)) => {
+                // The app's answer keeps the provider's transport details out; the operator
+                // needs them (refused, timed out, a certificate the store does not trust).
+                tracing::warn!(channel = %ch.id, error = %why, "could not reach the provider; nothing was sent");
                 let message = "could not connect to the provider".to_string();
                 return (
                     Step::Next { outcome: "not_sent", code: "connect_failed".into(), message, watch: false },
