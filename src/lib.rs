@@ -10,6 +10,7 @@ pub mod connector;
 pub mod crypto;
 pub mod domain;
 pub mod engine;
+pub mod http_service;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -2,11 +2,11 @@
 //! server with its services (payments API, admin, reload watcher, housekeeping).
 
 use crate::admin::AdminApp;
-use crate::api::service::ApiService;
 use crate::api::{ApiApp, AppState};
 use crate::audit::{AuditLog, Event};
 use crate::config::{self, Overrides};
 use crate::engine::Engine;
+use crate::http_service::HttpService;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::reload::{ReloadService, Reloader};
@@ -178,7 +178,13 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     };
     // HTTP/1.1 and HTTP/2 (prior knowledge on cleartext, ALPN on TLS), told apart with a
     // deadline (`sniff`).
-    let api_app = |h2c| Arc::new(ApiService { app: ApiApp { state: state.clone() }, options: options(h2c) });
+    let api_app = |h2c| {
+        Arc::new(HttpService {
+            app: ApiApp { state: state.clone() },
+            options: options(h2c),
+            metrics: Some(metrics.clone()),
+        })
+    };
     let mut api = Service::new("payments api".into(), Sniff { h2c: api_app(true), h1: api_app(false) });
     match &s.tls {
         Some((cert, key)) => {
@@ -193,13 +199,11 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     server.add_service(api);
 
     let admin_app = |h2c| {
-        let mut a = pingora::apps::http_app::HttpServer::new_app(AdminApp {
-            policy: policy.clone(),
-            engine: engine.clone(),
-            reloader: reloader.clone(),
-        });
-        a.server_options = Some(options(h2c));
-        Arc::new(a)
+        Arc::new(HttpService {
+            app: AdminApp { policy: policy.clone(), engine: engine.clone(), reloader: reloader.clone() },
+            options: options(h2c),
+            metrics: None,
+        })
     };
     let mut admin = Service::new("admin".into(), Sniff { h2c: admin_app(true), h1: admin_app(false) });
     admin.add_tcp(&s.admin_listen);

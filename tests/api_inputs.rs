@@ -95,9 +95,30 @@ async fn a_body_shorter_than_its_content_length_times_out_as_408() {
     assert_eq!(count_rows(&w.pm.data, "payments"), 0);
 }
 
+/// Sends `bytes` on a new connection to `addr`; returns all the server sent before closing,
+/// or None when it neither answered nor closed within 10 s.
+async fn raw_until_closed(addr: &str, bytes: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&out).to_string())
+}
+
+/// Sends `bytes` on a new connection to `addr`; returns the first read of the answer, which
+/// must come `within`.
+async fn raw_first_read(addr: &str, bytes: &[u8], within: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, s.read(&mut out)).await.expect("no answer in time").unwrap();
+    String::from_utf8_lossy(&out[..n]).to_string()
+}
+
 #[tokio::test]
 async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world();
     let addr = w.pm.api.trim_start_matches("http://").to_string();
     for head in [
@@ -107,17 +128,18 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
         // Shorter than the HTTP/2 preface: answered once the listener stops waiting for it.
         "GARBAGE\r\n\r\n",
     ] {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
-        assert!(read.is_ok(), "connection neither answered nor closed: {head:?}");
-        let text = String::from_utf8_lossy(&out);
+        let read = raw_until_closed(&addr, head.as_bytes()).await;
+        assert!(read.is_some(), "connection neither answered nor closed: {head:?}");
+        let text = read.unwrap();
         assert!(text.starts_with("HTTP/1.1 400"), "{head:?}: {text}");
         assert!(text.contains("application/problem+json"), "{text}");
         assert!(text.contains("\"code\":\"malformed_http\""), "{text}");
     }
     assert_eq!(count_rows(&w.pm.data, "payments"), 0);
+    // The admin listener answers the same way (and is not counted among the API's requests).
+    let admin = w.pm.admin.trim_start_matches("http://").to_string();
+    let text = raw_until_closed(&admin, b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n").await.expect("admin answer");
+    assert!(text.starts_with("HTTP/1.1 400") && text.contains("\"code\":\"malformed_http\""), "{text}");
     // The listener is unharmed.
     let r = get(&w.pm.api, "/v1/payments/pay_0000000000000000000000").await;
     assert_eq!((r.status, r.body["code"].as_str()), (404, Some("payment_not_found")), "{}", r.text);
@@ -126,11 +148,7 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
 
     // A valid request shorter than the HTTP/2 preface is served too, at once (it used to wait
     // for bytes that never come): its first bytes already say it is not HTTP/2.
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\n\r\n").await.unwrap();
-    let mut out = vec![0u8; 4096];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(1), s.read(&mut out)).await;
-    let text = String::from_utf8_lossy(&out[..n.expect("no answer within 1 s").unwrap()]).to_string();
+    let text = raw_first_read(&addr, b"GET /x HTTP/1.1\r\n\r\n", std::time::Duration::from_secs(1)).await;
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
 
@@ -138,7 +156,6 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
 /// headers (over 256) is 431, not 400: the client can tell that a shorter request would do.
 #[tokio::test]
 async fn a_header_section_too_large_is_431() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world();
     let addr = w.pm.api.trim_start_matches("http://").to_string();
     let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -146,12 +163,10 @@ async fn a_header_section_too_large_is_431() {
     // closing does not reset the connection under it.
     let big = format!("X-Big: {}\r\n", "a".repeat(1 << 20));
     for extra in [format!("{many}\r\n"), big] {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(format!("GET /v1/payments/pay_x HTTP/1.1\r\nHost: x\r\n{extra}").as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
-        assert!(read.is_ok(), "connection neither answered nor closed");
-        let text = String::from_utf8_lossy(&out);
+        let head = format!("GET /v1/payments/pay_x HTTP/1.1\r\nHost: x\r\n{extra}");
+        let read = raw_until_closed(&addr, head.as_bytes()).await;
+        assert!(read.is_some(), "connection neither answered nor closed");
+        let text = read.unwrap();
         assert!(text.starts_with("HTTP/1.1 431"), "{text}");
         assert!(text.contains("\"code\":\"request_header_too_large\""), "{text}");
     }
@@ -159,11 +174,9 @@ async fn a_header_section_too_large_is_431() {
     assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"431\""), 2.0, "{metrics}");
     // 256 headers are still read.
     let fine: String = (0..250).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(format!("GET /v1/payments/pay_x HTTP/1.1\r\nHost: x\r\n{fine}\r\n").as_bytes()).await.unwrap();
-    let mut out = vec![0u8; 4096];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut out)).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&out[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&out[..n]));
+    let head = format!("GET /v1/payments/pay_x HTTP/1.1\r\nHost: x\r\n{fine}\r\n");
+    let text = raw_first_read(&addr, head.as_bytes(), std::time::Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@
 pub mod http_util;
 pub mod payments;
 pub mod problem;
-pub mod service;
 pub mod validate;
 
 use crate::engine::{Ctx, Engine};

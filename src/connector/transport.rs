@@ -225,10 +225,8 @@ impl Transport {
         if req.method == http::Method::HEAD || req.method == http::Method::CONNECT {
             return Err(format!("{} is not sent to providers", req.method));
         }
-        if let Some((k, _)) = req.headers.iter().find(|(k, _)| {
-            ["connection", "upgrade", "expect", "transfer-encoding", "content-length", "host"]
-                .contains(&k.to_ascii_lowercase().as_str())
-        }) {
+        const SET_HERE: [&str; 6] = ["connection", "upgrade", "expect", "transfer-encoding", "content-length", "host"];
+        if let Some((k, _)) = req.headers.iter().find(|(k, _)| SET_HERE.iter().any(|h| h.eq_ignore_ascii_case(k))) {
             return Err(format!("the transport sets or forbids the `{k}` header"));
         }
         let path = format!("{}{}", self.prefix, req.path);

@@ -18,7 +18,7 @@ use crate::sandbox::callbacks::{Ack, Callback, Dispatcher};
 use crate::sandbox::faults::{FaultGate, Op};
 use crate::sandbox::http::{match_path, Reply, Request, Response};
 use crate::sandbox::pages;
-use crate::sandbox::sim::{ActionError, Simulator, Stats};
+use crate::sandbox::sim::{ActionError, Simulator, Stats, Table};
 use bytes::Bytes;
 use handlers::param_illegal;
 use model::{now_hkt, outcome, payment_notify, Amount, PayStatus, Payment, RefundRec};
@@ -49,12 +49,11 @@ pub(crate) struct AntomSim {
 
 #[derive(Default)]
 struct State {
-    /// Boxed, as the Stripe simulator's tables (a doubling table moves only pointers).
-    payments: HashMap<String, Box<Payment>>,
+    payments: Table<Payment>,
     by_request: HashMap<String, String>,
     /// paymentIds in creation order.
     order: Vec<String>,
-    refunds: HashMap<String, Box<RefundRec>>,
+    refunds: Table<RefundRec>,
     refunds_by_request: HashMap<String, String>,
 }
 

@@ -24,13 +24,12 @@ use crate::sandbox::form::{self, Params};
 use crate::sandbox::http::{match_path, Reply, Request, Response};
 use crate::sandbox::idempotency::{Begin, IdempotencyStore};
 use crate::sandbox::pages;
-use crate::sandbox::sim::{ActionError, Simulator, Stats};
+use crate::sandbox::sim::{ActionError, Simulator, Stats, Table};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
 use model::{intent_json, ApiError, Charge, Intent, PaymentMethod, PiStatus, Refund};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the sandbox needs to run one Stripe instance.
@@ -51,11 +50,6 @@ pub(crate) struct StripeSim {
     stats: Arc<Stats>,
     dispatcher: Dispatcher,
 }
-
-/// Objects by id. Boxed: a table of whole objects (an Intent is ~700 bytes) moves all of
-/// them into a freshly faulted allocation each time it doubles, which stalled every request
-/// for 40–190 ms at 7k, 14k, 28k objects under load; boxes keep that move to 32 bytes each.
-type Table<V> = HashMap<String, Box<V>>;
 
 #[derive(Default)]
 struct State {

@@ -1,11 +1,14 @@
-//! The API's pingora HTTP app: pingora's one-request loop (read, answer, keep the connection)
-//! around [`ApiApp`], plus an answer for a request pingora cannot read. pingora's own
-//! `HttpServer` closes such a connection without a word; here a malformed request line or
-//! header, or broken framing (`Content-Length: abc`, two different lengths), gets a 400
-//! `application/problem+json` naming what was wrong before the connection closes.
+//! The pingora HTTP app both listeners run: pingora's one-request loop (read, answer, keep the
+//! connection) around a [`ServeHttp`] (the payments API, the admin endpoints), plus an answer
+//! for a request pingora cannot read. pingora's own `HttpServer` closes such a connection
+//! without a word; here a malformed request line or header, or broken framing
+//! (`Content-Length: abc`, two different lengths), gets a 400 `application/problem+json`
+//! naming what was wrong, and a header section too large to read a 431, before the
+//! connection closes.
 
-use super::problem::Problem;
-use super::{http_util, ApiApp};
+use crate::api::http_util;
+use crate::api::problem::Problem;
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -15,14 +18,17 @@ use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use std::sync::Arc;
 
-/// The payments API as a pingora service app.
-pub struct ApiService {
-    pub app: ApiApp,
+/// A [`ServeHttp`] app as a pingora service app.
+pub struct HttpService<SV> {
+    pub app: SV,
     pub options: HttpServerOptions,
+    /// Where an unreadable request is counted (`paymux_http_requests_total`, endpoint
+    /// `other`); the admin listener's are not.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 #[async_trait]
-impl HttpServerApp for ApiService {
+impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
     async fn process_new_http(
         self: &Arc<Self>,
         mut http: ServerSession,
@@ -35,8 +41,9 @@ impl HttpServerApp for ApiService {
             Err(e) => {
                 if e.etype == ErrorType::InvalidHTTPHeader {
                     let status = answer_unreadable(&mut http, header_too_large(&e)).await;
-                    let m = &self.app.state.engine.metrics;
-                    m.http_requests.with_label_values(&["other", status]).inc();
+                    if let Some(m) = &self.metrics {
+                        m.http_requests.with_label_values(&["other", status]).inc();
+                    }
                 }
                 tracing::debug!(error = %e, "unreadable request");
                 return None;
