@@ -51,7 +51,8 @@ pub struct Built {
     pub policy: Arc<ArcSwap<Policy>>,
 }
 
-/// Periodic work: reconciliation, idempotency expiry, DNS refresh.
+/// Periodic work: reconciliation, idempotency expiry, DNS refresh, closing provider
+/// connections idle too long.
 struct Housekeeping {
     engine: Engine,
     policy: Arc<ArcSwap<Policy>>,
@@ -69,6 +70,7 @@ impl BackgroundService for Housekeeping {
                 _ = tokio::time::sleep(interval) => {}
             }
             self.engine.reconcile_once(&self.policy).await;
+            crate::connector::transport::purge_idle();
             let store = self.engine.store.clone();
             match tokio::task::spawn_blocking(move || store.checkpoint()).await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "store checkpoint failed"),

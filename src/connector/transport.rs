@@ -1,5 +1,5 @@
-//! Sends connector requests over pingora's pooled HTTP/1.1 client and classifies transport
-//! failures.
+//! Sends connector requests over pingora's HTTP/1.1 client, on connections from paymux's own
+//! idle pool, and classifies transport failures.
 //!
 //! The classification is what failover safety rests on: `NotSent` means no request byte can
 //! have reached the provider (connect refused, connect timeout, DNS), so trying another channel
@@ -9,16 +9,17 @@
 
 use super::{WireRequest, WireResponse};
 use bytes::BytesMut;
-use pingora::connectors::http::v1::Connector as H1Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as H1Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a send produced no response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,23 +86,119 @@ impl DnsCache {
     }
 }
 
-/// The process-wide HTTP/1.1 connector: connection pool (shared by every channel, kept across
-/// reloads) and TLS client (the platform's CA certificates, checked when first needed).
-fn connector() -> Result<&'static H1Connector, String> {
-    static C: OnceLock<Result<H1Connector, String>> = OnceLock::new();
-    C.get_or_init(|| {
-        // pingora's TLS set-up panics on a CA store it cannot read; read it first to say why.
-        let mut probe = pingora::tls::RootCertStore::empty();
-        pingora::tls::load_platform_certs_incl_env_into_store(&mut probe)
-            .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?;
-        Ok(H1Connector::new(Some(ConnectorOptions::new(POOL_SIZE))))
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+/// The process-wide client: pingora's connector (TCP and TLS connects, with the platform's CA
+/// certificates, checked when first needed) and the idle connections, shared by every channel
+/// and kept across reloads.
+///
+/// The idle pool is paymux's own rather than pingora's: pingora's keeps a task per idle
+/// connection that holds it locked, so every reuse is a hand-off between two tasks (often a
+/// wake-up of another worker thread) and every release a task spawned. Here an idle
+/// connection is a stream in a list; whether the provider closed it (or sent something
+/// unasked) is checked with one non-blocking read when it is taken, as pingora does when it
+/// releases one.
+struct Client {
+    connector: TransportConnector,
+    idle: Mutex<HashMap<u64, Vec<Idle>>>,
 }
 
-/// Idle connections kept per process (all channels).
-const POOL_SIZE: usize = 256;
+struct Idle {
+    stream: Stream,
+    /// Not used from then on: our idle timeout, or sooner when the provider said it closes
+    /// idle connections sooner.
+    until: Instant,
+}
+
+impl Client {
+    fn global() -> Result<&'static Client, String> {
+        static C: OnceLock<Result<Client, String>> = OnceLock::new();
+        C.get_or_init(|| {
+            // pingora's TLS set-up panics on a CA store it cannot read; read it first to say why.
+            let mut probe = pingora::tls::RootCertStore::empty();
+            pingora::tls::load_platform_certs_incl_env_into_store(&mut probe)
+                .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?;
+            Ok(Client {
+                // pingora's own pool stays unused (size 1): connections are kept in `idle`.
+                connector: TransportConnector::new(Some(ConnectorOptions::new(1))),
+                idle: Mutex::new(HashMap::new()),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+
+    /// The most recently used idle connection to `peer` that is still open and quiet.
+    fn take(&self, peer: &HttpPeer) -> Option<Stream> {
+        let key = peer.reuse_hash();
+        loop {
+            let Idle { mut stream, until } = self.idle.lock().ok()?.get_mut(&key)?.pop()?;
+            if Instant::now() < until && quiet(&mut stream) {
+                return Some(stream);
+            }
+            // Closed by the provider, sent something unasked, or idle too long: dropped.
+        }
+    }
+
+    /// Keeps a connection whose exchange is complete for the next request to `peer`, for
+    /// `keep` at most.
+    fn put(&self, peer: &HttpPeer, stream: Stream, keep: Duration) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let list = idle.entry(peer.reuse_hash()).or_default();
+        if list.len() >= POOL_PER_PEER {
+            // The oldest goes (it is the likeliest to be closed by the provider).
+            list.remove(0);
+        }
+        list.push(Idle { stream, until: Instant::now() + keep });
+    }
+
+    /// Closes idle connections whose time is up at `now`.
+    fn purge(&self, now: Instant) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        for list in idle.values_mut() {
+            list.retain(|c| now < c.until);
+        }
+        idle.retain(|_, l| !l.is_empty());
+    }
+}
+
+/// True when an idle connection has nothing to read: not closed, not broken, and no bytes the
+/// provider sent unasked (which would be taken for the next answer).
+fn quiet(stream: &mut Stream) -> bool {
+    let mut buf = [0u8; 1];
+    // Polled once. `unconstrained`: tokio's co-operative budget could make a ready read look
+    // pending.
+    let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut buf)));
+    read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_pending()
+}
+
+/// Closes the idle provider connections kept longer than the idle timeout (housekeeping).
+pub fn purge_idle() {
+    if let Ok(c) = Client::global() {
+        c.purge(Instant::now());
+    }
+}
+
+/// How long an idle connection may be reused: our idle timeout, or less when the provider's
+/// `Keep-Alive: timeout=N` says it closes idle connections after N seconds: then until half a
+/// second before that, so a request does not cross the provider's close on the wire (not kept
+/// at all for `timeout=0`).
+fn keep_for(headers: &http::HeaderMap) -> Duration {
+    let said = headers.get("keep-alive").and_then(|v| v.to_str().ok()).and_then(|v| {
+        v.split(',').find_map(|p| {
+            let (k, n) = p.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("timeout").then(|| n.trim().parse::<u64>().ok()).flatten()
+        })
+    });
+    match said {
+        Some(secs) => Duration::from_secs(secs).saturating_sub(KEEP_ALIVE_MARGIN).min(IDLE),
+        None => IDLE,
+    }
+}
+
+/// Taken off a provider's announced keep-alive timeout (see `keep_for`).
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Idle connections kept per provider address.
+const POOL_PER_PEER: usize = 256;
 /// How long an idle pooled connection is kept.
 const IDLE: Duration = Duration::from_secs(50);
 /// Less time than this left after connecting: the request is not sent (see `send`).
@@ -135,7 +232,7 @@ impl Transport {
         let host = url.host_str().ok_or("base URL has no host")?.to_string();
         let port = url.port_or_known_default().ok_or("base URL has no port")?;
         DnsCache::global().prime(&host).map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
-        connector()?;
+        Client::global()?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -172,7 +269,7 @@ impl Transport {
     /// A pooled or new connection to the first address that answers.
     /// A pooled or new connection to the first address that answers within `budget`, which
     /// the addresses share: one that hangs (a dead AAAA record, say) leaves the next its turn.
-    async fn connect(&self, conn: &H1Connector, budget: Duration) -> Result<(H1Session, HttpPeer), SendError> {
+    async fn connect(&self, client: &Client, budget: Duration) -> Result<(Stream, HttpPeer), SendError> {
         let until = tokio::time::Instant::now() + budget;
         let addrs = self.addrs()?;
         let mut last = String::from("connect timed out");
@@ -182,10 +279,13 @@ impl Transport {
                 break;
             }
             let mut peer = HttpPeer::new(*addr, self.tls, self.host.clone());
+            if let Some(s) = client.take(&peer) {
+                return Ok((s, peer));
+            }
             peer.options.connection_timeout = Some(share);
             peer.options.total_connection_timeout = Some(share);
-            match tokio::time::timeout(share, conn.get_http_session(&peer)).await {
-                Ok(Ok((s, _reused))) => return Ok((s, peer)),
+            match tokio::time::timeout(share, client.connector.new_stream(&peer)).await {
+                Ok(Ok(s)) => return Ok((s, peer)),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = format!("connect to {addr} timed out"),
             }
@@ -197,24 +297,34 @@ impl Transport {
     pub async fn send(&self, req: &WireRequest, deadline: Option<Duration>) -> Result<WireResponse, SendError> {
         let timeout = deadline.map_or(self.attempt_timeout, |d| d.min(self.attempt_timeout));
         let started = tokio::time::Instant::now();
-        let conn = connector().map_err(SendError::NotSent)?;
+        let client = Client::global().map_err(SendError::NotSent)?;
         let wire = self.wire(req).map_err(SendError::NotSent)?;
-        let (session, peer) = self.connect(conn, timeout.min(self.connect_timeout)).await?;
+        let (stream, peer) = self.connect(client, timeout.min(self.connect_timeout)).await?;
         // A connection that took (nearly) the whole budget: sending now could only end in an
         // ambiguous timeout, while nothing has been sent yet.
         let left = timeout.saturating_sub(started.elapsed());
         if left < MIN_EXCHANGE {
             return Err(SendError::NotSent(format!("connected with {left:?} of the attempt left")));
         }
-        let (resp, session) = match tokio::time::timeout(left, exchange(session, &peer, &wire)).await {
+        let (resp, mut session) = match tokio::time::timeout(left, exchange(stream, &peer, &wire)).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) => return Err(SendError::Broken(e)),
             Ok(Ok(r)) => r,
         };
-        // Pooling (or, for a connection not kept alive, closing: a TLS close_notify) is not
-        // the caller's wait.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), conn.release_http_session(session, &peer, Some(IDLE))).await;
+        // Kept when the answer was complete and both sides keep the connection alive; else
+        // closed (for TLS, with a close_notify), bounded: that is not the caller's wait.
+        session.respect_keepalive();
+        let keep = keep_for(&resp.headers);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            match session.reuse().await {
+                Some(mut stream) if keep.is_zero() => {
+                    let _ = stream.shutdown().await;
+                }
+                Some(stream) => client.put(&peer, stream, keep),
+                None => {}
+            }
+        })
+        .await;
         Ok(resp)
     }
 
@@ -247,10 +357,9 @@ impl Transport {
 }
 
 /// Writes the request and reads the whole answer; gives the session back for reuse.
-async fn exchange(s: H1Session, peer: &HttpPeer, wire: &[u8]) -> Result<(WireResponse, H1Session), String> {
+async fn exchange(mut stream: Stream, peer: &HttpPeer, wire: &[u8]) -> Result<(WireResponse, H1Session), String> {
     // Request line, headers and body leave in one write: pingora's session writes the header
     // and the body separately (two segments, and often two wake-ups of the provider).
-    let mut stream = s.into_inner();
     stream.write_all(wire).await.map_err(|e| format!("writing the request: {e}"))?;
     stream.flush().await.map_err(|e| format!("writing the request: {e}"))?;
     // A session that did not write the request assumes it was neither HEAD nor an Upgrade,
@@ -285,9 +394,20 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    /// What a test provider does after each answer.
+    #[derive(Clone, Copy)]
+    enum Then {
+        /// Keeps the connection open for the next request.
+        Wait,
+        /// Closes the connection.
+        Close,
+        /// Sends these bytes unasked a moment later, and keeps the connection open.
+        Send(&'static [u8]),
+    }
+
     /// A provider on loopback that answers every request with `answer`, records what it
-    /// received, and closes each connection after answering if `close` is set.
-    async fn provider(answer: Vec<u8>, close: bool) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    /// received, and then does `then`.
+    async fn provider(answer: Vec<u8>, then: Then) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let (seen, conns) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
@@ -318,8 +438,16 @@ mod tests {
                         }
                         seen.lock().unwrap().push(text[..end + 4 + len].to_string());
                         buf.drain(..end + 4 + len);
-                        if s.write_all(&answer).await.is_err() || close {
+                        if s.write_all(&answer).await.is_err() {
                             return;
+                        }
+                        match then {
+                            Then::Wait => {}
+                            Then::Close => return,
+                            Then::Send(extra) => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                let _ = s.write_all(extra).await;
+                            }
                         }
                     }
                 });
@@ -344,7 +472,8 @@ mod tests {
 
     #[tokio::test]
     async fn sends_the_base_path_host_and_length_and_reuses_the_connection() {
-        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false).await;
+        let (port, seen, conns) =
+            provider(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), Then::Wait).await;
         let t = transport(port, "/api/", 2000);
         for _ in 0..3 {
             let r = t.send(&post("/v1/x", "a=1"), None).await.unwrap();
@@ -364,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn reads_chunked_answers_after_informational_ones() {
         let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 402 Payment Required\r\nTransfer-Encoding: chunked\r\nX-Req: r1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-        let (port, _, _) = provider(answer.to_vec(), false).await;
+        let (port, _, _) = provider(answer.to_vec(), Then::Wait).await;
         let r = transport(port, "", 2000).send(&post("/v1/x", ""), None).await.unwrap();
         assert_eq!((r.status, &r.body[..]), (402, &b"hello world"[..]));
         assert_eq!(r.headers.get("x-req").unwrap(), "r1");
@@ -372,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_provider_closed_after_answering_is_not_reused() {
-        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), true).await;
+        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Close).await;
         let t = transport(port, "", 2000);
         t.send(&post("/a", "1"), None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -383,10 +512,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_connection_holding_bytes_the_provider_sent_unasked_is_not_reused() {
+        // Read as the answer to the next request, a stray 408 would be taken for the
+        // provider's verdict on a request it never saw.
+        let stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n";
+        let (port, seen, conns) =
+            provider(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), Then::Send(stray)).await;
+        let t = transport(port, "", 2000);
+        t.send(&post("/a", "1"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = t.send(&post("/b", "2"), None).await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        assert_eq!((seen.lock().unwrap().len(), *conns.lock().unwrap()), (2, 2));
+    }
+
+    /// Idle connections kept for `port`'s provider, as seen in the process-wide pool.
+    fn idle_for(port: u16) -> usize {
+        let peer = HttpPeer::new(SocketAddr::from(([127, 0, 0, 1], port)), false, "127.0.0.1".into());
+        Client::global().unwrap().idle.lock().unwrap().get(&peer.reuse_hash()).map_or(0, Vec::len)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_when_their_time_is_up_and_not_reused() {
+        let (port, _, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait).await;
+        let t = transport(port, "", 2000);
+        t.send(&post("/a", "1"), None).await.unwrap();
+        let client = Client::global().unwrap();
+        client.purge(Instant::now() + IDLE - Duration::from_secs(1));
+        assert_eq!(idle_for(port), 1, "kept within the idle timeout");
+        client.purge(Instant::now() + IDLE);
+        assert_eq!(idle_for(port), 0, "closed after it");
+        t.send(&post("/b", "2"), None).await.unwrap();
+        assert_eq!(*conns.lock().unwrap(), 2, "the closed connection was not used again");
+    }
+
+    #[tokio::test]
+    async fn the_providers_keep_alive_timeout_shortens_how_long_a_connection_is_kept() {
+        let (port, _, _) = provider(
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            Then::Wait,
+        )
+        .await;
+        transport(port, "", 2000).send(&post("/a", "1"), None).await.unwrap();
+        let client = Client::global().unwrap();
+        client.purge(Instant::now() + Duration::from_secs(4));
+        assert_eq!(idle_for(port), 1);
+        client.purge(Instant::now() + Duration::from_millis(4600));
+        assert_eq!(idle_for(port), 0, "gone half a second before the provider closes it");
+        // A provider that closes idle connections at once: not kept at all.
+        let (port, _, conns) =
+            provider(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=0\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait)
+                .await;
+        let t = transport(port, "", 2000);
+        t.send(&post("/a", "1"), None).await.unwrap();
+        assert_eq!(idle_for(port), 0);
+        t.send(&post("/b", "2"), None).await.unwrap();
+        assert_eq!(*conns.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn keep_alive_timeouts_are_read_leniently_and_capped() {
+        let keep = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("keep-alive", v.parse().unwrap());
+            keep_for(&h)
+        };
+        assert_eq!(keep("timeout=5, max=100"), Duration::from_millis(4500));
+        assert_eq!(keep("max=100, Timeout = 2"), Duration::from_millis(1500));
+        assert_eq!(keep("timeout=1"), Duration::from_millis(500));
+        assert_eq!(keep("timeout=0"), Duration::ZERO);
+        assert_eq!(keep("timeout=3600"), IDLE);
+        for unusable in ["max=3", "timeout=soon", "timeout", ""] {
+            assert_eq!(keep(unusable), IDLE, "{unusable:?}");
+        }
+        assert_eq!(keep_for(&http::HeaderMap::new()), IDLE);
+    }
+
+    #[tokio::test]
     async fn an_oversized_answer_is_a_broken_exchange() {
         let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_RESPONSE + 1).into_bytes();
         answer.resize(answer.len() + MAX_RESPONSE + 1, b'x');
-        let (port, _, _) = provider(answer, false).await;
+        let (port, _, _) = provider(answer, Then::Wait).await;
         match transport(port, "", 5000).send(&post("/x", ""), None).await {
             Err(SendError::Broken(e)) => assert!(e.contains("over"), "{e}"),
             other => panic!("{other:?}"),
@@ -420,7 +626,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(1500));
         held.abort();
         // Cut off mid-answer: broken, also ambiguous.
-        let (port, _, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf".to_vec(), true).await;
+        let (port, _, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf".to_vec(), Then::Close).await;
         let r = transport(port, "", 2000).send(&post("/x", ""), None).await;
         assert!(matches!(r, Err(SendError::Broken(_))), "{r:?}");
     }
@@ -429,7 +635,7 @@ mod tests {
     async fn an_address_that_hangs_leaves_the_next_one_its_share_of_the_connect_budget() {
         // 127.0.0.2 takes no new connection (its accept queue is full, SYNs are dropped);
         // 127.0.0.1 on the same port answers.
-        let (port, seen, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), false).await;
+        let (port, seen, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait).await;
         let full = tokio::net::TcpSocket::new_v4().unwrap();
         full.bind(format!("127.0.0.2:{port}").parse().unwrap()).unwrap();
         let full = full.listen(1).unwrap();
@@ -465,7 +671,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_the_reading_side_would_misjudge_are_not_sent() {
-        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), false).await;
+        let (port, seen, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait).await;
         let t = transport(port, "", 2000);
         let mut head = post("/x", "");
         head.method = http::Method::HEAD;
