@@ -4,7 +4,7 @@
 //! without a word; here a malformed request line or header, or broken framing
 //! (`Content-Length: abc`, two different lengths), gets a 400 `application/problem+json`
 //! naming what was wrong, and a header section too large to read a 431, before the
-//! connection closes.
+//! connection closes (gracefully: see [`linger`]).
 
 use crate::api::http_util;
 use crate::api::problem::Problem;
@@ -17,6 +17,13 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// After answering a request it could not read: how long, and how many more bytes, to read
+/// and drop before closing (see [`linger`]).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// A [`ServeHttp`] app as a pingora service app.
 pub struct HttpService<SV> {
@@ -44,6 +51,9 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
                     if let Some(m) = &self.metrics {
                         m.http_requests.with_label_values(&["other", status]).inc();
                     }
+                    tracing::debug!(error = %e, "unreadable request");
+                    linger(http).await;
+                    return None;
                 }
                 tracing::debug!(error = %e, "unreadable request");
                 return None;
@@ -113,4 +123,29 @@ async fn answer_unreadable(http: &mut ServerSession, too_large: bool) -> &'stati
     } else {
         "400"
     }
+}
+
+/// Closes a connection after answering a request that could not be read, without destroying
+/// the answer. The client may still be sending (a body, the rest of a header), and closing a
+/// socket with unread bytes makes the kernel reset the connection: a client still writing
+/// then fails on the reset before it reads the answer. So the write side is shut (the client
+/// sees the answer, then the end), and what still arrives is read and dropped until the client
+/// closes too, or `LINGER_BYTES` or `LINGER_TIME` is reached.
+async fn linger(http: ServerSession) {
+    let ServerSession::H1(session) = http else { return };
+    let mut stream = session.into_inner();
+    let drain = async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 16 << 10];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }

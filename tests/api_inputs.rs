@@ -152,6 +152,39 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
 
+/// A client still sending when its request turns out unreadable (a body behind a broken
+/// header) reads the whole answer and then a clean end of the connection, not a reset: closing
+/// with its bytes unread would make the kernel reset the connection, and a client still
+/// writing fails on that reset before it reads the answer.
+#[tokio::test]
+async fn an_unreadable_request_with_more_bytes_behind_it_is_answered_then_closed_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    for head in [
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        "POST /v1/payments HTTP/1.1\r\nHo st: x\r\n\r\n",
+    ] {
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let body = vec![b'x'; 512 << 10];
+        // Written while the answer is read, as a client streaming a body would.
+        let writer = tokio::spawn(async move {
+            wr.write_all(head.as_bytes()).await?;
+            wr.write_all(&body).await?;
+            wr.shutdown().await
+        });
+        let mut out = Vec::new();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut out))
+            .await
+            .expect("closed in time");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400") && text.contains("\"code\":\"malformed_http\""), "{text}");
+        assert!(end.is_ok(), "the connection was reset after the answer: {end:?}");
+        assert!(writer.await.unwrap().is_ok(), "the client could not finish sending");
+    }
+}
+
 /// A header section pingora will not read because of its size (over 1 MiB) or its number of
 /// headers (over 256) is 431, not 400: the client can tell that a shorter request would do.
 #[tokio::test]
