@@ -17,7 +17,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -95,7 +95,9 @@ impl DnsCache {
 /// wake-up of another worker thread) and every release a task spawned. Here an idle
 /// connection is a stream in a list; whether the provider closed it (or sent something
 /// unasked) is checked with one non-blocking read when it is taken, as pingora does when it
-/// releases one.
+/// releases one, and by housekeeping every pass. (That read sees what tokio's I/O driver has
+/// seen: a close arriving in the same instant can still pass, and the request then ends as
+/// a broken, ambiguous exchange, safe; pingora's pool had the same window.)
 struct Client {
     connector: TransportConnector,
     idle: Mutex<HashMap<u64, Vec<Idle>>>,
@@ -126,37 +128,56 @@ impl Client {
         .map_err(Clone::clone)
     }
 
+    /// The lists. A panic elsewhere while one was held cannot have left a list half-changed
+    /// (a push or a pop), so a poisoned lock is used as it is rather than ending pooling.
+    fn lists(&self) -> MutexGuard<'_, HashMap<u64, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The most recently used idle connection to `peer` that is still open and quiet.
     fn take(&self, peer: &HttpPeer) -> Option<Stream> {
         let key = peer.reuse_hash();
         loop {
-            let Idle { mut stream, until } = self.idle.lock().ok()?.get_mut(&key)?.pop()?;
+            let Idle { mut stream, until } = self.lists().get_mut(&key)?.pop()?;
             if Instant::now() < until && quiet(&mut stream) {
                 return Some(stream);
             }
-            // Closed by the provider, sent something unasked, or idle too long: dropped.
+            // Closed by the provider, sent something unasked, or idle too long: dropped
+            // (closed), the lock no longer held.
         }
     }
 
     /// Keeps a connection whose exchange is complete for the next request to `peer`, for
     /// `keep` at most.
     fn put(&self, peer: &HttpPeer, stream: Stream, keep: Duration) {
-        let Ok(mut idle) = self.idle.lock() else { return };
-        let list = idle.entry(peer.reuse_hash()).or_default();
-        if list.len() >= POOL_PER_PEER {
-            // The oldest goes (it is the likeliest to be closed by the provider).
-            list.remove(0);
-        }
-        list.push(Idle { stream, until: Instant::now() + keep });
+        let evicted = {
+            let mut lists = self.lists();
+            let list = lists.entry(peer.reuse_hash()).or_default();
+            list.push(Idle { stream, until: Instant::now() + keep });
+            // The oldest goes (the likeliest to be closed by the provider).
+            (list.len() > POOL_PER_PEER).then(|| list.remove(0))
+        };
+        drop(evicted);
     }
 
-    /// Closes idle connections whose time is up at `now`.
-    fn purge(&self, now: Instant) {
-        let Ok(mut idle) = self.idle.lock() else { return };
-        for list in idle.values_mut() {
-            list.retain(|c| now < c.until);
+    /// Closes idle connections whose time is up at `now`, or that the provider closed or
+    /// wrote to meanwhile; only those to the peer `only` when given (tests).
+    fn purge(&self, now: Instant, only: Option<u64>) {
+        let mut gone = Vec::new();
+        {
+            let mut lists = self.lists();
+            for (_, list) in lists.iter_mut().filter(|(k, _)| only.is_none_or(|o| o == **k)) {
+                let (keep, drop): (Vec<Idle>, Vec<Idle>) =
+                    std::mem::take(list).into_iter().partition(|c| now < c.until);
+                *list = keep;
+                gone.extend(drop);
+                // One poll each, no system call unless the socket turned readable.
+                gone.extend(list.extract_if(.., |c| !quiet(&mut c.stream)));
+            }
+            lists.retain(|_, l| !l.is_empty());
         }
-        idle.retain(|_, l| !l.is_empty());
+        // Closed with the lock released: each close is a few system calls.
+        drop(gone);
     }
 }
 
@@ -173,29 +194,30 @@ fn quiet(stream: &mut Stream) -> bool {
 /// Closes the idle provider connections kept longer than the idle timeout (housekeeping).
 pub fn purge_idle() {
     if let Ok(c) = Client::global() {
-        c.purge(Instant::now());
+        c.purge(Instant::now(), None);
     }
 }
 
 /// How long an idle connection may be reused: our idle timeout, or less when the provider's
-/// `Keep-Alive: timeout=N` says it closes idle connections after N seconds: then until half a
-/// second before that, so a request does not cross the provider's close on the wire (not kept
-/// at all for `timeout=0`).
+/// `Keep-Alive: timeout=N` says it closes idle connections after N seconds. Then until a
+/// tenth of N (at least a second) before that: the provider's clock started when it sent the
+/// answer, and the next request still has to reach it. Not kept at all for N ≤ 1.
 fn keep_for(headers: &http::HeaderMap) -> Duration {
-    let said = headers.get("keep-alive").and_then(|v| v.to_str().ok()).and_then(|v| {
+    let said = headers.get_all("keep-alive").iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
         v.split(',').find_map(|p| {
             let (k, n) = p.split_once('=')?;
-            k.trim().eq_ignore_ascii_case("timeout").then(|| n.trim().parse::<u64>().ok()).flatten()
+            let n = n.trim().trim_matches('"');
+            k.trim().eq_ignore_ascii_case("timeout").then(|| n.parse::<u64>().ok()).flatten()
         })
     });
     match said {
-        Some(secs) => Duration::from_secs(secs).saturating_sub(KEEP_ALIVE_MARGIN).min(IDLE),
+        Some(secs) => {
+            let said = Duration::from_secs(secs);
+            said.saturating_sub((said / 10).max(Duration::from_secs(1))).min(IDLE)
+        }
         None => IDLE,
     }
 }
-
-/// Taken off a provider's announced keep-alive timeout (see `keep_for`).
-const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Idle connections kept per provider address.
 const POOL_PER_PEER: usize = 256;
@@ -266,21 +288,20 @@ impl Transport {
         Ok(addrs)
     }
 
-    /// A pooled or new connection to the first address that answers.
     /// A pooled or new connection to the first address that answers within `budget`, which
     /// the addresses share: one that hangs (a dead AAAA record, say) leaves the next its turn.
     async fn connect(&self, client: &Client, budget: Duration) -> Result<(Stream, HttpPeer), SendError> {
         let until = tokio::time::Instant::now() + budget;
         let addrs = self.addrs()?;
+        let mut peers: Vec<HttpPeer> = addrs.iter().map(|a| HttpPeer::new(*a, self.tls, self.host.clone())).collect();
+        if let Some((i, s)) = peers.iter().enumerate().find_map(|(i, p)| client.take(p).map(|s| (i, s))) {
+            return Ok((s, peers.swap_remove(i)));
+        }
         let mut last = String::from("connect timed out");
-        for (i, addr) in addrs.iter().enumerate() {
+        for (i, (addr, mut peer)) in addrs.iter().zip(peers).enumerate() {
             let share = until.saturating_duration_since(tokio::time::Instant::now()) / (addrs.len() - i) as u32;
             if share.is_zero() {
                 break;
-            }
-            let mut peer = HttpPeer::new(*addr, self.tls, self.host.clone());
-            if let Some(s) = client.take(&peer) {
-                return Ok((s, peer));
             }
             peer.options.connection_timeout = Some(share);
             peer.options.total_connection_timeout = Some(share);
@@ -304,6 +325,7 @@ impl Transport {
         // ambiguous timeout, while nothing has been sent yet.
         let left = timeout.saturating_sub(started.elapsed());
         if left < MIN_EXCHANGE {
+            client.put(&peer, stream, IDLE);
             return Err(SendError::NotSent(format!("connected with {left:?} of the attempt left")));
         }
         let (resp, mut session) = match tokio::time::timeout(left, exchange(stream, &peer, &wire)).await {
@@ -311,20 +333,20 @@ impl Transport {
             Ok(Err(e)) => return Err(SendError::Broken(e)),
             Ok(Ok(r)) => r,
         };
-        // Kept when the answer was complete and both sides keep the connection alive; else
-        // closed (for TLS, with a close_notify), bounded: that is not the caller's wait.
+        // Kept when the answer was complete and both sides keep the connection alive (no wait:
+        // `reuse` hands the stream back at once); else closed (for TLS, with a close_notify),
+        // in a task of its own, bounded, as that is not the caller's wait.
         session.respect_keepalive();
         let keep = keep_for(&resp.headers);
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            match session.reuse().await {
-                Some(mut stream) if keep.is_zero() => {
-                    let _ = stream.shutdown().await;
-                }
-                Some(stream) => client.put(&peer, stream, keep),
-                None => {}
+        if session.will_keepalive() && !keep.is_zero() {
+            if let Some(stream) = session.reuse().await {
+                client.put(&peer, stream, keep);
             }
-        })
-        .await;
+        } else {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.shutdown()).await;
+            });
+        }
         Ok(resp)
     }
 
@@ -526,10 +548,20 @@ mod tests {
         assert_eq!((seen.lock().unwrap().len(), *conns.lock().unwrap()), (2, 2));
     }
 
-    /// Idle connections kept for `port`'s provider, as seen in the process-wide pool.
+    /// The process-wide pool's key for `port`'s provider.
+    fn key(port: u16) -> u64 {
+        HttpPeer::new(SocketAddr::from(([127, 0, 0, 1], port)), false, "127.0.0.1".into()).reuse_hash()
+    }
+
+    /// Idle connections kept for `port`'s provider.
     fn idle_for(port: u16) -> usize {
-        let peer = HttpPeer::new(SocketAddr::from(([127, 0, 0, 1], port)), false, "127.0.0.1".into());
-        Client::global().unwrap().idle.lock().unwrap().get(&peer.reuse_hash()).map_or(0, Vec::len)
+        Client::global().unwrap().lists().get(&key(port)).map_or(0, Vec::len)
+    }
+
+    /// Purges as housekeeping would at `now`, only `port`'s connections (tests run in
+    /// parallel and share the pool).
+    fn purge_at(port: u16, now: Instant) {
+        Client::global().unwrap().purge(now, Some(key(port)));
     }
 
     #[tokio::test]
@@ -537,13 +569,21 @@ mod tests {
         let (port, _, conns) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait).await;
         let t = transport(port, "", 2000);
         t.send(&post("/a", "1"), None).await.unwrap();
-        let client = Client::global().unwrap();
-        client.purge(Instant::now() + IDLE - Duration::from_secs(1));
+        purge_at(port, Instant::now() + IDLE - Duration::from_secs(1));
         assert_eq!(idle_for(port), 1, "kept within the idle timeout");
-        client.purge(Instant::now() + IDLE);
+        purge_at(port, Instant::now() + IDLE);
         assert_eq!(idle_for(port), 0, "closed after it");
         t.send(&post("/b", "2"), None).await.unwrap();
         assert_eq!(*conns.lock().unwrap(), 2, "the closed connection was not used again");
+    }
+
+    #[tokio::test]
+    async fn housekeeping_closes_idle_connections_the_provider_closed() {
+        let (port, _, _) = provider(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Close).await;
+        transport(port, "", 2000).send(&post("/a", "1"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        purge_at(port, Instant::now());
+        assert_eq!(idle_for(port), 0, "not left in CLOSE_WAIT until its time is up");
     }
 
     #[tokio::test]
@@ -554,14 +594,13 @@ mod tests {
         )
         .await;
         transport(port, "", 2000).send(&post("/a", "1"), None).await.unwrap();
-        let client = Client::global().unwrap();
-        client.purge(Instant::now() + Duration::from_secs(4));
+        purge_at(port, Instant::now() + Duration::from_millis(3500));
         assert_eq!(idle_for(port), 1);
-        client.purge(Instant::now() + Duration::from_millis(4600));
-        assert_eq!(idle_for(port), 0, "gone half a second before the provider closes it");
-        // A provider that closes idle connections at once: not kept at all.
+        purge_at(port, Instant::now() + Duration::from_millis(4100));
+        assert_eq!(idle_for(port), 0, "gone a second before the provider closes it");
+        // A provider that closes idle connections within a second: not kept at all.
         let (port, _, conns) =
-            provider(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=0\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait)
+            provider(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 0\r\n\r\n".to_vec(), Then::Wait)
                 .await;
         let t = transport(port, "", 2000);
         t.send(&post("/a", "1"), None).await.unwrap();
@@ -577,11 +616,19 @@ mod tests {
             h.insert("keep-alive", v.parse().unwrap());
             keep_for(&h)
         };
-        assert_eq!(keep("timeout=5, max=100"), Duration::from_millis(4500));
-        assert_eq!(keep("max=100, Timeout = 2"), Duration::from_millis(1500));
-        assert_eq!(keep("timeout=1"), Duration::from_millis(500));
+        let secs = Duration::from_secs;
+        assert_eq!(keep("timeout=5, max=100"), secs(4));
+        assert_eq!(keep("max=100, Timeout = 2"), secs(1));
+        assert_eq!(keep("timeout=\"5\""), secs(4));
+        assert_eq!(keep("timeout=30"), secs(27), "a tenth off when that is more than a second");
+        assert_eq!(keep("timeout=1"), Duration::ZERO);
         assert_eq!(keep("timeout=0"), Duration::ZERO);
         assert_eq!(keep("timeout=3600"), IDLE);
+        // Over two header lines.
+        let mut h = http::HeaderMap::new();
+        h.append("keep-alive", "max=100".parse().unwrap());
+        h.append("keep-alive", "timeout=5".parse().unwrap());
+        assert_eq!(keep_for(&h), secs(4));
         for unusable in ["max=3", "timeout=soon", "timeout", ""] {
             assert_eq!(keep(unusable), IDLE, "{unusable:?}");
         }
