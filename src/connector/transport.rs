@@ -167,10 +167,10 @@ impl Client {
         {
             let mut lists = self.lists();
             for (_, list) in lists.iter_mut().filter(|(k, _)| only.is_none_or(|o| o == **k)) {
-                let (keep, drop): (Vec<Idle>, Vec<Idle>) =
+                let (kept, expired): (Vec<Idle>, Vec<Idle>) =
                     std::mem::take(list).into_iter().partition(|c| now < c.until);
-                *list = keep;
-                gone.extend(drop);
+                *list = kept;
+                gone.extend(expired);
                 // One poll each, no system call unless the socket turned readable.
                 gone.extend(list.extract_if(.., |c| !quiet(&mut c.stream)));
             }
@@ -191,7 +191,8 @@ fn quiet(stream: &mut Stream) -> bool {
     read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_pending()
 }
 
-/// Closes the idle provider connections kept longer than the idle timeout (housekeeping).
+/// Closes the idle provider connections whose time is up or that the provider closed
+/// (housekeeping).
 pub fn purge_idle() {
     if let Ok(c) = Client::global() {
         c.purge(Instant::now(), None);
