@@ -4,7 +4,8 @@
 //! without a word; here a malformed request line or header, or broken framing
 //! (`Content-Length: abc`, two different lengths), gets a 400 `application/problem+json`
 //! naming what was wrong, and a header section too large to read a 431, before the
-//! connection closes (gracefully: see [`linger`]).
+//! connection closes. A connection closed while the client may still be sending (that
+//! request unreadable, or answered before its body was read) closes gracefully: [`linger`].
 
 use crate::api::http_util;
 use crate::api::problem::Problem;
@@ -23,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// After answering a request it could not read: how long, and how many more bytes, to read
 /// and drop before closing (see [`linger`]).
 const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: usize = 8 << 20;
 
 /// A [`ServeHttp`] app as a pingora service app.
 pub struct HttpService<SV> {
@@ -46,16 +47,14 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
             // Closed (or idle) before a request arrived.
             Ok(false) => return None,
             Err(e) => {
+                tracing::debug!(error = %e, "unreadable request");
                 if e.etype == ErrorType::InvalidHTTPHeader {
                     let status = answer_unreadable(&mut http, header_too_large(&e)).await;
                     if let Some(m) = &self.metrics {
                         m.http_requests.with_label_values(&["other", status]).inc();
                     }
-                    tracing::debug!(error = %e, "unreadable request");
                     linger(http).await;
-                    return None;
                 }
-                tracing::debug!(error = %e, "unreadable request");
                 return None;
             }
         }
@@ -71,6 +70,15 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
                 tracing::debug!(error = %e, "writing a response body failed");
                 return None;
             }
+        }
+        // Answered before its body was read (401, 413, 404, …): pingora does not keep such a
+        // connection and would close it with the body's bytes unread.
+        if !http.is_body_done() && matches!(&http, ServerSession::H1(s) if !s.will_keepalive()) {
+            if let Err(e) = http.finish_body().await {
+                tracing::debug!(error = %e, "finishing a response failed");
+            }
+            linger(http).await;
+            return None;
         }
         let settings = HttpPersistentSettings::for_session(&http);
         match http.finish().await {
@@ -125,8 +133,8 @@ async fn answer_unreadable(http: &mut ServerSession, too_large: bool) -> &'stati
     }
 }
 
-/// Closes a connection after answering a request that could not be read, without destroying
-/// the answer. The client may still be sending (a body, the rest of a header), and closing a
+/// Closes a connection after an answer while the client may still be sending (the rest of a
+/// header, a body not read), without destroying the answer. Closing a
 /// socket with unread bytes makes the kernel reset the connection: a client still writing
 /// then fails on the reset before it reads the answer. So the write side is shut (the client
 /// sees the answer, then the end), and what still arrives is read and dropped until the client

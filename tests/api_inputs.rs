@@ -152,37 +152,69 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
 
+/// Sends `head` then `body_len` bytes of body on a new connection to `addr`, writing while
+/// the answer is read, as a client streaming a body would. Returns the answer, how reading
+/// it ended (an error is a reset) and whether the client could send everything.
+async fn send_while_reading(addr: &str, head: String, body_len: usize) -> (String, std::io::Result<usize>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        wr.write_all(&vec![b'x'; body_len]).await?;
+        wr.shutdown().await
+    });
+    let mut out = Vec::new();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut out))
+        .await
+        .expect("closed in time");
+    (String::from_utf8_lossy(&out).to_string(), end, writer.await.unwrap().is_ok())
+}
+
 /// A client still sending when its request turns out unreadable (a body behind a broken
 /// header) reads the whole answer and then a clean end of the connection, not a reset: closing
 /// with its bytes unread would make the kernel reset the connection, and a client still
 /// writing fails on that reset before it reads the answer.
 #[tokio::test]
 async fn an_unreadable_request_with_more_bytes_behind_it_is_answered_then_closed_cleanly() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world();
     let addr = w.pm.api.trim_start_matches("http://").to_string();
     for head in [
         "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
         "POST /v1/payments HTTP/1.1\r\nHo st: x\r\n\r\n",
     ] {
-        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let (mut rd, mut wr) = s.into_split();
-        let body = vec![b'x'; 512 << 10];
-        // Written while the answer is read, as a client streaming a body would.
-        let writer = tokio::spawn(async move {
-            wr.write_all(head.as_bytes()).await?;
-            wr.write_all(&body).await?;
-            wr.shutdown().await
-        });
-        let mut out = Vec::new();
-        let end = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut out))
-            .await
-            .expect("closed in time");
-        let text = String::from_utf8_lossy(&out);
+        let (text, end, sent) = send_while_reading(&addr, head.to_string(), 512 << 10).await;
         assert!(text.starts_with("HTTP/1.1 400") && text.contains("\"code\":\"malformed_http\""), "{text}");
         assert!(end.is_ok(), "the connection was reset after the answer: {end:?}");
-        assert!(writer.await.unwrap().is_ok(), "the client could not finish sending");
+        assert!(sent, "the client could not finish sending");
     }
+}
+
+/// The same for requests answered before their body is read (no API key, a body over the
+/// limit, no such endpoint): pingora does not keep those connections, and closed them with the
+/// body unread.
+#[tokio::test]
+async fn a_request_answered_before_its_body_is_read_is_closed_cleanly() {
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    let len = 4 << 20;
+    let auth = format!("Authorization: Bearer {KEY}\r\nIdempotency-Key: early-413\r\n");
+    for (head, status, code) in [
+        (format!("POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"), "401", "unauthorized"),
+        (
+            format!("POST /v1/payments HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {len}\r\n\r\n"),
+            "413",
+            "body_too_large",
+        ),
+        (format!("POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"), "404", "not_found"),
+    ] {
+        let (text, end, sent) = send_while_reading(&addr, head, len).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+        assert!(end.is_ok(), "{status}: the connection was reset after the answer: {end:?}");
+        assert!(sent, "{status}: the client could not finish sending");
+    }
+    assert_eq!(count_rows(&w.pm.data, "payments"), 0);
 }
 
 /// A header section pingora will not read because of its size (over 1 MiB) or its number of

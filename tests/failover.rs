@@ -143,8 +143,15 @@ async fn slow_primary_that_processes_late_is_reversed() {
         })
     })
     .await;
+    // The simulator shows the reversal as soon as it answers; paymux counts it once it has
+    // that answer, a moment later.
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric(&w.metrics().await, "paymux_orphan_reversals_total", "result=\"reversed\"") >= 1.0
+    })
+    .await;
     let m = w.metrics().await;
     assert!(reversed, "late charge on the primary was not reversed; metrics:\n{m}");
+    assert!(counted, "the reversal was not counted; metrics:\n{m}");
     assert_eq!(metric(&m, "paymux_orphan_reversals_total", "result=\"reversed\""), 1.0);
 }
 
