@@ -212,6 +212,11 @@ impl Journal {
         Ok(seq)
     }
 
+    /// The writes of the record appended last, while it is pending.
+    pub fn pending_last(&self) -> &[Write] {
+        self.pending.last().map_or(&[], |e| &e.ops)
+    }
+
     /// True when a record not yet applied claims or completes this idempotency key.
     pub fn holds_key(&self, api_key_id: &str, key: &str) -> bool {
         // Keys are few (those written in the last few milliseconds); a borrowed lookup

@@ -6,6 +6,7 @@
 //! the blocking pool so a slow fsync never stalls an async worker.
 
 pub mod journal;
+pub mod keyset;
 pub mod sqlite;
 
 use crate::domain::{Currency, Method, PaymentStatus};

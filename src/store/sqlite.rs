@@ -10,6 +10,7 @@
 //! committed when they were journaled: the journal changes the cost, not the semantics.
 
 use super::journal::{Entry, Journal};
+use super::keyset::KeySet;
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
@@ -24,8 +25,12 @@ pub struct SqliteStore {
     /// A third, for the idempotency check of a journaled batch while `conn` is busy
     /// applying: it reads the committed state. Only taken with `journal` held.
     reader: Mutex<Connection>,
-    /// Lock order: `conn` before `journal` before `reader`.
+    /// Lock order: `conn` before `journal` before `keys` before `reader`.
     journal: Mutex<Journal>,
+    /// The idempotency keys the database may hold ([`KeySet`]): a claim of a key not in it
+    /// needs no read. Added to with `journal` held, in the same critical section as the
+    /// write that stores the key.
+    keys: Mutex<KeySet>,
     /// New batches go to the journal (`synchronous=NORMAL`); with `FULL` they are committed
     /// and fsynced at once, and the journal only replays what an earlier run left.
     journal_writes: bool,
@@ -201,6 +206,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(checkpointer),
             reader: Mutex::new(reader),
             journal: Mutex::new(journal),
+            keys: Mutex::new(KeySet::new(KeySet::CAPACITY)),
             journal_writes: !synchronous_full,
             journal_ok: std::sync::atomic::AtomicBool::new(true),
             rejected_path: dir.join("journal-rejected.jsonl"),
@@ -212,7 +218,43 @@ impl SqliteStore {
         if replayed > 0 {
             tracing::info!(records = replayed, "applied the write-ahead journal a previous run left");
         }
+        // Every stored key, before any claim is checked against the set.
+        store.load_keys(super::now_ms())?;
         Ok(store)
+    }
+
+    /// Fills the key set with the keys of every record still live at `now`.
+    fn load_keys(&self, now: i64) -> StoreResult<()> {
+        let c = self.lock_conn()?;
+        let mut keys = self.lock_keys();
+        let mut stmt = c.prepare("SELECT api_key_id, key, expires_at FROM idempotency WHERE expires_at > ?1")?;
+        let mut rows = stmt.query(params![now])?;
+        while let Some(r) = rows.next()? {
+            keys.add(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?, now);
+        }
+        tracing::debug!(keys = keys.len(), saturated = keys.saturated(), "idempotency key set loaded");
+        Ok(())
+    }
+
+    /// The key set; one a panic left half-updated is no longer trusted to say "absent".
+    fn lock_keys(&self) -> MutexGuard<'_, KeySet> {
+        self.keys.lock().unwrap_or_else(|poisoned| {
+            let mut keys = poisoned.into_inner();
+            keys.saturate();
+            keys
+        })
+    }
+
+    /// Adds the keys `ops` claims to the key set. Called with `journal` held, once the
+    /// claims are stored (journaled or committed); cannot fail, so a stored key is never
+    /// left out.
+    fn note_claims(&self, ops: &[Write]) {
+        let mut keys = None;
+        for op in ops {
+            if let Write::ClaimIdempotency(r) = op {
+                keys.get_or_insert_with(|| self.lock_keys()).add(&r.api_key_id, &r.key, r.expires_at, r.created_at);
+            }
+        }
     }
 
     /// Applies every journaled batch to the database now; returns how many. The background
@@ -345,6 +387,10 @@ impl SqliteStore {
                 if j.holds_key(&r.api_key_id, &r.key) {
                     return Ok(Some(ops));
                 }
+                // Never stored: nothing to read.
+                if !self.lock_keys().may_hold(&r.api_key_id, &r.key, r.created_at) {
+                    continue;
+                }
                 // The main connection when it is free (its page cache is warm: the database
                 // changes only through it); the reader while it applies. Never waits on
                 // `conn` here (lock order), so a `try_lock`.
@@ -362,7 +408,10 @@ impl SqliteStore {
             }
         }
         match j.append(ops) {
-            Ok(_) => Ok(None),
+            Ok(_) => {
+                self.note_claims(j.pending_last());
+                Ok(None)
+            }
             Err((e, ops)) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Some(ops)),
             Err((e, _)) => Err(StoreError::Backend(format!("journal: {e}"))),
         }
@@ -655,7 +704,10 @@ impl Store for SqliteStore {
             }
             apply_op(&tx, op)?;
         }
-        tx.commit().map_err(StoreError::from)
+        tx.commit()?;
+        // Still under the journal lock: no claim is checked before its key is in the set.
+        self.note_claims(&ops);
+        Ok(())
     }
 
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()> {
@@ -1026,6 +1078,50 @@ mod tests {
         assert_eq!(s.idem_get("k", "key2", 10).unwrap(), None);
         assert_eq!(s.idem_expire(100).unwrap(), 2);
         assert_eq!(claim(&s, "k", "key1", "h2", 101, 200), IdemClaim::Claimed);
+    }
+
+    #[test]
+    fn a_key_is_known_taken_whichever_way_it_was_stored() {
+        // Real clock readings: the key set loads the records live at open.
+        let now = now_ms();
+        let day = 86_400_000;
+        let taken = |s: &SqliteStore, key: &str, at: i64| {
+            matches!(claim(s, "k", key, "h", at, at + day), IdemClaim::Existing(_))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Committed at once (`synchronous=FULL` does not journal).
+            let s = SqliteStore::open(dir.path(), true).unwrap();
+            assert_eq!(claim(&s, "k", "full", "h", now, now + day), IdemClaim::Claimed);
+        }
+        {
+            let s = SqliteStore::open(dir.path(), false).unwrap();
+            assert!(taken(&s, "full", now + 1), "stored by an earlier run");
+            // Journaled, then applied (no longer in the journal's own key list).
+            assert_eq!(claim(&s, "k", "journaled", "h", now, now + day), IdemClaim::Claimed);
+            s.apply_journal().unwrap();
+            assert!(taken(&s, "journaled", now + 1));
+            // Committed directly while the journal is not trusted, then journaling again.
+            s.journal_ok.store(false, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(claim(&s, "k", "direct", "h", now, now + day), IdemClaim::Claimed);
+            s.journal_ok.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(taken(&s, "direct", now + 1));
+            // Left in the journal for the next run to apply.
+            assert_eq!(claim(&s, "k", "replayed", "h", now, now + day), IdemClaim::Claimed);
+            // An expired record does not hold its key.
+            assert_eq!(claim(&s, "k", "expired", "h", now - 2 * day, now - day), IdemClaim::Claimed);
+        }
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        for key in ["full", "journaled", "direct", "replayed"] {
+            assert!(taken(&s, key, now + 2), "{key}");
+        }
+        assert_eq!(claim(&s, "k", "expired", "h", now + 2, now + day), IdemClaim::Claimed);
+        assert_eq!(claim(&s, "k", "new", "h", now + 2, now + day), IdemClaim::Claimed);
+        s.apply_journal().unwrap();
+        // A set no longer trusted (past capacity, or poisoned) sends every claim to the database.
+        s.lock_keys().saturate();
+        assert!(taken(&s, "new", now + 3));
+        assert!(!taken(&s, "other", now + 3));
     }
 
     fn rows_in_db(dir: &Path, table: &str) -> i64 {
