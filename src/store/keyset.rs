@@ -17,31 +17,53 @@
 //! costs a read). Past [`KeySet::CAPACITY`] keys it stops answering "absent" for good: every
 //! claim is checked in SQLite, as without it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-/// Key fingerprints, bucketed by the hour their record expires in.
+type Shard = HashMap<u64, i64, BuildHasherDefault<Fingerprint>>;
+
+/// Key fingerprints and the latest hour a record under each expires in.
 pub struct KeySet {
     /// Keyed, so that clients choosing keys cannot aim at one fingerprint.
     hasher: RandomState,
-    buckets: BTreeMap<i64, HashSet<u64, BuildHasherDefault<Fingerprint>>>,
+    /// Fingerprint → the latest expiry bucket of a record under it: one probe per lookup.
+    /// Sharded so that growing one shard (a rehash, under the journal lock) stays short.
+    shards: Vec<Shard>,
+    /// Expiry bucket → the fingerprints added with it, for pruning in expiry order.
+    by_expiry: BTreeMap<i64, Vec<u64>>,
     len: usize,
     capacity: usize,
     saturated: bool,
 }
 
 const BUCKET_MS: i64 = 3_600_000;
+const SHARDS: usize = 64;
 
 impl KeySet {
-    /// At most this many keys (about 40 MB); beyond, every claim is checked in SQLite.
+    /// At most this many keys (up to about 80 MB); beyond, every claim is checked in SQLite.
     pub const CAPACITY: usize = 2_000_000;
+    /// How long after its record expires a key is kept: a request that read the clock
+    /// before the one pruning checks its key after it (its `now` is earlier, so a record
+    /// the pruning `now` finds expired may still answer it), and a clock stepped back.
+    pub const SLACK_MS: i64 = 3_600_000;
 
     pub fn new(capacity: usize) -> Self {
-        KeySet { hasher: RandomState::new(), buckets: BTreeMap::new(), len: 0, capacity, saturated: false }
+        KeySet {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            by_expiry: BTreeMap::new(),
+            len: 0,
+            capacity,
+            saturated: false,
+        }
     }
 
     fn fingerprint(&self, api_key_id: &str, key: &str) -> u64 {
         self.hasher.hash_one((api_key_id, key))
+    }
+
+    fn shard(&self, fp: u64) -> usize {
+        (fp >> 58) as usize % SHARDS
     }
 
     /// False only when no record of `(api_key_id, key)` expiring after `now` can exist.
@@ -50,8 +72,8 @@ impl KeySet {
             return true;
         }
         let fp = self.fingerprint(api_key_id, key);
-        // Buckets ending by `now` hold only expired records; skipping them is exact.
-        self.buckets.range(now.div_euclid(BUCKET_MS)..).any(|(_, set)| set.contains(&fp))
+        // A bucket ending by `now` holds only expired records.
+        self.shards[self.shard(fp)].get(&fp).is_some_and(|b| (b + 1) * BUCKET_MS > now)
     }
 
     /// Records that `(api_key_id, key)` is stored with a record expiring at `expires_at`.
@@ -71,9 +93,17 @@ impl KeySet {
             return;
         }
         let fp = self.fingerprint(api_key_id, key);
-        if self.buckets.entry(expires_at.div_euclid(BUCKET_MS)).or_default().insert(fp) {
-            self.len += 1;
+        let bucket = expires_at.div_euclid(BUCKET_MS);
+        let shard = self.shard(fp);
+        match self.shards[shard].get_mut(&fp) {
+            Some(b) if *b >= bucket => return,
+            Some(b) => *b = bucket,
+            None => {
+                self.shards[shard].insert(fp, bucket);
+                self.len += 1;
+            }
         }
+        self.by_expiry.entry(bucket).or_default().push(fp);
         // Cheap when nothing is due: one look at the oldest bucket.
         self.prune(now);
     }
@@ -81,19 +111,26 @@ impl KeySet {
     /// From now on, every key may be held (past capacity, or when the set cannot be trusted).
     pub fn saturate(&mut self) {
         self.saturated = true;
-        self.buckets = BTreeMap::new();
+        self.shards = Vec::new();
+        self.by_expiry = BTreeMap::new();
         self.len = 0;
     }
 
-    /// Drops the buckets whose records had all expired an hour before `now`. The hour
-    /// covers a request that read the clock before this caller did and checks its key after
-    /// (its `now` is earlier, so a record this `now` finds expired may still answer it).
+    /// Drops the keys whose records had all expired [`Self::SLACK_MS`] before `now`.
     fn prune(&mut self, now: i64) {
-        while let Some(entry) = self.buckets.first_entry() {
-            if (*entry.key() + 2) * BUCKET_MS > now {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            let bucket = *entry.key();
+            if (bucket + 1) * BUCKET_MS + Self::SLACK_MS > now {
                 break;
             }
-            self.len -= entry.remove().len();
+            for fp in entry.remove() {
+                let shard = self.shard(fp);
+                // Kept when a later record under it expires later.
+                if self.shards[shard].get(&fp) == Some(&bucket) {
+                    self.shards[shard].remove(&fp);
+                    self.len -= 1;
+                }
+            }
         }
     }
 
@@ -160,6 +197,13 @@ mod tests {
         assert_eq!(s.len(), 3);
         s.add("app", "k3", now + 50 * H, now + 26 * H);
         assert_eq!(s.len(), 2, "the expired bucket is dropped when a key is added an hour later");
+        // A key stored again (its record expired and replaced) is kept until the later expiry.
+        s.add("app", "k2", now + 10 * H, now + 26 * H);
+        s.add("app", "k2", now + 80 * H, now + 26 * H);
+        s.add("app", "k4", now + 90 * H, now + 52 * H);
+        assert!(s.may_hold("app", "k2", now + 79 * H));
+        assert!(!s.may_hold("app", "k3", now + 52 * H));
+        assert_eq!(s.len(), 2);
     }
 
     #[test]

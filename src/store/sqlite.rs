@@ -224,13 +224,21 @@ impl SqliteStore {
     }
 
     /// Fills the key set with the keys of every record still live at `now`.
+    /// Only a journaling store consults the set (a direct commit checks in its transaction).
     fn load_keys(&self, now: i64) -> StoreResult<()> {
+        if !self.journal_writes {
+            return Ok(());
+        }
         let c = self.lock_conn()?;
         let mut keys = self.lock_keys();
+        // With the slack the set keeps after expiry: a clock stepped back finds them.
         let mut stmt = c.prepare("SELECT api_key_id, key, expires_at FROM idempotency WHERE expires_at > ?1")?;
-        let mut rows = stmt.query(params![now])?;
+        let mut rows = stmt.query(params![now - KeySet::SLACK_MS])?;
         while let Some(r) = rows.next()? {
             keys.add(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?, now);
+            if keys.saturated() {
+                break;
+            }
         }
         tracing::debug!(keys = keys.len(), saturated = keys.saturated(), "idempotency key set loaded");
         Ok(())
@@ -249,6 +257,9 @@ impl SqliteStore {
     /// claims are stored (journaled or committed); cannot fail, so a stored key is never
     /// left out.
     fn note_claims(&self, ops: &[Write]) {
+        if !self.journal_writes {
+            return;
+        }
         let mut keys = None;
         for op in ops {
             if let Write::ClaimIdempotency(r) = op {
@@ -1122,6 +1133,83 @@ mod tests {
         s.lock_keys().saturate();
         assert!(taken(&s, "new", now + 3));
         assert!(!taken(&s, "other", now + 3));
+    }
+
+    #[test]
+    fn a_key_whose_record_just_expired_is_still_taken_after_the_clock_steps_back() {
+        let now = now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path(), false).unwrap();
+            assert_eq!(claim(&s, "k", "k1", "h", now - 3_600_000, now - 600_000), IdemClaim::Claimed);
+        }
+        // Expired by the clock at open; live by a request's clock 20 minutes earlier.
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        assert!(matches!(claim(&s, "k", "k1", "h", now - 1_200_000, now), IdemClaim::Existing(_)));
+    }
+
+    #[test]
+    fn a_key_set_a_panic_left_behind_is_not_trusted() {
+        let now = now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(dir.path(), false).unwrap());
+        assert_eq!(claim(&s, "k", "k1", "h", now, now + 86_400_000), IdemClaim::Claimed);
+        s.apply_journal().unwrap();
+        let s2 = s.clone();
+        let poisoner = std::thread::spawn(move || {
+            let _held = s2.keys.lock().unwrap();
+            panic!("a panic while the key set is locked (expected by this test)");
+        });
+        assert!(poisoner.join().is_err());
+        assert!(s.lock_keys().saturated());
+        assert!(matches!(claim(&s, "k", "k1", "h", now + 1, now + 86_400_000), IdemClaim::Existing(_)));
+        assert_eq!(claim(&s, "k", "k2", "h", now + 1, now + 86_400_000), IdemClaim::Claimed);
+    }
+
+    #[test]
+    fn concurrent_claims_of_the_same_keys_claim_each_once() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(dir.path(), false).unwrap());
+        SqliteStore::spawn_applier(&s, std::time::Duration::from_millis(1));
+        const KEYS: usize = 300;
+        let claimed: Arc<Vec<AtomicUsize>> = Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        // The journal distrusted now and then: those claims commit directly.
+        let toggler = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    s.journal_ok.fetch_xor(true, Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                }
+                s.journal_ok.store(true, Ordering::Relaxed);
+            })
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let (s, claimed) = (s.clone(), claimed.clone());
+                std::thread::spawn(move || {
+                    for i in 0..KEYS {
+                        // Each thread its own order over the same keys.
+                        let k = (i * 7 + t * 101) % KEYS;
+                        let now = now_ms();
+                        if claim(&s, "k", &format!("key-{k}"), "h", now, now + 86_400_000) == IdemClaim::Claimed {
+                            claimed[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        toggler.join().unwrap();
+        let counts: Vec<usize> = claimed.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert!(counts.iter().all(|&c| c == 1), "claims per key: {counts:?}");
+        s.apply_journal().unwrap();
+        assert_eq!(rows_in_db(dir.path(), "idempotency"), KEYS as i64);
     }
 
     fn rows_in_db(dir: &Path, table: &str) -> i64 {
