@@ -222,12 +222,16 @@ async fn a_slow_refund_keeps_its_reservation_while_its_call_is_out() {
     let r = pay(&w, "slow-refund").await;
     let id = r.body["id"].as_str().unwrap().to_string();
     w.fault("stripe_primary", json!({"latency_ms": 2500, "ops": ["refund"]})).await;
+    let requests = || async { w.sim_stats("stripe_primary").await["requests"].as_u64().unwrap() };
+    let before = requests().await;
     let api = w.pm.api.clone();
     let path = format!("/v1/payments/{id}/refunds");
     let slow = tokio::spawn(async move { post(&api, &path, Some("slow-a"), json!({})).await });
-    // Several reconciler passes (every 500 ms) go by while the call is out: none may take the
-    // provider's "no such refund yet" for an answer and release the reservation.
+    // A reconciler pass or two (every second; a refund is due 500 ms after it was reserved)
+    // goes by while the call is out: none may take the provider's "no such refund yet" for an
+    // answer and release the reservation, nor ask about a refund whose call is still out.
     tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(requests().await - before, 1, "only the refund itself reached the provider; log:\n{}", w.pm.log());
     let statuses: Vec<String> = rusqlite::Connection::open(w.pm.data.join("paymux.db"))
         .unwrap()
         .prepare("SELECT status FROM refunds")

@@ -290,6 +290,13 @@ impl World {
             .count()
     }
 
+    /// A simulator instance's counters (`requests`, `payments_created`, …).
+    pub async fn sim_stats(&self, instance: &str) -> serde_json::Value {
+        let r = send(client().get(format!("{}/_sandbox/{instance}/stats", self.ctrl))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    }
+
     pub async fn metrics(&self) -> String {
         client().get(format!("{}/metrics", self.pm.admin)).send().await.unwrap().text().await.unwrap()
     }
