@@ -6,10 +6,15 @@
 //! naming what was wrong, and a header section too large to read a 431, before the
 //! connection closes. A connection closed while the client may still be sending (that
 //! request unreadable, or answered before its body was read) closes gracefully: [`linger`].
+//! An HTTP/1 client gets the policy's `header_timeout` to send a header section, in all:
+//! pingora's own timeouts are per read, so a client sending a byte every few seconds would
+//! otherwise hold its connection forever.
 
 use crate::api::http_util;
 use crate::api::problem::Problem;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -33,6 +38,8 @@ pub struct HttpService<SV> {
     /// Where an unreadable request is counted (`paymux_http_requests_total`, endpoint
     /// `other`); the admin listener's are not.
     pub metrics: Option<Arc<Metrics>>,
+    /// The live policy, for its header timeout.
+    pub policy: Arc<ArcSwap<Policy>>,
 }
 
 #[async_trait]
@@ -42,7 +49,7 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
         mut http: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match http.read_request().await {
+        match self.read_request(&mut http).await {
             Ok(true) => {}
             // Closed (or idle) before a request arrived.
             Ok(false) => return None,
@@ -80,7 +87,8 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
             linger(http).await;
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&http);
+        let mut settings = HttpPersistentSettings::for_session(&http);
+        settings.set_user_context(Box::new(KeptAlive));
         match http.finish().await {
             Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
             Err(e) => {
@@ -92,6 +100,37 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
         Some(&self.options)
+    }
+}
+
+/// Carried to the next request of a kept-alive connection (pingora's connection context).
+struct KeptAlive;
+
+impl<SV> HttpService<SV> {
+    /// pingora's `read_request`, within the header timeout for HTTP/1 (HTTP/2 frames its own
+    /// streams). On a new connection the timeout runs from its start. On a kept-alive one
+    /// the wait for the next request is part of the same call, so its idle allowance (60 s)
+    /// is added: an idle connection is closed by pingora then, with no request pending, and
+    /// only a client mid-header reaches the deadline. Out of time, the connection closes
+    /// without an answer: pingora does not say whether anything was read.
+    async fn read_request(&self, http: &mut ServerSession) -> pingora::Result<bool> {
+        let limit = match &*http {
+            ServerSession::H1(_) => {
+                let header = self.policy.load().server.header_timeout;
+                match http.take_connection_user_context() {
+                    Some(_) => header + Duration::from_secs(http.get_keepalive().unwrap_or(0)),
+                    None => header,
+                }
+            }
+            _ => return http.read_request().await,
+        };
+        match tokio::time::timeout(limit, http.read_request()).await {
+            Ok(read) => read,
+            Err(_) => {
+                tracing::debug!(after = ?limit, "request header not complete in time; connection closed");
+                Ok(false)
+            }
+        }
     }
 }
 

@@ -185,6 +185,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
             app: ApiApp { state: state.clone() },
             options: options(h2c),
             metrics: Some(metrics.clone()),
+            policy: policy.clone(),
         })
     };
     let mut api = Service::new("payments api".into(), Sniff { h2c: api_app(true), h1: api_app(false) });
@@ -205,6 +206,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
             app: AdminApp { policy: policy.clone(), engine: engine.clone(), reloader: reloader.clone() },
             options: options(h2c),
             metrics: None,
+            policy: policy.clone(),
         })
     };
     let mut admin = Service::new("admin".into(), Sniff { h2c: admin_app(true), h1: admin_app(false) });

@@ -12,10 +12,16 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(|_| {})
+}
+
+/// A world whose config directory `edit` changes first.
+fn world_with(edit: impl FnOnce(&std::path::Path)) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
     write_config(&cfg, ports, &data, 1000);
+    edit(&cfg);
     let pm = Paymux::start(&cfg, &data, ports);
     World { _tmp: tmp, pm }
 }
@@ -93,6 +99,62 @@ async fn a_body_shorter_than_its_content_length_times_out_as_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"code\":\"request_body_timeout\""), "{text}");
     assert_eq!(count_rows(&w.pm.data, "payments"), 0);
+}
+
+/// Writes `head` line by line, one line every `every`, then the blank line ending the header
+/// section; returns the answer and when the connection closed, or what stopped the sending.
+async fn trickle(addr: &str, head: &[&str], every: std::time::Duration) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = std::time::Instant::now();
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let lines: Vec<String> = head.iter().map(|l| format!("{l}\r\n")).chain(["\r\n".to_string()]).collect();
+    let writer = tokio::spawn(async move {
+        for l in lines {
+            if wr.write_all(l.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Keep the write side open: the server decides when this ends.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(15), rd.read_to_end(&mut out)).await;
+    writer.abort();
+    assert!(read.is_ok(), "the connection was neither answered nor closed within 15 s");
+    (String::from_utf8_lossy(&out).to_string(), start.elapsed())
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_header_is_disconnected() {
+    let w = world_with(|cfg| {
+        let server = std::fs::read_to_string(cfg.join("server.yaml")).unwrap();
+        let limited = server
+            .replace("  request_deadline_ms: 10000\n", "  request_deadline_ms: 10000\n  header_timeout_ms: 1000\n");
+        assert_ne!(server, limited);
+        std::fs::write(cfg.join("server.yaml"), limited).unwrap();
+    });
+    let pm = &w.pm;
+    let addr = pm.api.trim_start_matches("http://").to_string();
+    let tick = std::time::Duration::from_millis(300);
+    // Within the limit, however slowly: answered (401, no key).
+    let (answer, _) = trickle(&addr, &["GET /v1/payments/pay_x HTTP/1.1", "Host: x", "Connection: close"], tick).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A byte-at-a-time client never finishes: cut off at the limit (one second), not at
+    // pingora's 60 s per-read timeout, which each line resets.
+    let endless: Vec<String> = (0..40).map(|i| format!("X-Slow-{i}: y")).collect();
+    let mut head = vec!["GET /v1/payments/pay_x HTTP/1.1"];
+    head.extend(endless.iter().map(String::as_str));
+    let (answer, after) = trickle(&addr, &head, tick).await;
+    assert_eq!(answer, "", "no request, no answer");
+    assert!(
+        after >= std::time::Duration::from_millis(900) && after < std::time::Duration::from_secs(5),
+        "closed after {after:?}"
+    );
+    // The service goes on.
+    let r = get(&pm.api, "/v1/payments/pay_x").await;
+    assert_eq!(r.status, 404, "{}", r.text);
 }
 
 /// Sends `bytes` on a new connection to `addr`; returns all the server sent before closing,

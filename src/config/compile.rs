@@ -284,6 +284,7 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
         tls,
         max_body_bytes: r.limits.max_body_bytes.unwrap_or(65536) as usize,
         request_deadline: Duration::from_millis(u64::from(r.limits.request_deadline_ms.unwrap_or(10_000))),
+        header_timeout: Duration::from_millis(u64::from(r.limits.header_timeout_ms.unwrap_or(30_000))),
         idempotency_retention: Duration::from_secs(u64::from(retention_hours) * 3600),
         synchronous_full: r.store.synchronous.as_deref() == Some("full"),
         reconcile_interval: Duration::from_millis(u64::from(r.reconciler.interval_ms.unwrap_or(1000))),

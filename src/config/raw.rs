@@ -36,6 +36,7 @@ pub struct RawTls {
 pub struct RawLimits {
     pub max_body_bytes: Option<u32>,
     pub request_deadline_ms: Option<u32>,
+    pub header_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

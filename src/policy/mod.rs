@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_body_bytes: usize,
     pub request_deadline: Duration,
+    /// How long an HTTP/1 client may take to send a request's header section.
+    pub header_timeout: Duration,
     pub idempotency_retention: Duration,
     pub synchronous_full: bool,
     pub reconcile_interval: Duration,
