@@ -73,7 +73,7 @@ impl KeySet {
         }
         let fp = self.fingerprint(api_key_id, key);
         // A bucket ending by `now` holds only expired records.
-        self.shards[self.shard(fp)].get(&fp).is_some_and(|b| (b + 1) * BUCKET_MS > now)
+        self.shards[self.shard(fp)].get(&fp).is_some_and(|&b| bucket_end(b) > now)
     }
 
     /// Records that `(api_key_id, key)` is stored with a record expiring at `expires_at`.
@@ -120,7 +120,7 @@ impl KeySet {
     fn prune(&mut self, now: i64) {
         while let Some(entry) = self.by_expiry.first_entry() {
             let bucket = *entry.key();
-            if (bucket + 1) * BUCKET_MS + Self::SLACK_MS > now {
+            if bucket_end(bucket).saturating_add(Self::SLACK_MS) > now {
                 break;
             }
             for fp in entry.remove() {
@@ -147,6 +147,12 @@ impl KeySet {
     pub fn saturated(&self) -> bool {
         self.saturated
     }
+}
+
+/// When the records of expiry bucket `b` have all expired (saturating: an expiry near
+/// `i64::MAX` means never).
+fn bucket_end(b: i64) -> i64 {
+    b.saturating_add(1).saturating_mul(BUCKET_MS)
 }
 
 /// The fingerprints are already keyed hashes: the sets use them as they are.
@@ -203,6 +209,19 @@ mod tests {
         s.add("app", "k4", now + 90 * H, now + 52 * H);
         assert!(s.may_hold("app", "k2", now + 79 * H));
         assert!(!s.may_hold("app", "k3", now + 52 * H));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn extreme_expiries_neither_overflow_nor_drop_a_key() {
+        let mut s = KeySet::new(100);
+        s.add("a", "forever", i64::MAX, 0);
+        s.add("a", "long-ago", i64::MIN, 0);
+        assert!(s.may_hold("a", "forever", 0));
+        assert!(!s.may_hold("a", "long-ago", 0));
+        // Pruning at the far end of time keeps the one that has not expired yet.
+        s.add("a", "now", i64::MAX, i64::MAX - 1);
+        assert!(s.may_hold("a", "forever", i64::MAX - 1));
         assert_eq!(s.len(), 2);
     }
 
