@@ -139,7 +139,9 @@ async fn a_client_too_slow_to_send_its_header_is_disconnected() {
     let addr = pm.api.trim_start_matches("http://").to_string();
     let tick = std::time::Duration::from_millis(300);
     // Within the limit, however slowly: answered (401, no key).
-    let (answer, _) = trickle(&addr, &["GET /v1/payments/pay_x HTTP/1.1", "Host: x", "Connection: close"], tick).await;
+    // (Half the tick: the header ends at 0.45 s, well inside the limit on a loaded machine.)
+    let (answer, _) =
+        trickle(&addr, &["GET /v1/payments/pay_x HTTP/1.1", "Host: x", "Connection: close"], tick / 2).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     // A byte-at-a-time client never finishes: cut off at the limit (one second), not at
     // pingora's 60 s per-read timeout, which each line resets.
