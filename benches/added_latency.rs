@@ -35,6 +35,16 @@ fn cpu_seconds(pid: &str) -> f64 {
     f.iter().sum::<u64>() as f64 / 100.0
 }
 
+/// (all, steal) CPU time of the whole machine so far, in ticks, from /proc/stat: the share
+/// the hypervisor took away from this guest ("steal") says how busy the host was.
+fn host_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    (f.iter().take(8).sum(), f.get(7).copied().unwrap_or(0))
+}
+
 /// (requests, seconds in paymux's create handler, provider calls, seconds in them) so far.
 async fn own_time(http: &reqwest::Client, admin: &str) -> [f64; 4] {
     let text = match http.get(format!("{admin}/metrics")).send().await {
@@ -331,11 +341,16 @@ fn main() {
         println!("warming up…");
         run(["warmup-direct", "warmup-paymux"], rate / 2, 2, block, [direct("w1"), via("w2")]).await;
         let pid = pm.child.id().to_string();
+        let sim_pid = match &_sandbox {
+            Sandboxed::Process(c) => Some(c.id().to_string()),
+            Sandboxed::InProcess(_) => None,
+        };
+        let sim_cpu = || sim_pid.as_deref().map_or(0.0, cpu_seconds);
         let admin = pm.admin.clone();
         let t0 = own_time(&http, &admin).await;
-        let (me0, pm0) = (cpu_seconds("self"), cpu_seconds(&pid));
+        let (me0, pm0, sim0, host0) = (cpu_seconds("self"), cpu_seconds(&pid), sim_cpu(), host_ticks());
         let [d, v] = run(["direct", "via paymux"], rate, secs, block, [direct("d"), via("p")]).await;
-        let (me1, pm1) = (cpu_seconds("self"), cpu_seconds(&pid));
+        let (me1, pm1, sim1, host1) = (cpu_seconds("self"), cpu_seconds(&pid), sim_cpu(), host_ticks());
         let t1 = own_time(&http, &admin).await;
         println!(
             "\nopen loop, {rate} req/s, {secs} s of each kind in alternating {} ms blocks, loopback, simulator {}; latency in ms from scheduled send\n",
@@ -351,12 +366,21 @@ fn main() {
             v.pct(0.99) / d.pct(0.99)
         );
         // CPU per request: paymux's own per payment (it is idle in direct blocks), and the
-        // generator's + simulator's per request of either kind.
+        // generator's and the simulator's per request of either kind. The generator runs the
+        // same code in every run: its figure tracks the machine's speed at the time.
         let per = |cpu: f64, n: usize| cpu * 1000.0 / n as f64;
         println!(
-            "CPU per request: paymux {:.3} ms per payment; generator + simulator {:.3} ms per request",
+            "CPU per request: paymux {:.3} ms per payment; generator {:.3} ms, simulator {} per request",
             per(pm1 - pm0, v.sent),
-            per(me1 - me0, d.sent + v.sent)
+            per(me1 - me0, d.sent + v.sent),
+            match sim_pid {
+                Some(_) => format!("{:.3} ms", per(sim1 - sim0, d.sent + v.sent)),
+                None => "(in the generator's)".into(),
+            }
+        );
+        println!(
+            "host: {:.1} % of this guest's CPU time was taken by the hypervisor (steal) during the run",
+            (host1.1 - host0.1) as f64 * 100.0 / (host1.0 - host0.0).max(1) as f64
         );
         // paymux's own view (its metrics): time in the create handler minus time waiting on
         // the provider, per payment, mean.
