@@ -176,14 +176,10 @@ async fn an_antom_payment_found_after_an_ambiguous_create_still_tells_the_payer_
     assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once() {
-    let mut w = world(3000).await;
-    w.fault("stripe_primary", json!({"blackhole": true, "process_before_error": true, "ops": ["create"]})).await;
-    let api = w.pm.api.clone();
-    let first = tokio::spawn(async move { create(&api, "crash-key", card("o-crash", 4200)).await });
-    let db = w.pm.data.join("paymux.db");
-    let sent = eventually(Duration::from_secs(5), || {
+/// Waits (up to 5 s) until the store in `data` shows an attempt being sent.
+async fn an_attempt_goes_out(data: &std::path::Path) -> bool {
+    let db = data.join("paymux.db");
+    eventually(Duration::from_secs(5), || {
         let db = db.clone();
         async move {
             rusqlite::Connection::open(&db)
@@ -193,8 +189,16 @@ async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once()
                 .is_ok_and(|n| n > 0)
         }
     })
-    .await;
-    assert!(sent);
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once() {
+    let mut w = world(3000).await;
+    w.fault("stripe_primary", json!({"blackhole": true, "process_before_error": true, "ops": ["create"]})).await;
+    let api = w.pm.api.clone();
+    let first = tokio::spawn(async move { create(&api, "crash-key", card("o-crash", 4200)).await });
+    assert!(an_attempt_goes_out(&w.pm.data).await);
     w.pm.kill9();
     let _ = first.await;
     w.clear("stripe_primary").await;
@@ -214,6 +218,42 @@ async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once()
     let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
     assert_eq!(outcomes(&g), ["stripe_primary:accepted_after_query"], "{}", g.text);
     assert_eq!(g.body["attempts"][0]["error_code"], "interrupted", "{}", g.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_mid_antom_create_still_tells_the_payer_where_to_pay() {
+    let mut w = world(3000).await;
+    // Antom takes the payment and never answers; paymux is killed while waiting. After the
+    // restart only a status query is possible, and Antom's has no redirect URL: the retry
+    // (same key, same request) must still come back with one, from the unchanged create sent
+    // again under the attempt's paymentRequestId, and nothing may be created twice.
+    w.fault("antom_hk", json!({"blackhole": true, "process_before_error": true, "ops": ["create"]})).await;
+    let body = json!({"amount": 5150, "currency": "HKD", "method": "alipay_hk", "order_id": "o-crash-ahk",
+                      "return_url": "https://shop.example/back", "payment_method_data": {"terminal_type": "WAP", "os_type": "IOS"}});
+    let (api, b) = (w.pm.api.clone(), body.clone());
+    let first = tokio::spawn(async move { create(&api, "crash-ahk", b).await });
+    assert!(an_attempt_goes_out(&w.pm.data).await);
+    let held = eventually(Duration::from_secs(5), || async { w.sim_payments("antom_hk").await.len() == 1 }).await;
+    assert!(held, "the simulator never took the payment");
+    w.pm.kill9();
+    let _ = first.await;
+    w.clear("antom_hk").await;
+    let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
+    w.pm = Paymux::start(&cfg, &data, w.ports);
+    let again = create(&w.pm.api, "crash-ahk", body.clone()).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["status"], "requires_action", "{}", again.text);
+    assert_eq!(again.body["next_action"]["type"], "redirect", "{}", again.text);
+    let url = again.body["next_action"]["url"].as_str().unwrap_or("").to_string();
+    assert!(url.contains("/pay/"), "{}", again.text);
+    assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
+    // Stored: a later replay and a read say the same.
+    let replay = create(&w.pm.api, "crash-ahk", body).await;
+    assert_eq!(replay.body["next_action"]["url"], url.as_str(), "{}", replay.text);
+    let id = again.body["id"].as_str().unwrap();
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(g.body["next_action"]["url"], url.as_str(), "{}", g.text);
+    assert_eq!(outcomes(&g), ["antom_hk:accepted_after_query"], "{}", g.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

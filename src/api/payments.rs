@@ -199,8 +199,16 @@ fn replayed_id(r: &Resp) -> Option<String> {
     v.get("id")?.as_str().map(String::from)
 }
 
-async fn recover_payment(engine: &Engine, id: String) -> Result<Option<Vec<u8>>, Problem> {
-    match engine.view(&id).await {
+/// The payment a create's stopped first request left behind, for its retry (`np`: the
+/// retried request, the same as the first).
+async fn recover_payment(
+    engine: &Engine,
+    ctx: &Ctx,
+    policy: &Policy,
+    id: String,
+    np: &crate::engine::NewPayment,
+) -> Result<Option<Vec<u8>>, Problem> {
+    match engine.recover_created(ctx, policy, &id, np).await {
         Ok(v) => Ok(Some(payment_json(&v))),
         Err(crate::engine::EngineError::NotFound) => Ok(None),
         Err(e) => Err(engine_problem(&e)),
@@ -251,7 +259,9 @@ async fn create(
             .await
             .map_err(|e| engine_problem(&e.into()))?;
         if let Some(state) = existing {
-            if let Held::Answer(r) = held(engine, policy, &rec, state, |id| recover_payment(engine, id)).await {
+            if let Held::Answer(r) =
+                held(engine, policy, &rec, state, |id| recover_payment(engine, ctx, policy, id, &np)).await
+            {
                 *subject = replayed_id(&r);
                 return r;
             }
@@ -289,7 +299,7 @@ async fn create(
                 return Ok(json(201, b, &[("location", format!("/v1/payments/{payment_id}"))]));
             }
             Err(EngineError::Store(StoreError::KeyTaken(state))) => {
-                match held(engine, policy, &rec, state, |id| recover_payment(engine, id)).await {
+                match held(engine, policy, &rec, state, |id| recover_payment(engine, ctx, policy, id, &np)).await {
                     Held::Answer(r) => {
                         *subject = replayed_id(&r);
                         return r;

@@ -202,6 +202,81 @@ impl Engine {
         Ok((view, body))
     }
 
+    /// The channel's create request for attempt `attempt_ref` of payment `p` (built off the
+    /// async workers when the channel's signing is expensive).
+    async fn build_create(
+        &self,
+        ch: &Arc<Channel>,
+        p: &PaymentRow,
+        np: &NewPayment,
+        attempt_ref: &str,
+    ) -> Result<crate::connector::WireRequest, crate::connector::BuildError> {
+        let customer = np.customer.clone().unwrap_or_default();
+        let (pid, aref, oid, notify) =
+            (p.id.clone(), attempt_ref.to_string(), p.order_id.clone(), ch.notify_url.clone());
+        let (money, method, pmd, ret, md) =
+            (np.money, np.method, np.payment_method_data.clone(), np.return_url.clone(), np.metadata.clone());
+        self.build(ch, move |c| {
+            c.build_create(&CreateRequest {
+                payment_id: &pid,
+                attempt_ref: &aref,
+                money,
+                method,
+                order_id: &oid,
+                customer_id: customer.id.as_deref(),
+                customer_email: customer.email.as_deref(),
+                payment_method_data: pmd.as_ref(),
+                return_url: ret.as_deref(),
+                metadata: &md,
+                notify_url: &notify,
+            })
+        })
+        .await
+    }
+
+    /// A payment a stopped process left behind, found again by a retry of its create (same
+    /// key, same request, so `np` is what was sent). It is synced with its channel first; when
+    /// the provider holds it awaiting the payer but its status query does not say where to
+    /// send them (Antom's inquiry has no redirect URL), the create is sent again under the
+    /// attempt's own reference to fetch that action (see `refetch_action`), and stored.
+    pub async fn recover_created(
+        &self,
+        ctx: &Ctx,
+        policy: &Policy,
+        id: &str,
+        np: &NewPayment,
+    ) -> Result<PaymentView, EngineError> {
+        let v = self.get(ctx, policy, id).await?;
+        let p = &v.payment;
+        if p.status != PaymentStatus::RequiresAction || p.next_action.is_some() {
+            return Ok(v);
+        }
+        let (Some(ch), Some(aref), Some(pref)) =
+            (holding_channel(policy, p), p.attempt_ref.clone(), p.provider_ref.clone())
+        else {
+            return Ok(v);
+        };
+        let Ok(req) = self.build_create(&ch, p, np, &aref).await else { return Ok(v) };
+        let Some(action) = self.refetch_action(ctx, &ch, &req, &pref).await else { return Ok(v) };
+        // Re-read: a callback may have moved the payment on while the request was out.
+        let mut fresh = self.view(id).await?;
+        if fresh.payment.status == PaymentStatus::RequiresAction && fresh.payment.next_action.is_none() {
+            fresh.payment.next_action = Some(action);
+            fresh.payment.updated_at = now_ms();
+            if self.save_payment(&fresh.payment, None).await? {
+                self.audit(
+                    ctx,
+                    "payment.action_recovered",
+                    Some(id),
+                    fresh.payment.status.as_str(),
+                    json!({"channel": ch.id}),
+                )
+                .await;
+            }
+        }
+        self.view(id).await
+    }
+
     async fn attempt(
         &self,
         ctx: &Ctx,
@@ -210,28 +285,7 @@ impl Engine {
         np: &NewPayment,
         attempt_ref: &str,
     ) -> (Step, u64) {
-        let customer = np.customer.clone().unwrap_or_default();
-        let (pid, aref, oid, notify) =
-            (p.id.clone(), attempt_ref.to_string(), p.order_id.clone(), ch.notify_url.clone());
-        let (money, method, pmd, ret, md) =
-            (np.money, np.method, np.payment_method_data.clone(), np.return_url.clone(), np.metadata.clone());
-        let built = self
-            .build(ch, move |c| {
-                c.build_create(&CreateRequest {
-                    payment_id: &pid,
-                    attempt_ref: &aref,
-                    money,
-                    method,
-                    order_id: &oid,
-                    customer_id: customer.id.as_deref(),
-                    customer_email: customer.email.as_deref(),
-                    payment_method_data: pmd.as_ref(),
-                    return_url: ret.as_deref(),
-                    metadata: &md,
-                    notify_url: &notify,
-                })
-            })
-            .await;
+        let built = self.build_create(ch, p, np, attempt_ref).await;
         let req = match built {
             Ok(r) => r,
             Err(e) => {
