@@ -237,9 +237,16 @@ async fn a_retry_after_a_crash_mid_antom_create_still_tells_the_payer_where_to_p
     assert!(held, "the simulator never took the payment");
     w.pm.kill9();
     let _ = first.await;
-    w.clear("antom_hk").await;
+    // Antom cannot be asked yet: the retry is told what is known (processing), and that
+    // answer is not kept as the key's, so the next retry looks again.
+    w.fault("antom_hk", json!({"error_rate_pct": 100, "error_status": 500, "ops": ["query"]})).await;
     let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
     w.pm = Paymux::start(&cfg, &data, w.ports);
+    let early = create(&w.pm.api, "crash-ahk", body.clone()).await;
+    assert_eq!(early.status, 200, "{}", early.text);
+    assert_eq!(early.body["status"], "processing", "{}", early.text);
+    assert!(early.body["next_action"].is_null(), "{}", early.text);
+    w.clear("antom_hk").await;
     let again = create(&w.pm.api, "crash-ahk", body.clone()).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.body["status"], "requires_action", "{}", again.text);

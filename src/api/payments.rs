@@ -111,7 +111,7 @@ enum Held {
 async fn held<F, Fut>(engine: &Engine, policy: &Policy, r: &IdemRecord, state: IdemState, recover: F) -> Held
 where
     F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, Problem>>,
+    Fut: std::future::Future<Output = Result<Option<Recovered>, Problem>>,
 {
     let (first_hash, resource) = match state {
         IdemState::Done { request_hash, status, body } => {
@@ -133,8 +133,12 @@ where
         return Held::Answer(Err(in_use()));
     };
     match recover(resource.clone()).await {
-        Ok(Some(body)) => {
-            complete(engine, &r.api_key_id, &r.key, 201, &body).await;
+        Ok(Some(Recovered { body, settled })) => {
+            // Stored as the key's answer once it will not change under the app (a final
+            // status, or the payer's action known); until then each retry looks again.
+            if settled {
+                complete(engine, &r.api_key_id, &r.key, 201, &body).await;
+            }
             Held::Answer(Ok(json(200, body, &[("idempotent-replayed", "true".into())])))
         }
         Ok(None) => {
@@ -146,6 +150,13 @@ where
         }
         Err(p) => Held::Answer(Err(p)),
     }
+}
+
+/// The resource an abandoned request created, as it stands now.
+struct Recovered {
+    body: Vec<u8>,
+    /// Final, or waiting only on the payer with their action known.
+    settled: bool,
 }
 
 fn in_use() -> Problem {
@@ -207,9 +218,13 @@ async fn recover_payment(
     policy: &Policy,
     id: String,
     np: &crate::engine::NewPayment,
-) -> Result<Option<Vec<u8>>, Problem> {
+) -> Result<Option<Recovered>, Problem> {
     match engine.recover_created(ctx, policy, &id, np).await {
-        Ok(v) => Ok(Some(payment_json(&v))),
+        Ok(v) => {
+            let p = &v.payment;
+            let settled = p.status.is_final() || (p.status == PaymentStatus::RequiresAction && p.next_action.is_some());
+            Ok(Some(Recovered { body: payment_json(&v), settled }))
+        }
         Err(crate::engine::EngineError::NotFound) => Ok(None),
         Err(e) => Err(engine_problem(&e)),
     }
@@ -361,7 +376,7 @@ async fn refund(
         // callback or the reconciler settles it).
         let recover = |id: String| async move {
             match engine.get_refund(&id).await {
-                Ok(r) => Ok(Some(refund_json(&r))),
+                Ok(r) => Ok(Some(Recovered { body: refund_json(&r), settled: r.status != "pending" })),
                 Err(EngineError::RefundNotFound) => Ok(None),
                 Err(e) => Err(engine_problem(&e)),
             }

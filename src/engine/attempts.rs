@@ -31,6 +31,11 @@ pub struct IdemSlot {
     pub render: fn(&PaymentView) -> Vec<u8>,
 }
 
+/// How long after a payment was created a retry may still send its create again to learn
+/// the payer's action (`Engine::recover_created`). Payer actions (a wallet's cashier page)
+/// expire within minutes at the providers paymux speaks.
+const ACTION_REFETCH_WINDOW_MS: i64 = 30 * 60 * 1000;
+
 /// How one attempt ended, for the loop's decision.
 enum Step {
     /// The payment now lives on this channel (final or not).
@@ -251,8 +256,14 @@ impl Engine {
         if p.status != PaymentStatus::RequiresAction || p.next_action.is_some() {
             return Ok(v);
         }
+        // Only while such an action can still be live: sent again much later, under an
+        // idempotency reference the provider may have forgotten, the create could be taken
+        // as a new payment.
+        if now_ms() - p.created_at > ACTION_REFETCH_WINDOW_MS {
+            return Ok(v);
+        }
         let (Some(ch), Some(aref), Some(pref)) =
-            (holding_channel(policy, p), p.attempt_ref.clone(), p.provider_ref.clone())
+            (holding_channel(policy, p), p.attempt_ref.clone(), p.provider_ref.clone().filter(|r| !r.is_empty()))
         else {
             return Ok(v);
         };

@@ -569,9 +569,12 @@ fn update_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
 /// True when the row was written.
 fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<bool> {
     // A final status never moves back to a non-final one, whichever writer (engine,
-    // webhook, reconciler, status sync) comes last.
+    // webhook, reconciler, status sync) comes last; and a payer action once known stays
+    // while the payment still waits on the payer (a writer that read the row before the
+    // action was learnt does not erase it).
     c.prepare_cached(
-            "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5, next_action=?6, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
+            "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5,
+                    next_action=CASE WHEN ?2 = 'requires_action' THEN COALESCE(?6, next_action) ELSE ?6 END, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
              WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))",
         )?
         .execute(params![
@@ -941,6 +944,27 @@ mod tests {
             reconcile_at: None,
             reconcile_backoff_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_known_payer_action_is_not_erased_by_a_writer_that_read_the_row_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        let mut p = payment("pay_act", PaymentStatus::Processing);
+        s.insert_payment(&p).unwrap();
+        let stale = PaymentRow { status: PaymentStatus::RequiresAction, ..p.clone() };
+        p.status = PaymentStatus::RequiresAction;
+        p.next_action = Some(serde_json::json!({"type": "redirect", "url": "https://pay.example/1"}));
+        assert!(s.update_payment(&p).unwrap().is_some());
+        // Still waiting on the payer: the stale copy (no action) keeps the action.
+        assert!(s.update_payment(&stale).unwrap().is_some());
+        assert_eq!(s.get_payment("pay_act").unwrap().unwrap().next_action, p.next_action);
+        // A newer action replaces it; leaving requires_action clears it.
+        let newer = Some(serde_json::json!({"type": "redirect", "url": "https://pay.example/2"}));
+        s.update_payment(&PaymentRow { next_action: newer.clone(), ..stale.clone() }).unwrap();
+        assert_eq!(s.get_payment("pay_act").unwrap().unwrap().next_action, newer);
+        s.update_payment(&PaymentRow { status: PaymentStatus::Succeeded, ..stale }).unwrap();
+        assert_eq!(s.get_payment("pay_act").unwrap().unwrap().next_action, None);
     }
 
     fn claim(s: &SqliteStore, k: &str, key: &str, hash: &str, now: i64, exp: i64) -> IdemClaim {
