@@ -264,6 +264,56 @@ async fn a_retry_after_a_crash_mid_antom_create_still_tells_the_payer_where_to_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_mid_refund_is_told_the_refund_as_it_stands_until_it_settles() {
+    let mut w = world(3000).await;
+    let r = pay(&w, "crash-refund").await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/payments/{id}/refunds");
+    // Stripe takes the refund and never answers (nor calls back); paymux is killed while
+    // waiting.
+    w.fault(
+        "stripe_primary",
+        json!({"blackhole": true, "process_before_error": true, "ops": ["refund"], "callbacks": {"drop": true}}),
+    )
+    .await;
+    let before = w.sim_stats("stripe_primary").await["requests"].as_u64().unwrap();
+    let (api, p) = (w.pm.api.clone(), path.clone());
+    let first = tokio::spawn(async move { post(&api, &p, Some("crash-rf"), json!({"amount": 500})).await });
+    let out = eventually(Duration::from_secs(5), || async {
+        w.sim_stats("stripe_primary").await["requests"].as_u64().unwrap() > before
+    })
+    .await;
+    assert!(out, "the refund never reached the simulator");
+    w.pm.kill9();
+    let _ = first.await;
+    // Its status cannot be asked yet: the retry is told the refund is pending, and that
+    // answer is not kept as the key's.
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 500, "ops": ["query"]})).await;
+    let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
+    w.pm = Paymux::start(&cfg, &data, w.ports);
+    let early = post(&w.pm.api, &path, Some("crash-rf"), json!({"amount": 500})).await;
+    assert_eq!(early.status, 200, "{}", early.text);
+    assert_eq!(early.body["status"], "pending", "{}", early.text);
+    let refund_id = early.body["id"].as_str().unwrap().to_string();
+    w.clear("stripe_primary").await;
+    let settled = eventually(Duration::from_secs(10), || async {
+        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "partially_refunded"
+    })
+    .await;
+    assert!(settled, "log:\n{}", w.pm.log());
+    let again = post(&w.pm.api, &path, Some("crash-rf"), json!({"amount": 500})).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(
+        (again.body["id"].as_str(), again.body["status"].as_str()),
+        (Some(refund_id.as_str()), Some("succeeded"))
+    );
+    // Once settled it is the key's answer; one refund at the provider.
+    let replay = post(&w.pm.api, &path, Some("crash-rf"), json!({"amount": 500})).await;
+    assert_eq!(replay.text, again.text);
+    assert_eq!(count_rows(&w.pm.data, "refunds"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_refund_keeps_its_reservation_while_its_call_is_out() {
     let w = world(5000).await;
     let r = pay(&w, "slow-refund").await;
