@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn card_payment_refunds_partially_then_fully_never_beyond() {
@@ -665,9 +665,15 @@ async fn kill_9_under_load_loses_no_acknowledged_payment() {
     let (cfg, data) = (w.tmp.path().join("cfg"), w.tmp.path().join("data"));
     let mut acked = Vec::new();
     let mut replayed_journal = false;
-    for round in 0..5 {
+    for round in 0..10 {
         let load = tokio::spawn(load_until_killed(w.pm.api.clone(), round));
         tokio::time::sleep(Duration::from_millis(400)).await;
+        // The applier empties the journal every few milliseconds: aim the kill at a moment
+        // it holds records (whether it still does when the kill lands is checked below).
+        let aim = Instant::now();
+        while journal_bytes(&data) == 0 && aim.elapsed() < Duration::from_millis(300) {
+            std::thread::yield_now();
+        }
         w.pm.kill9();
         acked.extend(load.await.unwrap());
         replayed_journal |= journal_bytes(&data) > 0;
