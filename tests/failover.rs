@@ -202,8 +202,7 @@ async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once()
     w.pm.kill9();
     let _ = first.await;
     w.clear("stripe_primary").await;
-    let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
-    w.pm = Paymux::start(&cfg, &data, w.ports);
+    w.restart();
     // The claim belongs to the process that died: no 409 "still in use" until it times out.
     let again = create(&w.pm.api, "crash-key", card("o-crash", 4200)).await;
     assert_eq!(again.status, 200, "{}", again.text);
@@ -240,8 +239,7 @@ async fn a_retry_after_a_crash_mid_antom_create_still_tells_the_payer_where_to_p
     // Antom cannot be asked yet: the retry is told what is known (processing), and that
     // answer is not kept as the key's, so the next retry looks again.
     w.fault("antom_hk", json!({"error_rate_pct": 100, "error_status": 500, "ops": ["query"]})).await;
-    let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
-    w.pm = Paymux::start(&cfg, &data, w.ports);
+    w.restart();
     let early = create(&w.pm.api, "crash-ahk", body.clone()).await;
     assert_eq!(early.status, 200, "{}", early.text);
     assert_eq!(early.body["status"], "processing", "{}", early.text);
@@ -289,8 +287,7 @@ async fn a_retry_after_a_crash_mid_refund_is_told_the_refund_as_it_stands_until_
     // Its status cannot be asked yet: the retry is told the refund is pending, and that
     // answer is not kept as the key's.
     w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 500, "ops": ["query"]})).await;
-    let (cfg, data) = (w.tmp.path().join("cfg"), w.pm.data.clone());
-    w.pm = Paymux::start(&cfg, &data, w.ports);
+    w.restart();
     let early = post(&w.pm.api, &path, Some("crash-rf"), json!({"amount": 500})).await;
     assert_eq!(early.status, 200, "{}", early.text);
     assert_eq!(early.body["status"], "pending", "{}", early.text);

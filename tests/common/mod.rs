@@ -263,6 +263,12 @@ pub async fn world(attempt_ms: u32) -> World {
 }
 
 impl World {
+    /// Starts paymux again on the same config, data directory and ports (after `kill9`).
+    pub fn restart(&mut self) {
+        let (cfg, data) = (self.tmp.path().join("cfg"), self.pm.data.clone());
+        self.pm = Paymux::start(&cfg, &data, self.ports);
+    }
+
     /// Sets faults on a simulator instance.
     pub async fn fault(&self, instance: &str, faults: serde_json::Value) {
         let r = send(client().put(format!("{}/_sandbox/faults/{instance}", self.ctrl)).json(&faults)).await;
