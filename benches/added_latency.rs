@@ -45,19 +45,30 @@ fn host_ticks() -> (u64, u64) {
     (f.iter().take(8).sum(), f.get(7).copied().unwrap_or(0))
 }
 
-/// (requests, seconds in paymux's create handler, provider calls, seconds in them) so far.
-async fn own_time(http: &reqwest::Client, admin: &str) -> [f64; 4] {
+/// paymux's metrics at one moment: (create requests, seconds in the create handler, provider
+/// calls, seconds in them), and the create endpoint's own-time histogram (time outside
+/// provider calls) as cumulative (bucket bound in seconds, count).
+async fn own_time(http: &reqwest::Client, admin: &str) -> ([f64; 4], Vec<(f64, f64)>) {
     let text = match http.get(format!("{admin}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
     let ep = "endpoint=\"create_payment\"";
-    [
+    let buckets = text
+        .lines()
+        .filter(|l| l.starts_with("paymux_request_overhead_seconds_bucket{") && l.contains(ep))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?.parse::<f64>().ok()?;
+            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
+        })
+        .collect();
+    let sums = [
         metric(&text, "paymux_request_duration_seconds_count", ep),
         metric(&text, "paymux_request_duration_seconds_sum", ep),
         metric(&text, "paymux_channel_latency_seconds_count", ""),
         metric(&text, "paymux_channel_latency_seconds_sum", ""),
-    ]
+    ];
+    (sums, buckets)
 }
 
 fn table(stats: &[&Stats]) {
@@ -384,12 +395,23 @@ fn main() {
         );
         // paymux's own view (its metrics): time in the create handler minus time waiting on
         // the provider, per payment, mean.
+        let ((t0, b0), (t1, b1)) = (t0, t1);
         let handler = (t1[1] - t0[1]) / (t1[0] - t0[0]).max(1.0) * 1000.0;
         let provider = (t1[3] - t0[3]) / (t1[2] - t0[2]).max(1.0) * 1000.0;
         println!(
             "paymux's own time per payment (its metrics, mean): handler {handler:.3} ms − provider call {provider:.3} ms = {:.3} ms",
             handler - provider
         );
+        // The same, payment by payment (paymux_request_overhead_seconds): the share of this
+        // run's payments whose time outside the provider call stayed within each bound.
+        let n = (t1[0] - t0[0]).max(1.0);
+        let shares: Vec<String> = b1
+            .iter()
+            .zip(&b0)
+            .filter(|((le, _), _)| *le <= 0.0025)
+            .map(|((le, c1), (_, c0))| format!("≤ {} ms {:.2} %", le * 1000.0, (c1 - c0) * 100.0 / n))
+            .collect();
+        println!("paymux's own time per payment (its histogram): {}", shares.join(", "));
         // Second run: the floor, against its own direct baseline.
         let [d2, h] = run(["direct", "hop + direct"], rate, secs, block, [direct("d2"), hop_then_direct("h")]).await;
         println!("\nfloor: one round trip to an idle pingora service in paymux's process, then the direct request\n");

@@ -4,12 +4,16 @@
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::cell::Cell;
+use std::future::Future;
+use std::time::Duration;
 
 /// All paymux metrics.
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    pub request_overhead: HistogramVec,
     pub payments: IntCounterVec,
     pub channel_attempts: IntCounterVec,
     pub channel_latency: HistogramVec,
@@ -62,6 +66,12 @@ impl Metrics {
             request_duration: reg!(hist(
                 "paymux_request_duration_seconds",
                 "Time paymux spends on an API request, provider calls included.",
+                &["endpoint"]
+            )),
+            request_overhead: reg!(hist(
+                "paymux_request_overhead_seconds",
+                "Time paymux spends on an API request outside its provider calls: the request's duration \
+                 minus the time it waited on providers.",
                 &["endpoint"]
             )),
             payments: reg!(counter(
@@ -185,6 +195,28 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
     }
+}
+
+tokio::task_local! {
+    /// Time the API request running in this task has spent waiting on providers.
+    static PROVIDER_WAIT: Cell<Duration>;
+}
+
+/// Runs the handling of one API request; returns its output and the time the provider calls
+/// made inside it took (each counted by [`provider_call`]).
+pub async fn with_provider_clock<F: Future>(f: F) -> (F::Output, Duration) {
+    PROVIDER_WAIT
+        .scope(Cell::new(Duration::ZERO), async move {
+            let out = f.await;
+            (out, PROVIDER_WAIT.with(Cell::get))
+        })
+        .await
+}
+
+/// Counts a provider call's duration toward the API request running in this task, if any
+/// (the reconciler and other background work run outside one).
+pub fn provider_call(took: Duration) {
+    let _ = PROVIDER_WAIT.try_with(|w| w.set(w.get() + took));
 }
 
 impl Default for Metrics {

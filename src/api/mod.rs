@@ -91,24 +91,29 @@ impl ServeHttp for ApiApp {
             actor: String::new(),
             deadline: started + policy.server.request_deadline,
         };
-        let (endpoint, result) = match route(&method, &path) {
-            Err(p) => (Endpoint::Other, Err(p)),
-            Ok((ep, param)) => {
-                // Taken from the path before the caller is authenticated: only an id of ours
-                // goes into the audit record (a 60 KB path segment would otherwise land there).
-                if matches!(ep, Endpoint::GetPayment | Endpoint::CancelPayment | Endpoint::CreateRefund) {
-                    subject = param.clone().filter(|p| crate::domain::is_id("pay", p));
+        let ((endpoint, result), waited) = crate::metrics::with_provider_clock(async {
+            match route(&method, &path) {
+                Err(p) => (Endpoint::Other, Err(p)),
+                Ok((ep, param)) => {
+                    // Taken from the path before the caller is authenticated: only an id of ours
+                    // goes into the audit record (a 60 KB path segment would otherwise land there).
+                    if matches!(ep, Endpoint::GetPayment | Endpoint::CancelPayment | Endpoint::CreateRefund) {
+                        subject = param.clone().filter(|p| crate::domain::is_id("pay", p));
+                    }
+                    let engine = &self.state.engine;
+                    let param = param.unwrap_or_default();
+                    (ep, payments::handle(engine, &policy, s, ep, param, &mut ctx, &mut subject).await)
                 }
-                let engine = &self.state.engine;
-                let param = param.unwrap_or_default();
-                (ep, payments::handle(engine, &policy, s, ep, param, &mut ctx, &mut subject).await)
             }
-        };
+        })
+        .await;
         let code = result.as_ref().err().map(|p| p.code);
         let resp = result.unwrap_or_else(|p| http_util::problem(&p, &request_id));
         let m = &self.state.engine.metrics;
         m.http_requests.with_label_values(&[endpoint.label(), resp.status().as_str()]).inc();
-        m.request_duration.with_label_values(&[endpoint.label()]).observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        m.request_duration.with_label_values(&[endpoint.label()]).observe(took.as_secs_f64());
+        m.request_overhead.with_label_values(&[endpoint.label()]).observe(took.saturating_sub(waited).as_secs_f64());
         // One audit record per API call: who (key id, never the key), what, outcome.
         let actor = if ctx.actor.is_empty() { "anonymous".to_string() } else { ctx.actor };
         self.state

@@ -208,6 +208,7 @@ impl Engine {
         let t = Instant::now();
         let r = ch.transport.send(req, deadline).await;
         let el = t.elapsed();
+        crate::metrics::provider_call(el);
         self.metrics.channel_latency.with_label_values(&[&ch.id]).observe(el.as_secs_f64());
         (r, el.as_millis() as u64)
     }
