@@ -411,7 +411,11 @@ fn main() {
             .filter(|((le, _), _)| *le <= 0.0025)
             .map(|((le, c1), (_, c0))| format!("≤ {} ms {:.2} %", le * 1000.0, (c1 - c0) * 100.0 / n))
             .collect();
-        println!("paymux's own time per payment (its histogram): {}", shares.join(", "));
+        if shares.is_empty() {
+            println!("paymux's own time per payment (its histogram): not read (the metrics scrape failed)");
+        } else {
+            println!("paymux's own time per payment (its histogram): {}", shares.join(", "));
+        }
         // Second run: the floor, against its own direct baseline.
         let [d2, h] = run(["direct", "hop + direct"], rate, secs, block, [direct("d2"), hop_then_direct("h")]).await;
         println!("\nfloor: one round trip to an idle pingora service in paymux's process, then the direct request\n");

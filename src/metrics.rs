@@ -71,7 +71,8 @@ impl Metrics {
             request_overhead: reg!(hist(
                 "paymux_request_overhead_seconds",
                 "Time paymux spends on an API request outside its provider calls: the request's duration \
-                 minus the time it waited on providers.",
+                 (from its headers being read to its response being built) minus its provider calls' \
+                 (each from taking a connection to its answer being read back).",
                 &["endpoint"]
             )),
             payments: reg!(counter(
