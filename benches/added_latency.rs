@@ -56,15 +56,15 @@ async fn own_time(http: &reqwest::Client, admin: &str) -> ([f64; 4], Vec<(f64, f
     let ep = "endpoint=\"create_payment\"";
     let buckets = text
         .lines()
-        .filter(|l| l.starts_with("paymux_request_overhead_seconds_bucket{") && l.contains(ep))
+        .filter(|l| l.starts_with("paymux_request_duration_seconds_bucket{") && l.contains(ep))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?.parse::<f64>().ok()?;
             Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
         })
         .collect();
     let sums = [
-        metric(&text, "paymux_request_duration_seconds_count", ep),
-        metric(&text, "paymux_request_duration_seconds_sum", ep),
+        metric(&text, "paymux_request_latency_seconds_count", ep),
+        metric(&text, "paymux_request_latency_seconds_sum", ep),
         metric(&text, "paymux_channel_latency_seconds_count", ""),
         metric(&text, "paymux_channel_latency_seconds_sum", ""),
     ];
@@ -402,7 +402,7 @@ fn main() {
             "paymux's own time per payment (its metrics, mean): handler {handler:.3} ms − provider call {provider:.3} ms = {:.3} ms",
             handler - provider
         );
-        // The same, payment by payment (paymux_request_overhead_seconds): the share of this
+        // The same, payment by payment (paymux_request_duration_seconds): the share of this
         // run's payments whose time outside the provider call stayed within each bound.
         let n = (t1[0] - t0[0]).max(1.0);
         let shares: Vec<String> = b1

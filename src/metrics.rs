@@ -13,7 +13,7 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub request_duration: HistogramVec,
-    pub request_overhead: HistogramVec,
+    pub request_latency: HistogramVec,
     pub payments: IntCounterVec,
     pub channel_attempts: IntCounterVec,
     pub channel_latency: HistogramVec,
@@ -65,14 +65,13 @@ impl Metrics {
             )),
             request_duration: reg!(hist(
                 "paymux_request_duration_seconds",
-                "Time paymux spends on an API request, provider calls included.",
+                "paymux's own time on an API request: from its headers being read to its response being built, \
+                 minus its provider calls (each from taking a connection to its answer being read back).",
                 &["endpoint"]
             )),
-            request_overhead: reg!(hist(
-                "paymux_request_overhead_seconds",
-                "Time paymux spends on an API request outside its provider calls: the request's duration \
-                 (from its headers being read to its response being built) minus its provider calls' \
-                 (each from taking a connection to its answer being read back).",
+            request_latency: reg!(hist(
+                "paymux_request_latency_seconds",
+                "Time from an API request's headers being read to its response being built, provider calls included.",
                 &["endpoint"]
             )),
             payments: reg!(counter(

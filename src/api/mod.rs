@@ -112,8 +112,8 @@ impl ServeHttp for ApiApp {
         let m = &self.state.engine.metrics;
         m.http_requests.with_label_values(&[endpoint.label(), resp.status().as_str()]).inc();
         let took = started.elapsed();
-        m.request_duration.with_label_values(&[endpoint.label()]).observe(took.as_secs_f64());
-        m.request_overhead.with_label_values(&[endpoint.label()]).observe(took.saturating_sub(waited).as_secs_f64());
+        m.request_latency.with_label_values(&[endpoint.label()]).observe(took.as_secs_f64());
+        m.request_duration.with_label_values(&[endpoint.label()]).observe(took.saturating_sub(waited).as_secs_f64());
         // One audit record per API call: who (key id, never the key), what, outcome.
         let actor = if ctx.actor.is_empty() { "anonymous".to_string() } else { ctx.actor };
         self.state
