@@ -14,8 +14,10 @@
 //! released, so no check can run between the write and the add). One process per data
 //! directory is enforced by the store's file lock. Keys leave when their record's expiry has
 //! passed (the record no longer answers either); a released claim stays until then (it only
-//! costs a read). Past [`KeySet::CAPACITY`] keys it stops answering "absent" for good: every
-//! claim is checked in SQLite, as without it.
+//! costs a read). When [`KeySet::CAPACITY`] live keys fill it, it drops them all and, until
+//! the last of them has expired, answers "maybe" for every key (every claim is checked in
+//! SQLite, as without it); keys added since are held as before, so it answers exactly again
+//! once the dropped ones can no longer answer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -33,14 +35,18 @@ pub struct KeySet {
     by_expiry: BTreeMap<i64, Vec<u64>>,
     len: usize,
     capacity: usize,
-    saturated: bool,
+    /// Keys dropped from the set (when it filled, or at load past capacity) may answer a
+    /// request whose clock reads before this: every one of them expires by then. `i64::MIN`:
+    /// none dropped; `i64::MAX`: the set is not trusted again (a panic left it half-updated).
+    unknown_until: i64,
 }
 
 const BUCKET_MS: i64 = 3_600_000;
 const SHARDS: usize = 64;
 
 impl KeySet {
-    /// At most this many keys (up to about 80 MB); beyond, every claim is checked in SQLite.
+    /// At most this many keys (up to about 80 MB); beyond, every claim is checked in SQLite
+    /// until the keys dropped to make room have expired.
     pub const CAPACITY: usize = 2_000_000;
     /// How long after its record expires a key is kept: a request that read the clock
     /// before the one pruning checks its key after it (its `now` is earlier, so a record
@@ -54,8 +60,13 @@ impl KeySet {
             by_expiry: BTreeMap::new(),
             len: 0,
             capacity,
-            saturated: false,
+            unknown_until: i64::MIN,
         }
+    }
+
+    /// How many keys it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn fingerprint(&self, api_key_id: &str, key: &str) -> u64 {
@@ -70,7 +81,8 @@ impl KeySet {
 
     /// False only when no record of `(api_key_id, key)` expiring after `now` can exist.
     pub fn may_hold(&self, api_key_id: &str, key: &str, now: i64) -> bool {
-        if self.saturated {
+        // A dropped key's record answers only before it expires, i.e. before `unknown_until`.
+        if now < self.unknown_until {
             return true;
         }
         let fp = self.fingerprint(api_key_id, key);
@@ -80,19 +92,20 @@ impl KeySet {
 
     /// Records that `(api_key_id, key)` is stored with a record expiring at `expires_at`.
     pub fn add(&mut self, api_key_id: &str, key: &str, expires_at: i64, now: i64) {
-        if self.saturated {
+        if self.unknown_until == i64::MAX {
             return;
         }
         if self.len >= self.capacity {
             self.prune(now);
         }
         if self.len >= self.capacity {
+            let held = self.len;
+            self.drop_all();
             tracing::warn!(
-                keys = self.len,
-                "more live idempotency keys than the in-memory key set holds; every claim is now checked in the database"
+                keys = held,
+                until_ms = self.unknown_until,
+                "the in-memory idempotency key set is full; every claim is checked in the database until the keys it dropped have expired"
             );
-            self.saturate();
-            return;
         }
         let fp = self.fingerprint(api_key_id, key);
         let bucket = expires_at.div_euclid(BUCKET_MS);
@@ -110,12 +123,30 @@ impl KeySet {
         self.prune(now);
     }
 
-    /// From now on, every key may be held (past capacity, or when the set cannot be trusted).
-    pub fn saturate(&mut self) {
-        self.saturated = true;
-        self.shards = Vec::new();
-        self.by_expiry = BTreeMap::new();
+    /// Keys whose records expire by `expires_at` were stored and are not in the set (the
+    /// oldest rows, left out at load): answers "maybe" for every key until then.
+    pub fn forget_until(&mut self, expires_at: i64) {
+        self.unknown_until = self.unknown_until.max(expires_at);
+    }
+
+    /// Drops every key held, remembering until when they may answer.
+    fn drop_all(&mut self) {
+        // A bucket's end bounds the expiry of every key added with it.
+        if let Some((&last, _)) = self.by_expiry.last_key_value() {
+            self.forget_until(bucket_end(last));
+        }
+        self.shards.iter_mut().for_each(Shard::clear);
+        self.by_expiry.clear();
         self.len = 0;
+    }
+
+    /// From now on, every key may be held: the set cannot be trusted (a panic left it
+    /// half-updated, so a stored key may be missing with any expiry).
+    pub fn saturate(&mut self) {
+        self.drop_all();
+        self.unknown_until = i64::MAX;
+        // Nothing is added again: give the memory back.
+        self.shards.iter_mut().for_each(|s| *s = Shard::default());
     }
 
     /// Drops the keys whose records had all expired [`Self::SLACK_MS`] before `now`.
@@ -145,9 +176,14 @@ impl KeySet {
         self.len == 0
     }
 
-    /// True once past capacity (every claim is then checked in the database).
+    /// True once the set is no longer trusted at all (every claim is checked in the database).
     pub fn saturated(&self) -> bool {
-        self.saturated
+        self.unknown_until == i64::MAX
+    }
+
+    /// Before this (ms), every key may be held: dropped keys expire by then (`i64::MIN`: none).
+    pub fn unknown_until(&self) -> i64 {
+        self.unknown_until
     }
 }
 
@@ -228,29 +264,76 @@ mod tests {
     }
 
     #[test]
-    fn past_capacity_every_key_may_be_held() {
+    fn a_full_set_answers_maybe_until_the_keys_it_dropped_have_expired() {
         let mut s = KeySet::new(2);
         let now = 5 * H;
         s.add("a", "1", now + H, now);
-        s.add("a", "2", now + H, now);
-        assert!(!s.saturated());
+        s.add("a", "2", now + 3 * H, now);
         assert!(!s.may_hold("a", "3", now));
-        s.add("a", "3", now + H, now);
-        assert!(s.saturated());
+        // Full: "1" and "2" are dropped; "3" is held.
+        s.add("a", "3", now + 10 * H, now);
+        assert!(!s.saturated());
+        assert_eq!(s.len(), 1);
         for k in ["1", "2", "3", "never-seen"] {
             assert!(s.may_hold("a", k, now), "{k}");
         }
-        // Stays so: what was dropped cannot be known again without the database.
-        assert!(s.may_hold("a", "1", now + 100 * H));
+        // Up to the latest expiry among the dropped (the end of its hour bucket), every key
+        // may be held.
+        assert!(s.may_hold("a", "never-seen", now + 3 * H));
+        assert!(s.may_hold("a", "2", now + 3 * H - 1));
+        // Past it, exact again: the dropped keys' records cannot answer any more, and keys
+        // added since the drop are held.
+        let later = bucket_end((now + 3 * H).div_euclid(H));
+        assert!(!s.may_hold("a", "never-seen", later));
+        assert!(!s.may_hold("a", "2", later));
+        assert!(s.may_hold("a", "3", later));
+        s.add("a", "4", later + 10 * H, later);
+        assert!(s.may_hold("a", "4", later));
+        assert!(!s.may_hold("a", "5", later));
     }
 
     #[test]
-    fn expired_keys_make_room_before_saturating() {
+    fn filling_again_extends_the_unknown_span_and_never_shortens_it() {
+        let mut s = KeySet::new(1);
+        s.add("a", "1", 50 * H, 0);
+        s.add("a", "2", 10 * H, 0); // drops "1": unknown until hour 50's end
+        s.add("a", "3", 20 * H, 0); // drops "2": the span stays at hour 50's end
+        assert_eq!(s.unknown_until(), bucket_end(50));
+        assert!(s.may_hold("a", "x", 50 * H));
+        assert!(!s.may_hold("a", "x", bucket_end(50)));
+        assert!(!s.may_hold("a", "3", bucket_end(50)), "held, and its record expired at hour 20");
+    }
+
+    #[test]
+    fn keys_left_out_at_load_make_every_key_maybe_until_they_expire() {
+        let mut s = KeySet::new(10);
+        s.forget_until(7 * H);
+        s.add("a", "held", 9 * H, H);
+        assert!(s.may_hold("a", "other", 7 * H - 1));
+        assert!(!s.may_hold("a", "other", 7 * H));
+        assert!(s.may_hold("a", "held", 7 * H));
+    }
+
+    #[test]
+    fn a_set_no_longer_trusted_says_maybe_for_good() {
+        let mut s = KeySet::new(10);
+        s.add("a", "1", 2 * H, H);
+        s.saturate();
+        assert!(s.saturated());
+        s.add("a", "2", 2 * H, H);
+        for k in ["1", "2", "never-seen"] {
+            assert!(s.may_hold("a", k, 100 * H), "{k}");
+        }
+        assert!(s.may_hold("a", "x", i64::MAX - 1));
+    }
+
+    #[test]
+    fn expired_keys_make_room_before_any_is_dropped() {
         let mut s = KeySet::new(2);
         s.add("a", "1", 2 * H, H);
         s.add("a", "2", 2 * H, H);
         s.add("a", "3", 10 * H, 4 * H + 1);
-        assert!(!s.saturated());
+        assert_eq!(s.unknown_until(), i64::MIN);
         assert_eq!(s.len(), 1);
         assert!(s.may_hold("a", "3", 4 * H));
     }

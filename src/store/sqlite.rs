@@ -164,6 +164,11 @@ fn schema_only(version: usize) -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (or creates) `dir/paymux.db`.
     pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
+        Self::open_with(dir, synchronous_full, KeySet::CAPACITY)
+    }
+
+    /// [`Self::open`] with a key set of `key_capacity` keys (tests fill a small one).
+    fn open_with(dir: &Path, synchronous_full: bool, key_capacity: usize) -> StoreResult<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let lock_path = dir.join("paymux.lock");
@@ -206,7 +211,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(checkpointer),
             reader: Mutex::new(reader),
             journal: Mutex::new(journal),
-            keys: Mutex::new(KeySet::new(KeySet::CAPACITY)),
+            keys: Mutex::new(KeySet::new(key_capacity)),
             journal_writes: !synchronous_full,
             journal_ok: std::sync::atomic::AtomicBool::new(true),
             rejected_path: dir.join("journal-rejected.jsonl"),
@@ -231,16 +236,30 @@ impl SqliteStore {
         }
         let c = self.lock_conn()?;
         let mut keys = self.lock_keys();
+        // Records are appended in rowid order: the newest `capacity` are loaded; the older
+        // ones are left out, and the set says "maybe" for every key until they have expired.
+        let last: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM idempotency", [], |r| r.get(0))?;
+        let cutoff = last.saturating_sub(keys.capacity() as i64);
+        let left_out: Option<i64> =
+            c.query_row("SELECT MAX(expires_at) FROM idempotency WHERE rowid <= ?1", params![cutoff], |r| r.get(0))?;
+        if let Some(e) = left_out {
+            keys.forget_until(e);
+        }
         // With the slack the set keeps after expiry: a clock stepped back finds them.
-        let mut stmt = c.prepare("SELECT api_key_id, key, expires_at FROM idempotency WHERE expires_at > ?1")?;
-        let mut rows = stmt.query(params![now - KeySet::SLACK_MS])?;
+        let mut stmt =
+            c.prepare("SELECT api_key_id, key, expires_at FROM idempotency WHERE rowid > ?1 AND expires_at > ?2")?;
+        let mut rows = stmt.query(params![cutoff, now - KeySet::SLACK_MS])?;
         while let Some(r) = rows.next()? {
             keys.add(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?, now);
-            if keys.saturated() {
-                break;
-            }
         }
-        tracing::debug!(keys = keys.len(), saturated = keys.saturated(), "idempotency key set loaded");
+        if keys.unknown_until() > now {
+            tracing::warn!(
+                keys = keys.len(),
+                until_ms = keys.unknown_until(),
+                "more live idempotency keys than the in-memory key set holds; every claim is checked in the database until the oldest have expired"
+            );
+        }
+        tracing::debug!(keys = keys.len(), "idempotency key set loaded");
         Ok(())
     }
 
@@ -1170,6 +1189,33 @@ mod tests {
         // Expired by the clock at open; live by a request's clock 20 minutes earlier.
         let s = SqliteStore::open(dir.path(), false).unwrap();
         assert!(matches!(claim(&s, "k", "k1", "h", now - 1_200_000, now), IdemClaim::Existing(_)));
+    }
+
+    #[test]
+    fn keys_past_the_sets_capacity_at_open_are_checked_in_the_database_until_they_expire() {
+        let now = now_ms();
+        let (day, hour) = (86_400_000, 3_600_000);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path(), false).unwrap();
+            for k in ["k1", "k2", "k3", "k4", "k5"] {
+                assert_eq!(claim(&s, "k", k, "h", now, now + day), IdemClaim::Claimed);
+            }
+        }
+        // Room for three: the newest three are loaded; the other two are left out, and no
+        // claim may take them for new while their records live.
+        let s = SqliteStore::open_with(dir.path(), false, 3).unwrap();
+        assert_eq!(s.lock_keys().len(), 3);
+        assert_eq!(s.lock_keys().unknown_until(), now + day);
+        for k in ["k1", "k2", "k3", "k4", "k5"] {
+            assert!(matches!(claim(&s, "k", k, "h", now + 1, now + day), IdemClaim::Existing(_)), "{k}");
+        }
+        // Once those have expired the set answers on its own again.
+        assert!(!s.lock_keys().may_hold("k", "never-seen", now + day));
+        assert!(s.lock_keys().may_hold("k", "k5", now + day));
+        assert_eq!(claim(&s, "k", "new", "h", now + 2, now + 2 + day), IdemClaim::Claimed);
+        let later = now + day + hour;
+        assert_eq!(claim(&s, "k", "k1", "h", later, later + day), IdemClaim::Claimed);
     }
 
     #[test]
