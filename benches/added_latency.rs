@@ -48,30 +48,43 @@ fn host_ticks() -> (u64, u64) {
     (f.iter().take(8).sum(), f.get(7).copied().unwrap_or(0))
 }
 
+/// A histogram's cumulative buckets (bound in seconds, count) for the series matching `needle`.
+fn buckets(text: &str, name: &str, needle: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(needle))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?.parse::<f64>().ok()?;
+            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+/// Of the observations between two scrapes of one histogram, the share (%) above `bound_s`
+/// (which must be one of its bucket bounds); None when it is not there.
+fn share_over(b0: &[(f64, f64)], b1: &[(f64, f64)], bound_s: f64) -> Option<f64> {
+    let total = b1.last()?.1 - b0.last()?.1;
+    let i = b1.iter().position(|(le, _)| (*le - bound_s).abs() < 1e-12)?;
+    Some((total - (b1[i].1 - b0[i].1)) * 100.0 / total.max(1.0))
+}
+
 /// paymux's metrics at one moment: (create requests, seconds in the create handler, provider
-/// calls, seconds in them), and the create endpoint's own-time histogram (time outside
-/// provider calls) as cumulative (bucket bound in seconds, count).
-async fn own_time(http: &reqwest::Client, admin: &str) -> ([f64; 4], Vec<(f64, f64)>) {
+/// calls, seconds in them), the create endpoint's own-time histogram (time outside provider
+/// calls) and the provider-call histogram, as cumulative (bucket bound in seconds, count).
+async fn own_time(http: &reqwest::Client, admin: &str) -> ([f64; 4], Vec<(f64, f64)>, Vec<(f64, f64)>) {
     let text = match http.get(format!("{admin}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
     let ep = "endpoint=\"create_payment\"";
-    let buckets = text
-        .lines()
-        .filter(|l| l.starts_with("paymux_request_duration_seconds_bucket{") && l.contains(ep))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?.parse::<f64>().ok()?;
-            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
-        })
-        .collect();
+    let own = buckets(&text, "paymux_request_duration_seconds", ep);
+    let provider = buckets(&text, "paymux_channel_latency_seconds", "channel=\"stripe_primary\"");
     let sums = [
         metric(&text, "paymux_request_latency_seconds_count", ep),
         metric(&text, "paymux_request_latency_seconds_sum", ep),
         metric(&text, "paymux_channel_latency_seconds_count", ""),
         metric(&text, "paymux_channel_latency_seconds_sum", ""),
     ];
-    (sums, buckets)
+    (sums, own, provider)
 }
 
 fn table(stats: &[&Stats]) {
@@ -103,6 +116,12 @@ struct Stats {
 }
 
 impl Stats {
+    /// Share (%) of answered requests slower than `ms`.
+    fn over(&self, ms: f64) -> f64 {
+        let n = self.lat_us.iter().filter(|&&us| us as f64 > ms * 1000.0).count();
+        n as f64 * 100.0 / self.lat_us.len().max(1) as f64
+    }
+
     fn pct(&self, p: f64) -> f64 {
         if self.lat_us.is_empty() {
             return f64::NAN;
@@ -398,7 +417,7 @@ fn main() {
         );
         // paymux's own view (its metrics): time in the create handler minus time waiting on
         // the provider, per payment, mean.
-        let ((t0, b0), (t1, b1)) = (t0, t1);
+        let ((t0, b0, p0), (t1, b1, p1)) = (t0, t1);
         let handler = (t1[1] - t0[1]) / (t1[0] - t0[0]).max(1.0) * 1000.0;
         let provider = (t1[3] - t0[3]) / (t1[2] - t0[2]).max(1.0) * 1000.0;
         println!(
@@ -418,6 +437,20 @@ fn main() {
             println!("paymux's own time per payment (its histogram): not read (the metrics scrape failed)");
         } else {
             println!("paymux's own time per payment (its histogram): {}", shares.join(", "));
+        }
+        // Where a slow payment lost its time: the share over each bound of the direct calls,
+        // of paymux's calls to the same simulator (its channel histogram), of paymux's own
+        // time, and of whole payments through paymux.
+        println!("\n| share over | direct call | paymux → simulator | paymux own time | via paymux |\n|---|---|---|---|---|");
+        let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2} %"));
+        for ms in [1.0, 2.5, 5.0, 10.0] {
+            println!(
+                "| {ms} ms | {:.2} % | {} | {} | {:.2} % |",
+                d.over(ms),
+                pct(share_over(&p0, &p1, ms / 1000.0)),
+                pct(share_over(&b0, &b1, ms / 1000.0)),
+                v.over(ms)
+            );
         }
         // Second run: the floor, against its own direct baseline.
         let [d2, h] = run(["direct", "hop + direct"], rate, secs, block, [direct("d2"), hop_then_direct("h")]).await;
