@@ -309,7 +309,7 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
     // work it cannot reach: in its log, its start audit record and /admin/config.
     w.pm.kill9();
     let data = w.pm.data.clone();
-    w.pm = Paymux::start(&cfg, &data, w.ports);
+    w.restart();
     let admin = get(&w.pm.admin, "/admin/config").await;
     assert_eq!(admin.body["stranded_channels"], json!([{"channel": "antom_hk", "open": 1}]), "{}", admin.text);
     assert!(w.pm.log().contains("channel is not configured but holds unsettled"), "{}", w.pm.log());
@@ -678,7 +678,7 @@ async fn load_until_killed(api: String, round: usize) -> Vec<(String, serde_json
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_payment() {
     let mut w = world(3000).await;
-    let (cfg, data) = (w.tmp.path().join("cfg"), w.tmp.path().join("data"));
+    let data = w.pm.data.clone();
     let mut acked = Vec::new();
     let mut replayed_journal = false;
     for round in 0..10 {
@@ -693,7 +693,7 @@ async fn kill_9_under_load_loses_no_acknowledged_payment() {
         w.pm.kill9();
         acked.extend(load.await.unwrap());
         replayed_journal |= journal_bytes(&data) > 0;
-        w.pm = Paymux::start(&cfg, &data, w.ports);
+        w.restart();
         if replayed_journal && acked.len() >= 20 {
             break;
         }
