@@ -8,15 +8,19 @@
 //!   cargo bench --bench added_latency                          # 1000 req/s, 30 s of each kind
 //!   PAYMUX_LOAD_RATE=500 PAYMUX_LOAD_SECS=5 cargo bench --bench added_latency
 //!
-//! Two kinds of request alternate in blocks of `PAYMUX_LOAD_BLOCK_MS` (default 50 ms), each
+//! Three kinds of request take turns in blocks of `PAYMUX_LOAD_BLOCK_MS` (default 50 ms), each
 //! at the full rate: direct (the Stripe-compatible simulator, the same wire request paymux
-//! would send) and through paymux (POST /v1/payments, card via the Stripe channel). On a shared
-//! machine whose speed drifts by the second, interleaving puts both kinds under the same
-//! conditions; sequential phases let one phase's noise pass for paymux's cost (or hide it).
-//! Short blocks matter for the tail: the host's stalls come several times a second and last
-//! milliseconds, and with 500 ms blocks a run's p99 of either kind was set by the few stalls
-//! that happened to land in its blocks (the difference read anywhere from −28 to +3 ms).
-//! Added latency = paymux percentile − direct percentile.
+//! would send), through paymux (POST /v1/payments, card via the Stripe channel), and the
+//! floor: a round trip to a pingora service of paymux's that does nothing, then the direct
+//! request (what any proxy in paymux's place pays). On a shared machine whose speed drifts
+//! by the second, interleaving puts all kinds under the same conditions; sequential phases
+//! let one phase's noise pass for paymux's cost (or hide it). Short blocks matter for the
+//! tail: the host's stalls come several times a second and last milliseconds, and with
+//! 500 ms blocks a run's p99 of either kind was set by the few stalls that happened to land
+//! in its blocks (the difference read anywhere from −28 to +3 ms).
+//! Added latency = paymux percentile − direct percentile. Each payment is also split by its
+//! `Server-Timing` header into paymux's own time, its wait on the simulator and the rest
+//! (the app ↔ paymux leg), to show where a slow one lost its time.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,7 +30,7 @@ use paymux::connector::stripe::Stripe;
 use paymux::connector::{Connector, CreateRequest};
 use paymux::domain::{Currency, Method, Money, Secret};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// CPU time (user + system) a process has used, in seconds, from /proc (Linux; USER_HZ 100).
@@ -48,44 +52,47 @@ fn host_ticks() -> (u64, u64) {
     (f.iter().take(8).sum(), f.get(7).copied().unwrap_or(0))
 }
 
-/// A histogram's cumulative buckets (bound in seconds, count) for the series matching `needle`.
-fn buckets(text: &str, name: &str, needle: &str) -> Vec<(f64, f64)> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(needle))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?.parse::<f64>().ok()?;
-            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
-        })
-        .collect()
+/// A latency sample in µs, sorted.
+struct Dist(Vec<u64>);
+
+impl Dist {
+    fn new(mut us: Vec<u64>) -> Dist {
+        us.sort_unstable();
+        Dist(us)
+    }
+
+    /// Share (%) of samples over `ms`.
+    fn over(&self, ms: f64) -> f64 {
+        let n = self.0.iter().filter(|&&us| us as f64 > ms * 1000.0).count();
+        n as f64 * 100.0 / self.0.len().max(1) as f64
+    }
+
+    /// The `p` quantile, in ms.
+    fn pct(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+
+    fn mean(&self) -> f64 {
+        self.0.iter().sum::<u64>() as f64 / self.0.len().max(1) as f64 / 1000.0
+    }
 }
 
-/// Of the observations between two scrapes of one histogram, the share (%) above `bound_s`
-/// (which must be one of its bucket bounds); None when it is not there.
-fn share_over(b0: &[(f64, f64)], b1: &[(f64, f64)], bound_s: f64) -> Option<f64> {
-    let total = b1.last()?.1 - b0.last()?.1;
-    let i = b1.iter().position(|(le, _)| (*le - bound_s).abs() < 1e-12)?;
-    Some((total - (b1[i].1 - b0[i].1)) * 100.0 / total.max(1.0))
+/// One payment through paymux, split by its `Server-Timing` header: the round trip as the
+/// app saw it (from the request's own start), paymux's own time and its wait on the
+/// provider, in µs. What is left is the app ↔ paymux leg (network, HTTP framing, wake-ups).
+#[derive(Clone, Copy)]
+struct Split {
+    round_trip: u64,
+    own: u64,
+    provider: u64,
 }
 
-/// paymux's metrics at one moment: (create requests, seconds in the create handler, provider
-/// calls, seconds in them), the create endpoint's own-time histogram (time outside provider
-/// calls) and the provider-call histogram, as cumulative (bucket bound in seconds, count).
-async fn own_time(http: &reqwest::Client, admin: &str) -> ([f64; 4], Vec<(f64, f64)>, Vec<(f64, f64)>) {
-    let text = match http.get(format!("{admin}/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    let ep = "endpoint=\"create_payment\"";
-    let own = buckets(&text, "paymux_request_duration_seconds", ep);
-    let provider = buckets(&text, "paymux_channel_latency_seconds", "channel=\"stripe_primary\"");
-    let sums = [
-        metric(&text, "paymux_request_latency_seconds_count", ep),
-        metric(&text, "paymux_request_latency_seconds_sum", ep),
-        metric(&text, "paymux_channel_latency_seconds_count", ""),
-        metric(&text, "paymux_channel_latency_seconds_sum", ""),
-    ];
-    (sums, own, provider)
-}
+/// Where a kind's requests put what they measured.
+type Sink<T> = Arc<Mutex<Vec<T>>>;
 
 fn table(stats: &[&Stats]) {
     println!("| kind | sent | errors | p50 | p90 | p99 | p99.9 |");
@@ -112,22 +119,15 @@ struct Stats {
     name: &'static str,
     sent: usize,
     errors: usize,
-    lat_us: Vec<u64>,
+    /// Latency from the scheduled send.
+    lat: Dist,
+    /// Latency from the request's own start (what the schedule's lateness leaves out).
+    round_trip: Dist,
 }
 
 impl Stats {
-    /// Share (%) of answered requests slower than `ms`.
-    fn over(&self, ms: f64) -> f64 {
-        let n = self.lat_us.iter().filter(|&&us| us as f64 > ms * 1000.0).count();
-        n as f64 * 100.0 / self.lat_us.len().max(1) as f64
-    }
-
     fn pct(&self, p: f64) -> f64 {
-        if self.lat_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
-        self.lat_us[i] as f64 / 1000.0
+        self.lat.pct(p)
     }
 }
 
@@ -173,8 +173,9 @@ async fn run<const N: usize>(
             n[k] += 1;
             let fut = kinds[k](j);
             handles.push(rt.spawn(async move {
+                let began = Instant::now();
                 let ok = fut.await;
-                (k, ok, at.elapsed().as_micros() as u64)
+                (k, ok, at.elapsed().as_micros() as u64, began.elapsed().as_micros() as u64)
             }));
         }
         late_us.sort_unstable();
@@ -183,19 +184,23 @@ async fn run<const N: usize>(
     let (handles, late_us) = tokio::task::spawn_blocking(move || pacer.join().expect("pacer")).await.expect("pacer");
     let pct = |p: f64| late_us[((late_us.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
     println!("(sends left the schedule late by p50 {:.3} ms, p99 {:.3} ms)", pct(0.5), pct(0.99));
-    let mut s = names.map(|name| Stats { name, sent: 0, errors: 0, lat_us: Vec::with_capacity(total as usize / N) });
+    let mut lat = names.map(|_| (Vec::with_capacity(total as usize / N), Vec::with_capacity(total as usize / N)));
+    let mut s =
+        names.map(|name| Stats { name, sent: 0, errors: 0, lat: Dist(Vec::new()), round_trip: Dist(Vec::new()) });
     for h in handles {
-        if let Ok((k, ok, us)) = h.await {
+        if let Ok((k, ok, us, rt_us)) = h.await {
             s[k].sent += 1;
             if ok {
-                s[k].lat_us.push(us);
+                lat[k].0.push(us);
+                lat[k].1.push(rt_us);
             } else {
                 s[k].errors += 1;
             }
         }
     }
-    for k in &mut s {
-        k.lat_us.sort_unstable();
+    for (k, (lat, rt)) in s.iter_mut().zip(lat) {
+        k.lat = Dist::new(lat);
+        k.round_trip = Dist::new(rt);
     }
     s
 }
@@ -333,12 +338,14 @@ fn main() {
                 }
             })
         };
+        let splits: Sink<Split> = Arc::default();
         let via = |phase: &'static str| {
-            let (http, api, run_id) = (http.clone(), pm.api.clone(), run_id.clone());
+            let (http, api, run_id, splits) = (http.clone(), pm.api.clone(), run_id.clone(), splits.clone());
             kind(move |i: u64| {
-                let (http, api) = (http.clone(), api.clone());
+                let (http, api, splits) = (http.clone(), api.clone(), splits.clone());
                 let key = format!("{run_id}-{phase}-{i}");
                 async move {
+                    let began = Instant::now();
                     let r = http
                         .post(format!("{api}/v1/payments"))
                         .bearer_auth(KEY)
@@ -348,7 +355,14 @@ fn main() {
                         .await;
                     match r {
                         Ok(r) if r.status().as_u16() == 201 => {
-                            r.text().await.map(|t| t.contains("\"succeeded\"")).unwrap_or(false)
+                            let timing = server_timing(r.headers());
+                            let ok = r.text().await.map(|t| t.contains("\"succeeded\"")).unwrap_or(false);
+                            let round_trip = began.elapsed().as_micros() as u64;
+                            if let (true, Some((own, provider))) = (ok, timing) {
+                                let us = |ms: f64| (ms * 1000.0).round() as u64;
+                                splits.lock().unwrap().push(Split { round_trip, own: us(own), provider: us(provider) });
+                            }
+                            ok
                         }
                         _ => false,
                     }
@@ -358,15 +372,18 @@ fn main() {
         // The floor any proxy in paymux's place pays: a round trip to a pingora service in
         // the paymux process that does nothing (GET /healthz on the admin listener), then the
         // same direct request.
+        let hops: Sink<u64> = Arc::default();
         let hop_then_direct = |phase: &'static str| {
-            let (http, admin, direct) = (http.clone(), pm.admin.clone(), direct(phase));
+            let (http, admin, direct, hops) = (http.clone(), pm.admin.clone(), direct(phase), hops.clone());
             kind(move |i: u64| {
-                let (http, admin, direct) = (http.clone(), admin.clone(), direct.clone());
+                let (http, admin, direct, hops) = (http.clone(), admin.clone(), direct.clone(), hops.clone());
                 async move {
+                    let began = Instant::now();
                     let hop = match http.get(format!("{admin}/healthz")).send().await {
                         Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                         _ => false,
                     };
+                    hops.lock().unwrap().push(began.elapsed().as_micros() as u64);
                     hop && direct(i).await
                 }
             })
@@ -379,18 +396,23 @@ fn main() {
             Sandboxed::InProcess(_) => None,
         };
         let sim_cpu = || sim_pid.as_deref().map_or(0.0, cpu_seconds);
-        let admin = pm.admin.clone();
-        let t0 = own_time(&http, &admin).await;
         let (me0, pm0, sim0, host0) = (cpu_seconds("self"), cpu_seconds(&pid), sim_cpu(), host_ticks());
-        let [d, v] = run(["direct", "via paymux"], rate, secs, block, [direct("d"), via("p")]).await;
+        splits.lock().unwrap().clear();
+        let [d, v, h] = run(
+            ["direct", "via paymux", "hop + direct"],
+            rate,
+            secs,
+            block,
+            [direct("d"), via("p"), hop_then_direct("h")],
+        )
+        .await;
         let (me1, pm1, sim1, host1) = (cpu_seconds("self"), cpu_seconds(&pid), sim_cpu(), host_ticks());
-        let t1 = own_time(&http, &admin).await;
         println!(
             "\nopen loop, {rate} req/s, {secs} s of each kind in alternating {} ms blocks, loopback, simulator {}; latency in ms from scheduled send\n",
             block.as_millis(),
             if in_process { "in this process" } else { "in its own process" }
         );
-        table(&[&d, &v]);
+        table(&[&d, &v, &h]);
         println!(
             "\nadded by paymux: p50 {:.3} ms ({:.2}× direct), p99 {:.3} ms ({:.2}× direct)",
             v.pct(0.5) - d.pct(0.5),
@@ -398,16 +420,22 @@ fn main() {
             v.pct(0.99) - d.pct(0.99),
             v.pct(0.99) / d.pct(0.99)
         );
-        // CPU per request: paymux's own per payment (it is idle in direct blocks), and the
-        // generator's and the simulator's per request of either kind. The generator runs the
+        println!(
+            "floor added by the hop alone: p50 {:.3} ms, p99 {:.3} ms",
+            h.pct(0.5) - d.pct(0.5),
+            h.pct(0.99) - d.pct(0.99)
+        );
+        // CPU per request: paymux's per payment (it is idle in direct blocks; the floor's
+        // health checks are in it too, a small part), and the generator's and the simulator's
+        // per request of any kind. The generator runs the
         // same code in every run: its figure tracks the machine's speed at the time.
         let per = |cpu: f64, n: usize| cpu * 1000.0 / n as f64;
         println!(
             "CPU per request: paymux {:.3} ms per payment; generator {:.3} ms, simulator {} per request",
             per(pm1 - pm0, v.sent),
-            per(me1 - me0, d.sent + v.sent),
+            per(me1 - me0, d.sent + v.sent + h.sent),
             match sim_pid {
-                Some(_) => format!("{:.3} ms", per(sim1 - sim0, d.sent + v.sent)),
+                Some(_) => format!("{:.3} ms", per(sim1 - sim0, d.sent + v.sent + h.sent)),
                 None => "(in the generator's)".into(),
             }
         );
@@ -415,49 +443,43 @@ fn main() {
             "host: {:.1} % of this guest's CPU time was taken by the hypervisor (steal) during the run",
             (host1.1 - host0.1) as f64 * 100.0 / (host1.0 - host0.0).max(1) as f64
         );
-        // paymux's own view (its metrics): time in the create handler minus time waiting on
-        // the provider, per payment, mean.
-        let ((t0, b0, p0), (t1, b1, p1)) = (t0, t1);
-        let handler = (t1[1] - t0[1]) / (t1[0] - t0[0]).max(1.0) * 1000.0;
-        let provider = (t1[3] - t0[3]) / (t1[2] - t0[2]).max(1.0) * 1000.0;
+        // Each payment split by its Server-Timing header (paymux's own account of it).
+        let splits = std::mem::take(&mut *splits.lock().unwrap());
+        let own = Dist::new(splits.iter().map(|s| s.own).collect());
+        let provider = Dist::new(splits.iter().map(|s| s.provider).collect());
+        let leg = Dist::new(splits.iter().map(|s| s.round_trip.saturating_sub(s.own + s.provider)).collect());
+        let shares: Vec<String> =
+            [0.1, 0.25, 0.5, 1.0, 2.5].iter().map(|&ms| format!("≤ {ms} ms {:.2} %", 100.0 - own.over(ms))).collect();
         println!(
-            "paymux's own time per payment (its metrics, mean): handler {handler:.3} ms − provider call {provider:.3} ms = {:.3} ms",
-            handler - provider
+            "paymux's own time per payment (Server-Timing, {} payments): mean {:.3} ms, p99 {:.3} ms; {}",
+            own.0.len(),
+            own.mean(),
+            own.pct(0.99),
+            shares.join(", ")
         );
-        // The same, payment by payment (paymux_request_duration_seconds): the share of this
-        // run's payments whose time outside the provider call stayed within each bound.
-        let shares: Vec<String> = [0.0001, 0.00025, 0.0005, 0.001, 0.0025]
-            .into_iter()
-            .filter_map(|le| share_over(&b0, &b1, le).map(|over| format!("≤ {} ms {:.2} %", le * 1000.0, 100.0 - over)))
-            .collect();
-        if shares.is_empty() {
-            println!("paymux's own time per payment (its histogram): not read (the metrics scrape failed)");
-        } else {
-            println!("paymux's own time per payment (its histogram): {}", shares.join(", "));
-        }
-        // Where a slow payment lost its time: the share over each bound of the direct calls,
-        // of paymux's calls to the same simulator (its channel histogram), of paymux's own
-        // time, and of whole payments through paymux.
-        println!("\n| share over | direct call | paymux → simulator | paymux own time | via paymux |\n|---|---|---|---|---|");
-        let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2} %"));
-        for ms in [1.0, 2.5, 5.0, 10.0] {
+        // Where a slow payment lost its time: each round trip from its own start (the
+        // schedule's lateness left out), a payment through paymux split in three, and the
+        // floor's do-nothing hop alone.
+        let hop = Dist::new(std::mem::take(&mut *hops.lock().unwrap()));
+        let parts = [
+            ("direct call", &d.round_trip),
+            ("via paymux", &v.round_trip),
+            ("app ↔ paymux (outside its handler)", &leg),
+            ("paymux own time", &own),
+            ("paymux → simulator", &provider),
+            ("do-nothing hop", &hop),
+        ];
+        println!("\n| round trip | p50 | p90 | p99 | over 1 ms | over 2.5 ms | over 5 ms | over 10 ms |\n|---|---|---|---|---|---|---|---|");
+        for (name, dist) in parts {
+            let over: Vec<String> = [1.0, 2.5, 5.0, 10.0].iter().map(|&ms| format!("{:.2} %", dist.over(ms))).collect();
             println!(
-                "| {ms} ms | {:.2} % | {} | {} | {:.2} % |",
-                d.over(ms),
-                pct(share_over(&p0, &p1, ms / 1000.0)),
-                pct(share_over(&b0, &b1, ms / 1000.0)),
-                v.over(ms)
+                "| {name} | {:.3} | {:.3} | {:.3} | {} |",
+                dist.pct(0.5),
+                dist.pct(0.9),
+                dist.pct(0.99),
+                over.join(" | ")
             );
         }
-        // Second run: the floor, against its own direct baseline.
-        let [d2, h] = run(["direct", "hop + direct"], rate, secs, block, [direct("d2"), hop_then_direct("h")]).await;
-        println!("\nfloor: one round trip to an idle pingora service in paymux's process, then the direct request\n");
-        table(&[&d2, &h]);
-        println!(
-            "\nfloor added by the hop alone: p50 {:.3} ms, p99 {:.3} ms",
-            h.pct(0.5) - d2.pct(0.5),
-            h.pct(0.99) - d2.pct(0.99)
-        );
         drop(pm);
     });
 }

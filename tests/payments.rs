@@ -526,6 +526,14 @@ async fn paymux_own_time_leaves_out_the_wait_on_the_provider() {
     assert!(total >= 0.3, "the request waited 300 ms on the provider: {total}\n{m}");
     // The provider's 300 ms are the request's; paymux's own share is far below them.
     assert!(own > 0.0 && own < 0.1, "own time {own} of {total}\n{m}");
+    // The app is told the same split, in the response's Server-Timing header.
+    let (own_ms, provider_ms) = server_timing(&r.headers).unwrap_or_else(|| panic!("{:?}", r.headers));
+    assert!(provider_ms >= 300.0, "provider {provider_ms} ms");
+    assert!(own_ms > 0.0 && own_ms < 100.0, "own {own_ms} ms");
+    // An answer without a provider call (here a problem) says so.
+    let bad = create(&w.pm.api, "slow-2", json!({"amount": 0})).await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    assert!(matches!(server_timing(&bad.headers), Some((o, p)) if o > 0.0 && p == 0.0), "{:?}", bad.headers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

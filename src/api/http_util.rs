@@ -72,6 +72,15 @@ pub fn problem(p: &Problem, request_id: &str) -> Response<Vec<u8>> {
     r
 }
 
+/// The W3C `Server-Timing` header of an API response: paymux's own time and the time spent
+/// waiting on providers, in milliseconds, so an app can tell which side a slow answer came
+/// from (what is left of its own measured time is the network and HTTP framing).
+pub fn server_timing(own: Duration, provider: Duration) -> http::HeaderValue {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let v = format!("paymux;dur={:.3}, provider;dur={:.3}", ms(own), ms(provider));
+    http::HeaderValue::from_str(&v).unwrap_or_else(|_| http::HeaderValue::from_static("paymux"))
+}
+
 /// A plain-text response.
 pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()

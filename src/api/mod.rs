@@ -108,12 +108,14 @@ impl ServeHttp for ApiApp {
         })
         .await;
         let code = result.as_ref().err().map(|p| p.code);
-        let resp = result.unwrap_or_else(|p| http_util::problem(&p, &request_id));
+        let mut resp = result.unwrap_or_else(|p| http_util::problem(&p, &request_id));
         let m = &self.state.engine.metrics;
         m.http_requests.with_label_values(&[endpoint.label(), resp.status().as_str()]).inc();
         let took = started.elapsed();
+        let own = took.saturating_sub(waited);
         m.request_latency.with_label_values(&[endpoint.label()]).observe(took.as_secs_f64());
-        m.request_duration.with_label_values(&[endpoint.label()]).observe(took.saturating_sub(waited).as_secs_f64());
+        m.request_duration.with_label_values(&[endpoint.label()]).observe(own.as_secs_f64());
+        resp.headers_mut().insert("server-timing", http_util::server_timing(own, waited));
         // One audit record per API call: who (key id, never the key), what, outcome.
         let actor = if ctx.actor.is_empty() { "anonymous".to_string() } else { ctx.actor };
         self.state

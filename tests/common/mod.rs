@@ -201,6 +201,15 @@ pub async fn post(base: &str, path: &str, idem: Option<&str>, body: serde_json::
     send(r).await
 }
 
+/// The `Server-Timing` header of an API response: (paymux's own ms, ms waiting on providers).
+pub fn server_timing(h: &reqwest::header::HeaderMap) -> Option<(f64, f64)> {
+    let v = h.get("server-timing")?.to_str().ok()?;
+    let dur = |name: &str| {
+        v.split(',').map(str::trim).find_map(|m| m.strip_prefix(name)?.strip_prefix(";dur=")?.parse::<f64>().ok())
+    };
+    Some((dur("paymux")?, dur("provider")?))
+}
+
 pub fn card(order: &str, amount: i64) -> serde_json::Value {
     serde_json::json!({"amount": amount, "currency": "HKD", "method": "visa", "order_id": order, "payment_method_data": {"token": "pm_card_visa"}})
 }
