@@ -534,6 +534,10 @@ async fn paymux_own_time_leaves_out_the_wait_on_the_provider() {
     let bad = create(&w.pm.api, "slow-2", json!({"amount": 0})).await;
     assert_eq!(bad.status, 422, "{}", bad.text);
     assert!(matches!(server_timing(&bad.headers), Some((o, p)) if o > 0.0 && p == 0.0), "{:?}", bad.headers);
+    // A caller without a valid key is told nothing of paymux's inner timing.
+    let stranger = send(client().get(format!("{}/v1/payments/pay_x", w.pm.api)).bearer_auth("sk_wrong")).await;
+    assert_eq!(stranger.status, 401, "{}", stranger.text);
+    assert!(stranger.headers.get("server-timing").is_none(), "{:?}", stranger.headers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,7 +74,7 @@ pub fn problem(p: &Problem, request_id: &str) -> Response<Vec<u8>> {
 
 /// The W3C `Server-Timing` header of an API response: paymux's own time and the time spent
 /// waiting on providers, in milliseconds, so an app can tell which side a slow answer came
-/// from (what is left of its own measured time is the network and HTTP framing).
+/// from.
 pub fn server_timing(own: Duration, provider: Duration) -> http::HeaderValue {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let v = format!("paymux;dur={:.3}, provider;dur={:.3}", ms(own), ms(provider));

@@ -115,7 +115,10 @@ impl ServeHttp for ApiApp {
         let own = took.saturating_sub(waited);
         m.request_latency.with_label_values(&[endpoint.label()]).observe(took.as_secs_f64());
         m.request_duration.with_label_values(&[endpoint.label()]).observe(own.as_secs_f64());
-        resp.headers_mut().insert("server-timing", http_util::server_timing(own, waited));
+        // For an authenticated app only: a stranger gets no clock of paymux's inner work.
+        if endpoint != Endpoint::Webhook && !ctx.actor.is_empty() {
+            resp.headers_mut().insert("server-timing", http_util::server_timing(own, waited));
+        }
         // One audit record per API call: who (key id, never the key), what, outcome.
         let actor = if ctx.actor.is_empty() { "anonymous".to_string() } else { ctx.actor };
         self.state
