@@ -224,10 +224,16 @@ fn serve(opts: &paymux::server::ServeOptions, with_sandbox: bool) -> ExitCode {
     let p = built.policy.load_full();
     if with_sandbox {
         let control: std::net::SocketAddr = ([127, 0, 0, 1], 9100).into();
-        built.server.add_service(pingora::services::background::background_service(
-            "sandbox",
-            paymux::sandbox::SandboxService::new(sandbox_config(control, &p.server.public_base_url)),
-        ));
+        // Bound now: a port in use stops the start here rather than leaving paymux running
+        // against simulators that are not there.
+        let sandbox = match paymux::sandbox::SandboxService::bind(sandbox_config(control, &p.server.public_base_url)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: sandbox: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        built.server.add_service(pingora::services::background::background_service("sandbox", sandbox));
         println!("  sandbox       control http://{control}/_sandbox/faults; stripe_primary :9101, stripe_backup :9102, antom_hk :9103");
     }
     let scheme = if p.server.tls.is_some() { "https" } else { "http" };

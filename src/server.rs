@@ -105,10 +105,22 @@ pub fn stranded_channels(store: &dyn Store, policy: &crate::policy::Policy) -> V
     }
 }
 
+/// Fails when `addr` cannot be listened on (another process holds it, no permission, not an
+/// address of this machine). pingora would retry for a while and then stop only that
+/// listener's thread, leaving a process that looks up but serves nothing there (and a
+/// readiness probe that may reach whoever holds the port).
+fn can_listen(what: &str, addr: &str) -> Result<(), StartError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
+}
+
 /// Builds the server: every service added, nothing running yet.
 pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let policy = config::load_dir(&opts.config_dir, &opts.overrides).map_err(StartError::Config)?;
     let s = policy.server.clone();
+    can_listen("payments API", &s.listen)?;
+    can_listen("admin", &s.admin_listen)?;
     let sqlite =
         Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
     SqliteStore::spawn_applier(&sqlite, JOURNAL_APPLY_EVERY);

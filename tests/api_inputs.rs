@@ -40,6 +40,7 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
         ("wrong key", c.post(&url).bearer_auth("nope").header("idempotency-key", "a").json(&ok), 401, "unauthorized"),
         ("no idempotency key", c.post(&url).bearer_auth(KEY).json(&ok), 400, "idempotency_key_missing"),
         ("long idempotency key", c.post(&url).bearer_auth(KEY).header("idempotency-key", "k".repeat(256)).json(&ok), 400, "idempotency_key_invalid"),
+        ("two idempotency keys", c.post(&url).bearer_auth(KEY).header("idempotency-key", "a1").header("idempotency-key", "a2").json(&ok), 400, "idempotency_key_invalid"),
         ("malformed json", c.post(&url).bearer_auth(KEY).header("idempotency-key", "b").body("{\"amount\": 1"), 400, "malformed_json"),
         ("empty body", c.post(&url).bearer_auth(KEY).header("idempotency-key", "b2"), 400, "malformed_json"),
         ("body too large", c.post(&url).bearer_auth(KEY).header("idempotency-key", "c").body(vec![b' '; 70_000]), 413, "body_too_large"),

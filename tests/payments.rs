@@ -19,6 +19,10 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
     let path = format!("/v1/payments/{id}/refunds");
     let r1 = post(&w.pm.api, &path, Some("r1"), json!({"amount": 3000, "reason": "requested_by_customer"})).await;
     assert_eq!(r1.status, 201, "{}", r1.text);
+    // Successes name their request too, each its own.
+    let rid = |h: &reqwest::header::HeaderMap| h.get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+    let (a, b) = (rid(&r.headers), rid(&r1.headers));
+    assert!(a.as_deref().is_some_and(|a| a.starts_with("req_")) && a != b && b.is_some(), "{a:?} {b:?}");
     assert_eq!(r1.body["status"], "succeeded");
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "partially_refunded");
     let over = post(&w.pm.api, &path, Some("r2"), json!({"amount": 7001})).await;
@@ -134,6 +138,18 @@ async fn pending_payment_can_be_canceled_once() {
     assert_eq!(again.body["code"], "payment_not_cancelable");
     let refund = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("xr"), json!({})).await;
     assert_eq!(refund.body["code"], "payment_not_refundable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_answer_is_lost_asks_the_provider_before_answering() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "x2", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-x2", "return_url": "https://s/r"})).await;
+    let id = r.body["id"].as_str().unwrap();
+    // The provider cancels it, then answers 503: the app must not be told it failed.
+    w.fault("antom_hk", json!({"error_rate_pct": 100, "error_status": 503, "process_before_error": true, "ops": ["cancel"], "times": 1})).await;
+    let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.body["status"], "canceled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -792,4 +808,36 @@ async fn providers_are_reached_over_tls_with_their_certificate_verified() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("CA certificates") && err.contains("missing.pem"), "{err}");
+}
+
+#[test]
+fn serve_refuses_to_start_when_its_port_is_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
+    write_config(&cfg, ports, &data, 3000);
+    // Another process holds the payments port.
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", ports.api)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("paymux kept running without its payments listener");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{} (payments API)", ports.api)), "{err}");
 }

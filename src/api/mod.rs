@@ -115,6 +115,10 @@ impl ServeHttp for ApiApp {
         let own = took.saturating_sub(waited);
         m.request_latency.with_label_values(&[endpoint.label()]).observe(took.as_secs_f64());
         m.request_duration.with_label_values(&[endpoint.label()]).observe(own.as_secs_f64());
+        // Every answer names its request (the audit records carry the same id).
+        if let Ok(id) = http::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", id);
+        }
         // For an authenticated app only: a stranger gets no clock of paymux's inner work.
         if endpoint != Endpoint::Webhook && !ctx.actor.is_empty() {
             resp.headers_mut().insert("server-timing", http_util::server_timing(own, waited));

@@ -70,13 +70,18 @@ fn owned_by(v: &PaymentView, key_id: &str) -> Result<(), Problem> {
 }
 
 fn idempotency_key(s: &ServerSession) -> Result<String, Problem> {
-    let Some(v) = s.req_header().headers.get("idempotency-key") else {
+    let mut values = s.req_header().headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
         return Err(Problem::new(
             400,
             "idempotency_key_missing",
             "send an `Idempotency-Key` header (a unique string of at most 255 characters)",
         ));
     };
+    // Two keys: which one the app meant is not for paymux to guess.
+    if values.next().is_some() {
+        return Err(Problem::new(400, "idempotency_key_invalid", "send one `Idempotency-Key` header, not several"));
+    }
     let k = v
         .to_str()
         .map_err(|_| Problem::new(400, "idempotency_key_invalid", "`Idempotency-Key` must be printable ASCII"))?;

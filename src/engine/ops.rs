@@ -134,15 +134,30 @@ impl Engine {
             }
             CancelOutcome::Refused { code, message } => {
                 // The provider's view wins: it may have completed meanwhile.
-                if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
-                    if adopt(p, &found, now_ms()) {
-                        self.save_payment(p, Some("accepted_after_query")).await?;
-                    }
-                }
+                self.adopt_provider_view(ctx, policy, p).await?;
                 Err(EngineError::ProviderRefused { code, message })
             }
-            CancelOutcome::Unknown { code } => Err(EngineError::ProviderUnavailable(code)),
+            CancelOutcome::Unknown { code } => {
+                // The cancel may have reached the provider: its view, if it gives one, answers.
+                self.adopt_provider_view(ctx, policy, p).await?;
+                if p.status == PaymentStatus::Canceled {
+                    Ok(v)
+                } else {
+                    Err(EngineError::ProviderUnavailable(code))
+                }
+            }
         }
+    }
+
+    /// Asks the payment's channel what it holds and adopts that (stored when it changed);
+    /// nothing changes when the channel gives no answer.
+    async fn adopt_provider_view(&self, ctx: &Ctx, policy: &Policy, p: &mut PaymentRow) -> Result<(), EngineError> {
+        if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
+            if adopt(p, &found, now_ms()) {
+                self.save_payment(p, Some("accepted_after_query")).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Refunds part or all of a captured payment on its original channel.
@@ -210,7 +225,12 @@ impl Engine {
                 match res {
                     Ok(resp) => ch.connector.parse_refund(&req, &resp),
                     Err(crate::connector::transport::SendError::NotSent(e)) => {
-                        RefundOutcome::NotProcessed { code: "connect_failed".into(), message: e }
+                        // The transport's words (addresses, library internals) stay in the log.
+                        tracing::warn!(channel = %ch.id, error = %e, "refund not sent");
+                        RefundOutcome::NotProcessed {
+                            code: "connect_failed".into(),
+                            message: "the provider could not be reached; nothing was sent".into(),
+                        }
                     }
                     Err(e) => RefundOutcome::Ambiguous { code: e.code().into() },
                 }

@@ -221,26 +221,16 @@ impl Drop for Sandbox {
     }
 }
 
-enum Pending {
-    Config(SandboxConfig),
-    Bound(Bound),
-}
-
 /// The sandbox as a pingora background service: started on that service's runtime, stopped
 /// by pingora's shutdown watch.
 pub struct SandboxService {
-    pending: Mutex<Option<Pending>>,
+    pending: Mutex<Option<Bound>>,
 }
 
 impl SandboxService {
-    /// Binds when the service starts; a bind error is logged there.
-    pub fn new(cfg: SandboxConfig) -> Self {
-        SandboxService { pending: Mutex::new(Some(Pending::Config(cfg))) }
-    }
-
     /// Binds every listener now, so address and key errors surface before the server runs.
     pub fn bind(cfg: SandboxConfig) -> anyhow::Result<Self> {
-        Ok(SandboxService { pending: Mutex::new(Some(Pending::Bound(Bound::bind(cfg)?))) })
+        Ok(SandboxService { pending: Mutex::new(Some(Bound::bind(cfg)?)) })
     }
 }
 
@@ -249,8 +239,7 @@ impl BackgroundService for SandboxService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
         let started = match pending {
-            Some(Pending::Config(cfg)) => Bound::bind(cfg).and_then(Bound::start),
-            Some(Pending::Bound(b)) => b.start(),
+            Some(b) => b.start(),
             None => {
                 tracing::warn!("sandbox service started twice; ignoring");
                 return;
