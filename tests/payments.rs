@@ -23,6 +23,9 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
     let rid = |h: &reqwest::header::HeaderMap| h.get("x-request-id").map(|v| v.to_str().unwrap().to_string());
     let (a, b) = (rid(&r.headers), rid(&r1.headers));
     assert!(a.as_deref().is_some_and(|a| a.starts_with("req_")) && a != b && b.is_some(), "{a:?} {b:?}");
+    // The refund created says where to read it.
+    let at = r1.headers.get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+    assert_eq!(get(&w.pm.api, &at).await.body["id"], r1.body["id"], "{at}");
     assert_eq!(r1.body["status"], "succeeded");
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "partially_refunded");
     let over = post(&w.pm.api, &path, Some("r2"), json!({"amount": 7001})).await;

@@ -397,7 +397,7 @@ async fn refund(
         Ok(r) => {
             let b = refund_json(&r);
             complete(engine, key_id, &key, 201, &b).await;
-            Ok(json(201, b, &[]))
+            Ok(json(201, b, &[("location", format!("/v1/refunds/{refund_id}"))]))
         }
         Err(e) => {
             let p = engine_problem(&e);
