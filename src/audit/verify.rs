@@ -40,8 +40,9 @@ pub fn verify_file(path: &Path) -> Result<Report, Broken> {
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let lineno = i + 1;
         let line = line.map_err(|e| Broken { line: lineno, seq: None, reason: format!("unreadable: {e}") })?;
+        // paymux writes whole records only: any other line was put there by someone else.
         if line.trim().is_empty() {
-            continue;
+            return Err(Broken { line: lineno, seq: None, reason: "an empty line (paymux never writes one)".into() });
         }
         let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| Broken {
             line: lineno,
@@ -122,6 +123,12 @@ mod tests {
         std::fs::write(&p, appended.join("\n") + "\n").unwrap();
         let e = verify_file(&p).unwrap_err();
         assert_eq!((e.line, e.seq), (3, Some(3)), "{e}");
+
+        // A line inserted that holds no record.
+        let mut blank = lines.clone();
+        blank.insert(2, "");
+        std::fs::write(&p, blank.join("\n") + "\n").unwrap();
+        assert_eq!(verify_file(&p).unwrap_err().line, 3);
 
         std::fs::write(&p, text).unwrap();
         assert_eq!(verify_file(&p).unwrap().records, 5);
