@@ -158,11 +158,19 @@ fn main() -> ExitCode {
         Cmd::Check { dir, online } => check(&dir, online),
         Cmd::Key { cmd: KeyCmd::Hash } => {
             let mut s = String::new();
-            if std::io::stdin().read_line(&mut s).is_err() {
+            if std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).is_err() {
                 eprintln!("error: cannot read the key from standard input");
                 return ExitCode::FAILURE;
             }
-            println!("{}", paymux::crypto::sha256_hex(s.trim_end_matches(['\n', '\r']).as_bytes()));
+            // One key, on one line: hashing an empty input or the first of several lines
+            // would give a hash no request can ever match.
+            let key = s.strip_suffix('\n').unwrap_or(&s);
+            let key = key.strip_suffix('\r').unwrap_or(key);
+            if key.is_empty() || key.contains(['\n', '\r']) {
+                eprintln!("error: give exactly one key, on one line, on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", paymux::crypto::sha256_hex(key.as_bytes()));
             ExitCode::SUCCESS
         }
     }

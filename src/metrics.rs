@@ -155,6 +155,12 @@ impl Metrics {
             for o in WEBHOOKS {
                 self.webhooks.with_label_values(&[id, o]);
             }
+            for r in ["found", "not_found", "unknown", "refund"] {
+                self.reconciliations.with_label_values(&[id, r]);
+            }
+            for r in ["reversed", "failed"] {
+                self.orphan_reversals.with_label_values(&[id, r]);
+            }
             for m in ch.methods.iter() {
                 for s in crate::domain::PaymentStatus::ALL {
                     self.payments.with_label_values(&[m.as_str(), id, s.as_str()]);

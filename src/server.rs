@@ -145,6 +145,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_version(&policy.version);
     metrics.init_series(&policy);
+    crate::api::init_series(&metrics);
     audit.record_blocking(Event {
         request_id: None,
         actor: "system".into(),

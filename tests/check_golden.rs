@@ -1,5 +1,6 @@
-//! Golden tests of the exact `paymux check` output for broken configs, and `check` passing on
-//! every shipped config (routes/ and examples/). Regenerate with `UPDATE_GOLDEN=1`.
+//! Golden tests of the exact `paymux check` output for broken configs, `check` passing on
+//! every shipped config (routes/ and examples/), and `paymux key hash`. Regenerate with
+//! `UPDATE_GOLDEN=1`.
 
 use std::path::Path;
 use std::process::Command;
@@ -96,4 +97,26 @@ fn readme_config_reference_covers_the_schemas() {
         }
     }
     assert!(missing.is_empty(), "README config reference misses: {missing:?}");
+}
+
+#[test]
+fn key_hash_takes_exactly_one_key() {
+    let hash = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_paymux"))
+            .args(["key", "hash"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run paymux");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let demo = (true, "b82fd77bd12ed25fb74880b9512e786dd9d384daf03cfdeb8157eb108731cd35".to_string());
+    assert_eq!(hash("pmx_test_demo_key\n"), demo);
+    assert_eq!(hash("pmx_test_demo_key"), demo);
+    // Nothing, or two lines: no hash rather than one no request can match.
+    assert_eq!(hash(""), (false, String::new()));
+    assert_eq!(hash("a\nb\n"), (false, String::new()));
 }

@@ -622,6 +622,10 @@ async fn series_exist_at_zero_before_the_first_event() {
     );
     assert!(at_zero("paymux_payments_total", r#"channel="antom_hk",method="alipay_hk",status="succeeded""#), "{m}");
     assert!(at_zero("paymux_channel_latency_seconds_count", r#"channel="stripe_primary""#), "{m}");
+    assert!(at_zero("paymux_request_duration_seconds_count", r#"endpoint="create_refund""#), "{m}");
+    assert!(at_zero("paymux_request_latency_seconds_count", r#"endpoint="webhook""#), "{m}");
+    assert!(at_zero("paymux_reconciliations_total", r#"channel="antom_hk",result="found""#), "{m}");
+    assert!(at_zero("paymux_orphan_reversals_total", r#"channel="stripe_backup",result="reversed""#), "{m}");
     // Only what the policy makes possible: antom_hk serves no cards.
     assert!(!m.contains(r#"channel="antom_hk",method="visa""#), "{m}");
 }

@@ -44,6 +44,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    const ALL: [Endpoint; 7] = [
+        Endpoint::CreatePayment,
+        Endpoint::GetPayment,
+        Endpoint::CancelPayment,
+        Endpoint::CreateRefund,
+        Endpoint::GetRefund,
+        Endpoint::Webhook,
+        Endpoint::Other,
+    ];
+
     fn label(&self) -> &'static str {
         match self {
             Endpoint::CreatePayment => "create_payment",
@@ -54,6 +64,15 @@ impl Endpoint {
             Endpoint::Webhook => "webhook",
             Endpoint::Other => "other",
         }
+    }
+}
+
+/// Creates the per-endpoint time series at zero, so a dashboard or an alert on `increase()`
+/// sees the first request (a series that first appears at 1 has no increase).
+pub fn init_series(m: &crate::metrics::Metrics) {
+    for ep in Endpoint::ALL {
+        m.request_latency.with_label_values(&[ep.label()]);
+        m.request_duration.with_label_values(&[ep.label()]);
     }
 }
 

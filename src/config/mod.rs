@@ -58,19 +58,31 @@ impl Parsed {
     }
 }
 
-/// The YAML files of a config directory, in file-name order.
-pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Diagnostic {
-        file: dir.display().to_string(),
-        line: 1,
-        col: 1,
-        message: format!("cannot read config directory: {e}"),
-        help: None,
-    })?;
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
+/// The YAML files of a config directory, in file-name order. Hidden names (editors' lock and
+/// backup files, `.#routing.yaml`) are not config. A `.yaml` name whose symbolic link leads
+/// nowhere is an error, not a file to skip: skipping it would silently drop its rules.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
+    let at = |file: String, message: String| Diagnostic { file, line: 1, col: 1, message, help: None };
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| vec![at(dir.display().to_string(), format!("cannot read config directory: {e}"))])?;
+    let mut files = Vec::new();
+    let mut broken = Vec::new();
+    for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        if hidden || !matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            continue;
+        }
+        if p.is_file() {
+            files.push(p);
+        } else if p.is_symlink() {
+            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
+            broken.push(at(p.display().to_string(), format!("a symbolic link to `{target}`, which cannot be read")));
+        }
+    }
+    if !broken.is_empty() {
+        broken.sort_by(|a, b| a.file.cmp(&b.file));
+        return Err(broken);
+    }
     files.sort();
     Ok(files)
 }
@@ -90,7 +102,7 @@ pub fn check_dir(dir: &Path) -> Result<(), Vec<Diagnostic>> {
 }
 
 fn load(dir: &Path, overrides: &Overrides, mode: compile::Mode) -> Result<Option<Policy>, Vec<Diagnostic>> {
-    let files = config_files(dir).map_err(|d| vec![d])?;
+    let files = config_files(dir)?;
     if files.is_empty() {
         return Err(vec![Diagnostic {
             file: dir.display().to_string(),
@@ -253,5 +265,20 @@ mod tests {
         let e = super::parse_file(&f, dir.path()).err().unwrap();
         assert!(e[0].message.contains("out of range"), "{}", e[0].message);
         assert_eq!(e[0].line, 3, "{:?}", e[0]);
+    }
+
+    #[test]
+    fn hidden_files_are_not_config_and_a_dangling_link_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("routing.yaml"), "kind: routing\n").unwrap();
+        std::fs::write(d.join(".routing.yaml"), "kind: routing\n").unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join(".#routing.yaml")).unwrap();
+        std::fs::write(d.join("notes.txt"), "").unwrap();
+        assert_eq!(super::config_files(d).unwrap(), vec![d.join("routing.yaml")]);
+        std::os::unix::fs::symlink("gone.yaml", d.join("05-usd.yaml")).unwrap();
+        let e = super::config_files(d).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].file.ends_with("05-usd.yaml") && e[0].message.contains("`gone.yaml`"), "{e:?}");
     }
 }

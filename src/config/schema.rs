@@ -55,6 +55,16 @@ pub fn validate(kind: &str, doc: &Value, spans: &SpanMap, file: &str) -> Vec<Dia
         let ptr = err.instance_path().as_str().to_string();
         let field = display_path(&ptr);
         let schema_ptr = err.schema_path().as_str().to_string();
+        // A secret written inline: said without repeating it (the message reaches the log,
+        // the reload's answer and the audit log).
+        if is_secret_ref(&c.schema, &schema_ptr) {
+            let message = format!(
+                "`{field}` must be a secret reference, `env:NAME` or `file:PATH` (what is written there is not shown)"
+            );
+            let help = "secrets are never inline: put it in an environment variable or a file and refer to that";
+            out.push(diag(file, spans, &ptr, false, message, Some(help.into())));
+            continue;
+        }
         let (pos_ptr, message, help): (String, String, Option<String>) = match err.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 for name in unexpected {
@@ -237,6 +247,15 @@ fn sibling_properties(root: &Value, schema_ptr: &str) -> Vec<String> {
 }
 
 /// The `description` of the schema node owning a keyword error.
+/// True when the keyword at `schema_ptr` belongs to the secret-reference definition.
+fn is_secret_ref(root: &Value, schema_ptr: &str) -> bool {
+    let parent = schema_ptr.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+    match (resolve(root, parent), root.pointer("/$defs/secret_ref")) {
+        (Some(node), Some(def)) => node == def,
+        _ => false,
+    }
+}
+
 fn schema_description(root: &Value, schema_ptr: &str) -> Option<String> {
     let parent = schema_ptr.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
     let node = resolve(root, parent)?;

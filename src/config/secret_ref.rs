@@ -4,16 +4,41 @@
 use crate::domain::Secret;
 use std::path::Path;
 
-/// Resolves a reference; the error names the reference, never a value.
+/// Resolves a reference; the error names the reference, never a value. An empty secret is
+/// refused: an HMAC key of no bytes would let anyone sign a webhook.
 pub fn resolve(reference: &str, dir: &Path) -> Result<Secret<String>, String> {
-    if let Some(name) = reference.strip_prefix("env:") {
-        return std::env::var(name).map(Secret::new).map_err(|_| format!("environment variable `{name}` is not set"));
-    }
-    if let Some(p) = reference.strip_prefix("file:") {
+    let value = if let Some(name) = reference.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?
+    } else if let Some(p) = reference.strip_prefix("file:") {
         let path = dir.join(p);
-        return std::fs::read_to_string(&path)
-            .map(|s| Secret::new(s.trim_end_matches(['\n', '\r']).to_string()))
-            .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()));
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?
+    } else {
+        return Err("must be `env:NAME` or `file:PATH`".into());
+    };
+    if value.trim().is_empty() {
+        return Err(format!("the secret `{reference}` is empty"));
     }
-    Err("must be `env:NAME` or `file:PATH`".into())
+    Ok(Secret::new(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_secret_is_refused_naming_the_reference_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        std::fs::write(dir.path().join("key"), "whsec_x\n").unwrap();
+        assert_eq!(resolve("file:empty", dir.path()).unwrap_err(), "the secret `file:empty` is empty");
+        assert_eq!(resolve("file:key", dir.path()).unwrap().expose(), "whsec_x");
+        std::env::set_var("PAYMUX_TEST_EMPTY_SECRET", " ");
+        assert_eq!(
+            resolve("env:PAYMUX_TEST_EMPTY_SECRET", dir.path()).unwrap_err(),
+            "the secret `env:PAYMUX_TEST_EMPTY_SECRET` is empty"
+        );
+        assert!(resolve("sk_live_x", dir.path()).unwrap_err().contains("must be"));
+    }
 }

@@ -153,7 +153,12 @@ impl Faults {
 
     /// Parses and checks a JSON body (the control API's `PUT /_sandbox/faults/{instance}`).
     pub fn from_json(body: &[u8]) -> Result<Faults, FaultError> {
-        let f: Faults = serde_json::from_slice(body).map_err(|e| FaultError::Syntax(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| FaultError::Syntax(e.to_string()))?;
+        // Fields by name only: serde would also take a list of values by position.
+        if !v.is_object() {
+            return Err(FaultError::Syntax("expected a JSON object of fault fields".into()));
+        }
+        let f: Faults = serde_json::from_value(v).map_err(|e| FaultError::Syntax(e.to_string()))?;
         f.validate()?;
         Ok(f)
     }
@@ -258,6 +263,7 @@ mod tests {
         assert_eq!(Faults::from_json(br#"{"error_rate_pct":101}"#).unwrap_err(), FaultError::Rate(101));
         assert_eq!(Faults::from_json(br#"{"error_status":99}"#).unwrap_err(), FaultError::Status(99));
         assert_eq!(Faults::from_json(br#"{"ops":["charge"]}"#).unwrap_err(), FaultError::Op("charge".into()));
+        assert!(matches!(Faults::from_json(b"[5000,100,503,true]"), Err(FaultError::Syntax(_))));
         assert!(matches!(Faults::from_json(br#"{"latency_ms":600001}"#), Err(FaultError::TooLong { .. })));
         assert!(matches!(Faults::from_json(br#"{"error_rate_pct":-1}"#), Err(FaultError::Syntax(_))));
     }

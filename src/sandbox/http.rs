@@ -262,10 +262,13 @@ async fn connection(
     loop {
         let mut session = ServerSession::new_http1(stream);
         // Idle (or first) wait for a request: a `down` fault or shutdown drops the connection.
+        // Checked first: a request that arrives on a kept-alive connection after `down` was
+        // set must find it gone, even when both are ready at once.
         let read = tokio::select! {
-            r = session.read_request() => r,
+            biased;
             _ = until_down(&mut faults, true) => return,
             _ = stopped(&mut shutdown) => return,
+            r = session.read_request() => r,
         };
         if !matches!(read, Ok(true)) {
             return;
