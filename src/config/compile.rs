@@ -275,6 +275,18 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
     if r.listen == r.admin_listen {
         d.push(p.diag_value("/admin_listen", "`admin_listen` must differ from `listen`"));
     }
+    let (initial, max) =
+        (r.reconciler.initial_backoff_ms.unwrap_or(500), r.reconciler.max_backoff_ms.unwrap_or(60_000));
+    if initial > max {
+        let ptr = if r.reconciler.initial_backoff_ms.is_some() {
+            "/reconciler/initial_backoff_ms"
+        } else {
+            "/reconciler/max_backoff_ms"
+        };
+        d.push(
+            p.diag_value(ptr, format!("`reconciler.initial_backoff_ms` ({initial}) is above `max_backoff_ms` ({max})")),
+        );
+    }
     let retention_hours = r.idempotency.retention_hours.unwrap_or(24);
     ServerSettings {
         listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
@@ -288,8 +300,8 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
         idempotency_retention: Duration::from_secs(u64::from(retention_hours) * 3600),
         synchronous_full: r.store.synchronous.as_deref() == Some("full"),
         reconcile_interval: Duration::from_millis(u64::from(r.reconciler.interval_ms.unwrap_or(1000))),
-        reconcile_initial_backoff: Duration::from_millis(u64::from(r.reconciler.initial_backoff_ms.unwrap_or(500))),
-        reconcile_max_backoff: Duration::from_millis(u64::from(r.reconciler.max_backoff_ms.unwrap_or(60_000))),
+        reconcile_initial_backoff: Duration::from_millis(u64::from(initial)),
+        reconcile_max_backoff: Duration::from_millis(u64::from(max)),
     }
 }
 
