@@ -24,6 +24,8 @@ impl std::fmt::Display for Broken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.seq {
             Some(s) => write!(f, "line {}: record seq {}: {}", self.line, s, self.reason),
+            // Line 0: the file itself (it could not be opened).
+            None if self.line == 0 => write!(f, "{}", self.reason),
             None => write!(f, "line {}: {}", self.line, self.reason),
         }
     }
