@@ -34,7 +34,17 @@ pub struct Reloader {
     audit: AuditLog,
     /// Asked before a channel is removed: one still holding unsettled payments must stay.
     store: Arc<dyn Store>,
+    /// The settings bound when the server started, which a reload cannot change.
+    bound: Bound,
     lock: tokio::sync::Mutex<()>,
+}
+
+/// Listeners, data directory and TLS material, as they run.
+struct Bound {
+    listen: String,
+    admin_listen: String,
+    data_dir: PathBuf,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Reloader {
@@ -47,7 +57,35 @@ impl Reloader {
         audit: AuditLog,
         store: Arc<dyn Store>,
     ) -> Self {
-        Reloader { dir, overrides, policy, metrics, audit, store, lock: tokio::sync::Mutex::new(()) }
+        let s = policy.load().server.clone();
+        let bound = Bound { listen: s.listen, admin_listen: s.admin_listen, data_dir: s.data_dir, tls: s.tls };
+        Reloader { dir, overrides, policy, metrics, audit, store, bound, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Keeps the settings bound at start in `new`, so that the published policy says what
+    /// runs (the readiness probe connects to its `listen`); returns those the config
+    /// changes, which take effect after a restart. A config put back to the running values
+    /// needs none.
+    fn keep_bound(&self, new: &mut Policy) -> Vec<&'static str> {
+        let (b, s) = (&self.bound, &mut new.server);
+        let mut changed = vec![];
+        if s.listen != b.listen {
+            changed.push("listen");
+            s.listen.clone_from(&b.listen);
+        }
+        if s.admin_listen != b.admin_listen {
+            changed.push("admin_listen");
+            s.admin_listen.clone_from(&b.admin_listen);
+        }
+        if s.data_dir != b.data_dir {
+            changed.push("data_dir");
+            s.data_dir.clone_from(&b.data_dir);
+        }
+        if s.tls != b.tls {
+            changed.push("tls");
+            s.tls.clone_from(&b.tls);
+        }
+        changed
     }
 
     /// Errors for channels the new policy drops while they still hold unsettled work: their
@@ -118,19 +156,7 @@ impl Reloader {
             Ok(new) if new.version == old.version => ReloadOutcome::Unchanged { version: old.version.clone() },
             Ok(mut new) => {
                 new.retire_from(&old);
-                let mut restart_required = vec![];
-                if new.server.listen != old.server.listen {
-                    restart_required.push("listen");
-                }
-                if new.server.admin_listen != old.server.admin_listen {
-                    restart_required.push("admin_listen");
-                }
-                if new.server.data_dir != old.server.data_dir {
-                    restart_required.push("data_dir");
-                }
-                if new.server.tls != old.server.tls {
-                    restart_required.push("tls");
-                }
+                let restart_required = self.keep_bound(&mut new);
                 let version = new.version.clone();
                 self.metrics.init_series(&new);
                 self.policy.store(Arc::new(new));

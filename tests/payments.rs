@@ -848,3 +848,23 @@ fn serve_refuses_to_start_when_its_port_is_taken() {
     assert!(!status.success(), "{err}");
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{} (payments API)", ports.api)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_listener_says_restart_and_keeps_serving_where_it_runs() {
+    let w = world(3000).await;
+    let server = w.tmp.path().join("cfg/server.yaml");
+    let text = std::fs::read_to_string(&server).unwrap();
+    let running = format!("127.0.0.1:{}", w.ports.api);
+    assert!(text.contains(&running), "{text}");
+    std::fs::write(&server, text.replace(&running, &format!("127.0.0.1:{}", free_port()))).unwrap();
+    let moved = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(moved.body["restart_required"], json!(["listen"]), "{}", moved.text);
+    // Still ready: the probe looks where the payments listener runs, not where it will.
+    let ready = get(&w.pm.admin, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    // Put back before any restart: nothing to restart for.
+    std::fs::write(&server, &text).unwrap();
+    let back = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(back.body["restart_required"], json!([]), "{}", back.text);
+}
