@@ -67,24 +67,23 @@ impl Reloader {
     /// changes, which take effect after a restart. A config put back to the running values
     /// needs none.
     fn keep_bound(&self, new: &mut Policy) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            name: &'static str,
+            configured: &mut T,
+            running: &T,
+            changed: &mut Vec<&'static str>,
+        ) {
+            if configured != running {
+                changed.push(name);
+                configured.clone_from(running);
+            }
+        }
         let (b, s) = (&self.bound, &mut new.server);
         let mut changed = vec![];
-        if s.listen != b.listen {
-            changed.push("listen");
-            s.listen.clone_from(&b.listen);
-        }
-        if s.admin_listen != b.admin_listen {
-            changed.push("admin_listen");
-            s.admin_listen.clone_from(&b.admin_listen);
-        }
-        if s.data_dir != b.data_dir {
-            changed.push("data_dir");
-            s.data_dir.clone_from(&b.data_dir);
-        }
-        if s.tls != b.tls {
-            changed.push("tls");
-            s.tls.clone_from(&b.tls);
-        }
+        keep("listen", &mut s.listen, &b.listen, &mut changed);
+        keep("admin_listen", &mut s.admin_listen, &b.admin_listen, &mut changed);
+        keep("data_dir", &mut s.data_dir, &b.data_dir, &mut changed);
+        keep("tls", &mut s.tls, &b.tls, &mut changed);
         changed
     }
 
