@@ -127,6 +127,8 @@ pub enum FaultError {
     Op(String),
     #[error("{field} must be at most {MAX_LATENCY_MS} ms, got {value}")]
     TooLong { field: &'static str, value: u64 },
+    #[error("`down` closes the listener until the fault is cleared; `times` and `ops` count operations and cannot bound it")]
+    DownBounded,
     #[error("{0}")]
     Syntax(String),
 }
@@ -142,6 +144,9 @@ impl Faults {
         }
         if let Some(op) = self.ops.iter().find(|o| !OPS.contains(&o.as_str())) {
             return Err(FaultError::Op(op.clone()));
+        }
+        if self.down && (self.times.is_some() || !self.ops.is_empty()) {
+            return Err(FaultError::DownBounded);
         }
         for (field, value) in [("latency_ms", self.latency_ms), ("callbacks.delay_ms", self.callbacks.delay_ms)] {
             if value > MAX_LATENCY_MS {
@@ -264,6 +269,7 @@ mod tests {
         assert_eq!(Faults::from_json(br#"{"error_status":99}"#).unwrap_err(), FaultError::Status(99));
         assert_eq!(Faults::from_json(br#"{"ops":["charge"]}"#).unwrap_err(), FaultError::Op("charge".into()));
         assert!(matches!(Faults::from_json(b"[5000,100,503,true]"), Err(FaultError::Syntax(_))));
+        assert_eq!(Faults::from_json(br#"{"down":true,"times":1}"#).unwrap_err(), FaultError::DownBounded);
         assert!(matches!(Faults::from_json(br#"{"latency_ms":600001}"#), Err(FaultError::TooLong { .. })));
         assert!(matches!(Faults::from_json(br#"{"error_rate_pct":-1}"#), Err(FaultError::Syntax(_))));
     }
