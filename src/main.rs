@@ -125,25 +125,29 @@ fn main() -> ExitCode {
                 match paymux::sandbox::load_faults(&f) {
                     Ok(m) => cfg.faults = m,
                     Err(e) => {
-                        eprintln!("error: {}: {e:#}", f.display());
+                        eprintln!("error: {e:#}");
                         return ExitCode::FAILURE;
                     }
                 }
             }
-            println!("paymux sandbox: control http://{listen}/_sandbox/faults");
-            for s in &cfg.stripe {
-                println!("  {:<15} stripe  http://{}", s.name, s.listen);
-            }
-            for a in &cfg.antom {
-                println!("  {:<15} antom   http://{}", a.name, a.listen);
-            }
-            match paymux::sandbox::run_standalone(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
+            // Bound (and its faults checked) before saying where it listens.
+            let (stripe, antom) = (cfg.stripe.clone(), cfg.antom.clone());
+            let service = match paymux::sandbox::SandboxService::bind(cfg) {
+                Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
+            };
+            println!("paymux sandbox: control http://{listen}/_sandbox/faults");
+            for s in &stripe {
+                println!("  {:<15} stripe  http://{}", s.name, s.listen);
             }
+            for a in &antom {
+                println!("  {:<15} antom   http://{}", a.name, a.listen);
+            }
+            paymux::sandbox::run_standalone(service);
+            ExitCode::SUCCESS
         }
         Cmd::Audit { cmd: AuditCmd::Verify { file } } => match paymux::audit::verify::verify_file(&file) {
             Ok(r) => {

@@ -127,7 +127,9 @@ pub enum FaultError {
     Op(String),
     #[error("{field} must be at most {MAX_LATENCY_MS} ms, got {value}")]
     TooLong { field: &'static str, value: u64 },
-    #[error("`down` closes the listener until the fault is cleared; `times` and `ops` count operations and cannot bound it")]
+    #[error(
+        "`down` closes the listener until the fault is cleared; `times` and `ops` count operations and cannot bound it"
+    )]
     DownBounded,
     #[error("{0}")]
     Syntax(String),

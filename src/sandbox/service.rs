@@ -256,9 +256,8 @@ impl BackgroundService for SandboxService {
     }
 }
 
-/// `paymux sandbox`: runs the sandbox in a pingora server until SIGINT or SIGTERM.
-pub fn run_standalone(cfg: SandboxConfig) -> anyhow::Result<()> {
-    let service = SandboxService::bind(cfg)?;
+/// `paymux sandbox`: runs the bound sandbox in a pingora server until SIGINT or SIGTERM.
+pub fn run_standalone(service: SandboxService) {
     // Nothing to drain: leave promptly on SIGTERM.
     let conf =
         ServerConf { grace_period_seconds: Some(0), graceful_shutdown_timeout_seconds: Some(1), ..Default::default() };
@@ -266,5 +265,4 @@ pub fn run_standalone(cfg: SandboxConfig) -> anyhow::Result<()> {
     server.bootstrap();
     server.add_service(background_service("paymux sandbox", service));
     server.run(RunArgs::default());
-    Ok(())
 }
