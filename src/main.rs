@@ -162,7 +162,14 @@ fn main() -> ExitCode {
         Cmd::Check { dir, online } => check(&dir, online),
         Cmd::Key { cmd: KeyCmd::Hash } => {
             let mut s = String::new();
-            if std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).is_err() {
+            // Typed at a terminal: the line is the key. Piped: all of it, to refuse several.
+            let stdin = std::io::stdin();
+            let read = if std::io::IsTerminal::is_terminal(&stdin) {
+                stdin.read_line(&mut s).map(drop)
+            } else {
+                std::io::Read::read_to_string(&mut stdin.lock(), &mut s).map(drop)
+            };
+            if read.is_err() {
                 eprintln!("error: cannot read the key from standard input");
                 return ExitCode::FAILURE;
             }

@@ -37,6 +37,10 @@ pub enum StartError {
 /// applies it first anyway).
 const JOURNAL_APPLY_EVERY: Duration = Duration::from_millis(10);
 
+/// How long an address in use is tried again at start (a previous instance draining takes
+/// up to its grace period plus its shutdown timeout, 6 s).
+const LISTEN_RETRY: Duration = Duration::from_secs(10);
+
 /// What `paymux serve` was asked for.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -108,19 +112,38 @@ pub fn stranded_channels(store: &dyn Store, policy: &crate::policy::Policy) -> V
 /// Fails when `addr` cannot be listened on (another process holds it, no permission, not an
 /// address of this machine). pingora would retry for a while and then stop only that
 /// listener's thread, leaving a process that looks up but serves nothing there (and a
-/// readiness probe that may reach whoever holds the port).
-fn can_listen(what: &str, addr: &str) -> Result<(), StartError> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
+/// readiness probe that may reach whoever holds the port). An address in use is tried again
+/// for a while, as pingora does: a previous instance may still be draining. Binds the first
+/// address a host name resolves to, the one pingora takes; returns the listener, to be
+/// dropped before pingora binds.
+fn can_listen(what: &str, addr: &str) -> Result<std::net::TcpListener, StartError> {
+    use std::net::ToSocketAddrs;
+    let fail = |e: std::io::Error| StartError::Other(format!("cannot listen on {addr} ({what}): {e}"));
+    let first = addr
+        .to_socket_addrs()
+        .map_err(fail)?
+        .next()
+        .ok_or_else(|| fail(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
+    let deadline = std::time::Instant::now() + LISTEN_RETRY;
+    loop {
+        match std::net::TcpListener::bind(first) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tracing::warn!(%addr, what, "address in use; trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => return r.map_err(fail),
+        }
+    }
 }
 
 /// Builds the server: every service added, nothing running yet.
 pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let policy = config::load_dir(&opts.config_dir, &opts.overrides).map_err(StartError::Config)?;
     let s = policy.server.clone();
-    can_listen("payments API", &s.listen)?;
-    can_listen("admin", &s.admin_listen)?;
+    // Both held at once, so that two addresses overlapping each other are caught too.
+    let api = can_listen("payments API", &s.listen)?;
+    let admin = can_listen("admin", &s.admin_listen)?;
+    drop((api, admin));
     let sqlite =
         Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
     SqliteStore::spawn_applier(&sqlite, JOURNAL_APPLY_EVERY);

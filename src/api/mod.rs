@@ -216,3 +216,26 @@ pub fn engine_problem(e: &crate::engine::EngineError) -> Problem {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    #[test]
+    fn all_lists_every_endpoint_once() {
+        // Exhaustive: a new endpoint does not compile until it is numbered here, and the
+        // numbers say whether `ALL` lists it.
+        let n = |e: Endpoint| match e {
+            Endpoint::CreatePayment => 0,
+            Endpoint::GetPayment => 1,
+            Endpoint::CancelPayment => 2,
+            Endpoint::CreateRefund => 3,
+            Endpoint::GetRefund => 4,
+            Endpoint::Webhook => 5,
+            Endpoint::Other => 6,
+        };
+        let mut seen: Vec<usize> = Endpoint::ALL.iter().map(|&e| n(e)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..7).collect::<Vec<_>>());
+    }
+}

@@ -68,15 +68,20 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let mut files = Vec::new();
     let mut broken = Vec::new();
     for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        let hidden = p.file_name().is_none_or(|n| n.as_encoded_bytes().starts_with(b"."));
         if hidden || !matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             continue;
         }
-        if p.is_file() {
-            files.push(p);
-        } else if p.is_symlink() {
-            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-            broken.push(at(p.display().to_string(), format!("a symbolic link to `{target}`, which cannot be read")));
+        // Followed through links: a file is config, a directory is not, and a link that
+        // leads nowhere (or cannot be followed) is reported.
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => files.push(p),
+            Ok(_) => {}
+            Err(e) => {
+                let target =
+                    std::fs::read_link(&p).map(|t| format!(" (a link to `{}`)", t.display())).unwrap_or_default();
+                broken.push(at(p.display().to_string(), format!("cannot be read{target}: {e}")));
+            }
         }
     }
     if !broken.is_empty() {
@@ -280,5 +285,10 @@ mod tests {
         let e = super::config_files(d).unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].file.ends_with("05-usd.yaml") && e[0].message.contains("`gone.yaml`"), "{e:?}");
+        // A directory with a config-like name, linked or not, is not config.
+        std::fs::remove_file(d.join("05-usd.yaml")).unwrap();
+        std::fs::create_dir(d.join("old.yaml")).unwrap();
+        std::os::unix::fs::symlink("old.yaml", d.join("older.yaml")).unwrap();
+        assert_eq!(super::config_files(d).unwrap(), vec![d.join("routing.yaml")]);
     }
 }

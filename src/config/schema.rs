@@ -55,14 +55,20 @@ pub fn validate(kind: &str, doc: &Value, spans: &SpanMap, file: &str) -> Vec<Dia
         let ptr = err.instance_path().as_str().to_string();
         let field = display_path(&ptr);
         let schema_ptr = err.schema_path().as_str().to_string();
-        // A secret written inline: said without repeating it (the message reaches the log,
-        // the reload's answer and the audit log).
-        if is_secret_ref(&c.schema, &schema_ptr) {
-            let message = format!(
-                "`{field}` must be a secret reference, `env:NAME` or `file:PATH` (what is written there is not shown)"
-            );
-            let help = "secrets are never inline: put it in an environment variable or a file and refer to that";
-            out.push(diag(file, spans, &ptr, false, message, Some(help.into())));
+        // A secret (or what may be one: a key pasted where its hash goes) written in the
+        // wrong form: said without repeating it (the message reaches the log, the reload's
+        // answer and the audit log). Such fields are `writeOnly` in the schemas.
+        if hides_value(&c.schema, &schema_ptr) {
+            let (message, help) = if is_secret_ref(&c.schema, &schema_ptr) {
+                (
+                    format!("`{field}` must be a secret reference, `env:NAME` or `file:PATH` (what is written there is not shown)"),
+                    "secrets are never inline: put it in an environment variable or a file and refer to that".to_string(),
+                )
+            } else {
+                let what = schema_description(&c.schema, &schema_ptr).unwrap_or_default();
+                (format!("`{field}` is not valid (what is written there is not shown)"), what)
+            };
+            out.push(diag(file, spans, &ptr, false, message, Some(help)));
             continue;
         }
         let (pos_ptr, message, help): (String, String, Option<String>) = match err.kind() {
@@ -246,7 +252,20 @@ fn sibling_properties(root: &Value, schema_ptr: &str) -> Vec<String> {
     names
 }
 
-/// The `description` of the schema node owning a keyword error.
+/// True when the keyword at `schema_ptr` lies within a `writeOnly` schema (at any depth
+/// under it): the value it judged must not be repeated.
+fn hides_value(root: &Value, schema_ptr: &str) -> bool {
+    let mut prefix = String::new();
+    for seg in schema_ptr.split('/').skip(1) {
+        prefix.push('/');
+        prefix.push_str(seg);
+        if resolve(root, &prefix).is_some_and(|n| n.get("writeOnly") == Some(&Value::Bool(true))) {
+            return true;
+        }
+    }
+    false
+}
+
 /// True when the keyword at `schema_ptr` belongs to the secret-reference definition.
 fn is_secret_ref(root: &Value, schema_ptr: &str) -> bool {
     let parent = schema_ptr.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
@@ -256,6 +275,7 @@ fn is_secret_ref(root: &Value, schema_ptr: &str) -> bool {
     }
 }
 
+/// The `description` of the schema node owning a keyword error.
 fn schema_description(root: &Value, schema_ptr: &str) -> Option<String> {
     let parent = schema_ptr.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
     let node = resolve(root, parent)?;

@@ -140,10 +140,11 @@ impl Engine {
             CancelOutcome::Unknown { code } => {
                 // The cancel may have reached the provider: its view, if it gives one, answers.
                 self.adopt_provider_view(ctx, policy, p).await?;
-                if p.status == PaymentStatus::Canceled {
-                    Ok(v)
-                } else {
-                    Err(EngineError::ProviderUnavailable(code))
+                match p.status {
+                    PaymentStatus::Canceled => Ok(v),
+                    // It completed (or failed) before the cancel could act.
+                    s if s.is_final() => Err(EngineError::NotCancelable(s)),
+                    _ => Err(EngineError::ProviderUnavailable(code)),
                 }
             }
         }
