@@ -46,6 +46,17 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
     assert_eq!(none_left.status, 409, "{}", none_left.text);
     assert_eq!(none_left.body["code"], "payment_not_refundable");
     assert!(none_left.body["detail"].as_str().unwrap().contains("refunded in full"), "{}", none_left.text);
+    // The provider's callbacks (the payment's, both refunds') told paymux nothing new: none
+    // counts as applied.
+    let webhooks = |outcome: &'static str| {
+        let w = &w;
+        async move {
+            let m = w.metrics().await;
+            metric(&m, "paymux_webhooks_total", &format!("channel=\"stripe_primary\",outcome=\"{outcome}\""))
+        }
+    };
+    assert!(eventually(Duration::from_secs(10), || async { webhooks("unchanged").await >= 3.0 }).await);
+    assert_eq!(webhooks("applied").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +164,32 @@ async fn a_cancel_whose_answer_is_lost_asks_the_provider_before_answering() {
     let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
     assert_eq!(c.status, 200, "{}", c.text);
     assert_eq!(c.body["status"], "canceled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_event_about_another_payment_intent_carrying_our_reference_is_not_applied() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "3ds", json!({"amount": 3000, "currency": "HKD", "method": "visa", "order_id": "o-3ds", "payment_method_data": {"token": "pm_card_threeDSecure2Required"}})).await;
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // Correctly signed, naming our attempt in its metadata, but about another PaymentIntent
+    // (anything else on the same Stripe account could create one).
+    let ev = json!({"id": "evt_other", "object": "event", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_someone_else", "object": "payment_intent", "status": "succeeded", "amount": 400, "currency": "hkd", "metadata": {"paymux_attempt": format!("{id}-a1")}}}}).to_string();
+    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
+    let t = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mac =
+        paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{t}.{ev}").as_bytes()));
+    let sent = send(
+        client()
+            .post(format!("{}/v1/webhooks/stripe_primary", w.pm.api))
+            .header("stripe-signature", format!("t={t},v1={mac}"))
+            .body(ev),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "requires_action");
+    let m = w.metrics().await;
+    assert_eq!(metric(&m, "paymux_webhooks_total", r#"channel="stripe_primary",outcome="unmatched""#), 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

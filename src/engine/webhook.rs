@@ -43,7 +43,10 @@ impl Engine {
                 let (c, pr, ar) = (ch.id.clone(), provider_ref.clone(), attempt_ref.clone());
                 crate::store::call(&self.store, move |s| {
                     let a = match ar {
-                        Some(a) => s.attempt_by_ref(&a)?,
+                        // Found by our reference (metadata): when the attempt already knows the
+                        // provider's object, the event must be about that one. Anything else on
+                        // the provider account may carry our reference; it is not applied.
+                        Some(a) => s.attempt_by_ref(&a)?.filter(|a| a.provider_ref.as_deref().is_none_or(|r| r == pr)),
                         None => s.attempt_by_provider_ref(&c, &pr)?,
                     };
                     let p = match &a {
@@ -84,9 +87,13 @@ impl Engine {
             },
             WebhookKind::Refund { refund_id, state, provider_refund_ref } => match refund_id {
                 Some(rid) => match self.apply_refund_event(rid, state, provider_refund_ref).await? {
-                    Some(pid) => {
+                    Some((pid, changed)) => {
                         payment_id = Some(pid);
-                        "applied"
+                        if changed {
+                            "applied"
+                        } else {
+                            "unchanged"
+                        }
                     }
                     None => "unmatched",
                 },
@@ -132,8 +139,8 @@ impl Engine {
         })
     }
 
-    /// Applies a refund callback; returns the refund's payment id, or `None` for an unknown
-    /// refund. Pending settles either way; a refund the provider reports failed after all
+    /// Applies a refund callback; returns the refund's payment id and whether the refund
+    /// changed, or `None` for an unknown refund. Pending settles either way; a refund the provider reports failed after all
     /// (Stripe's refund.failed) is reversed; a failure paymux inferred (the provider showed no
     /// such refund) yields to the provider saying it succeeded. Written against the status it
     /// read, re-read once if another writer got there first.
@@ -142,7 +149,7 @@ impl Engine {
         rid: &str,
         state: &crate::connector::RefundState,
         provider_refund_ref: &Option<String>,
-    ) -> Result<Option<String>, EngineError> {
+    ) -> Result<Option<(String, bool)>, EngineError> {
         for _ in 0..2 {
             let Ok(mut r) = self.get_refund(rid).await else { return Ok(None) };
             let new_status = super::ops::refund_status(state);
@@ -151,7 +158,7 @@ impl Engine {
                 || (r.status == "succeeded" && new_status == "failed")
                 || (inferred && new_status == "succeeded");
             if !applies {
-                return Ok(Some(r.payment_id));
+                return Ok(Some((r.payment_id, false)));
             }
             let read = std::mem::replace(&mut r.status, new_status.into());
             r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
@@ -159,7 +166,7 @@ impl Engine {
             let row = r.clone();
             if crate::store::call(&self.store, move |s| s.update_refund(&row, &read)).await? {
                 self.settle_refund_totals(&r.payment_id).await?;
-                return Ok(Some(r.payment_id));
+                return Ok(Some((r.payment_id, true)));
             }
         }
         Err(EngineError::Store(crate::store::StoreError::Backend(format!(
