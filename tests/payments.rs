@@ -175,17 +175,7 @@ async fn a_signed_event_about_another_payment_intent_carrying_our_reference_is_n
     // Correctly signed, naming our attempt in its metadata, but about another PaymentIntent
     // (anything else on the same Stripe account could create one).
     let ev = json!({"id": "evt_other", "object": "event", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_someone_else", "object": "payment_intent", "status": "succeeded", "amount": 400, "currency": "hkd", "metadata": {"paymux_attempt": format!("{id}-a1")}}}}).to_string();
-    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
-    let t = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mac =
-        paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{t}.{ev}").as_bytes()));
-    let sent = send(
-        client()
-            .post(format!("{}/v1/webhooks/stripe_primary", w.pm.api))
-            .header("stripe-signature", format!("t={t},v1={mac}"))
-            .body(ev),
-    )
-    .await;
+    let sent = send(stripe_event(&format!("{}/v1/webhooks/stripe_primary", w.pm.api), &ev)).await;
     assert_eq!(sent.status, 200, "{}", sent.text);
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "requires_action");
     let m = w.metrics().await;
