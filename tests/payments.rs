@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn card_payment_refunds_partially_then_fully_never_beyond() {
     let w = world(3000).await;
+    // Callbacks held back a little, so each arrives after paymux has recorded the answer it
+    // repeats (a callback first can settle a refund itself, and counts as applied).
+    w.fault("stripe_primary", json!({"callbacks": {"delay_ms": 1000}})).await;
     let r = create(&w.pm.api, "c1", card("order-c1", 10_000)).await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["status"], "succeeded");
@@ -46,8 +49,8 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
     assert_eq!(none_left.status, 409, "{}", none_left.text);
     assert_eq!(none_left.body["code"], "payment_not_refundable");
     assert!(none_left.body["detail"].as_str().unwrap().contains("refunded in full"), "{}", none_left.text);
-    // The provider's callbacks (the payment's, both refunds') told paymux nothing new: none
-    // counts as applied.
+    // The provider's callbacks (the payment's, both refunds'), arriving after paymux's own
+    // answers, told it nothing new: none counts as applied.
     let webhooks = |outcome: &'static str| {
         let w = &w;
         async move {
