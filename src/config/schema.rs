@@ -58,8 +58,8 @@ pub fn validate(kind: &str, doc: &Value, spans: &SpanMap, file: &str) -> Vec<Dia
         // A secret (or what may be one: a key pasted where its hash goes) written in the
         // wrong form: said without repeating it (the message reaches the log, the reload's
         // answer and the audit log). Such fields are `writeOnly` in the schemas.
-        if hides_value(&c.schema, &schema_ptr) {
-            let (message, help) = if is_secret_ref(&c.schema, &schema_ptr) {
+        if let Some(node) = write_only(&c.schema, &schema_ptr) {
+            let (message, help) = if Some(node) == c.schema.pointer("/$defs/secret_ref") {
                 (
                     format!("`{field}` must be a secret reference, `env:NAME` or `file:PATH` (what is written there is not shown)"),
                     "secrets are never inline: put it in an environment variable or a file and refer to that".to_string(),
@@ -252,27 +252,18 @@ fn sibling_properties(root: &Value, schema_ptr: &str) -> Vec<String> {
     names
 }
 
-/// True when the keyword at `schema_ptr` lies within a `writeOnly` schema (at any depth
-/// under it): the value it judged must not be repeated.
-fn hides_value(root: &Value, schema_ptr: &str) -> bool {
+/// The `writeOnly` schema the keyword at `schema_ptr` lies within (at any depth under it),
+/// if any: the value it judged must not be repeated.
+fn write_only<'a>(root: &'a Value, schema_ptr: &str) -> Option<&'a Value> {
     let mut prefix = String::new();
     for seg in schema_ptr.split('/').skip(1) {
         prefix.push('/');
         prefix.push_str(seg);
-        if resolve(root, &prefix).is_some_and(|n| n.get("writeOnly") == Some(&Value::Bool(true))) {
-            return true;
+        if let Some(n) = resolve(root, &prefix).filter(|n| n.get("writeOnly") == Some(&Value::Bool(true))) {
+            return Some(n);
         }
     }
-    false
-}
-
-/// True when the keyword at `schema_ptr` belongs to the secret-reference definition.
-fn is_secret_ref(root: &Value, schema_ptr: &str) -> bool {
-    let parent = schema_ptr.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-    match (resolve(root, parent), root.pointer("/$defs/secret_ref")) {
-        (Some(node), Some(def)) => node == def,
-        _ => false,
-    }
+    None
 }
 
 /// The `description` of the schema node owning a keyword error.

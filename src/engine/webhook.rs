@@ -140,10 +140,11 @@ impl Engine {
     }
 
     /// Applies a refund callback; returns the refund's payment id and whether the refund
-    /// changed, or `None` for an unknown refund. Pending settles either way; a refund the provider reports failed after all
-    /// (Stripe's refund.failed) is reversed; a failure paymux inferred (the provider showed no
-    /// such refund) yields to the provider saying it succeeded. Written against the status it
-    /// read, re-read once if another writer got there first.
+    /// changed, or `None` for an unknown refund. Pending settles either way; a refund the
+    /// provider reports failed after all (Stripe's refund.failed) is reversed; a failure
+    /// paymux inferred (the provider showed no such refund) yields to the provider saying it
+    /// succeeded. Written against the status it read, re-read once if another writer got
+    /// there first.
     async fn apply_refund_event(
         &self,
         rid: &str,
