@@ -9,7 +9,7 @@ if ! command -v cmake >/dev/null 2>&1; then
   echo "setup: installing cmake (needed by pingora's zlib-ng build)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
 fi
 
 # `scripts/setup.sh demo` installs only what running the demo needs.
