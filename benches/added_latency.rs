@@ -109,6 +109,19 @@ fn table(stats: &[&Stats]) {
             s.pct(0.999)
         );
     }
+    println!("\nby place in the block (first {OPENING} requests of each block, then the rest):\n");
+    println!("| kind | opening: p99 | over 1 ms | rest: p99 | over 1 ms |");
+    println!("|---|---|---|---|---|");
+    for s in stats {
+        println!(
+            "| {} | {:.3} | {:.2} % | {:.3} | {:.2} % |",
+            s.name,
+            s.opening.pct(0.99),
+            s.opening.over(1.0),
+            s.rest.pct(0.99),
+            s.rest.over(1.0)
+        );
+    }
 }
 
 fn env_or(name: &str, d: u64) -> u64 {
@@ -123,7 +136,14 @@ struct Stats {
     lat: Dist,
     /// Latency from the request's own start (what the schedule's lateness leaves out).
     round_trip: Dist,
+    /// Latency from the scheduled send of the first `OPENING` requests of each block, and of
+    /// the rest: a kind idle through the other kinds' blocks may start each block cold.
+    opening: Dist,
+    rest: Dist,
 }
+
+/// Requests at the start of each block counted as its opening.
+const OPENING: u64 = 5;
 
 impl Stats {
     fn pct(&self, p: f64) -> f64 {
@@ -172,10 +192,11 @@ async fn run<const N: usize>(
             let j = n[k];
             n[k] += 1;
             let fut = kinds[k](j);
+            let opening = j % per_block < OPENING;
             handles.push(rt.spawn(async move {
                 let began = Instant::now();
                 let ok = fut.await;
-                (k, ok, at.elapsed().as_micros() as u64, began.elapsed().as_micros() as u64)
+                (k, ok, at.elapsed().as_micros() as u64, began.elapsed().as_micros() as u64, opening)
             }));
         }
         late_us.sort_unstable();
@@ -184,23 +205,33 @@ async fn run<const N: usize>(
     let (handles, late_us) = tokio::task::spawn_blocking(move || pacer.join().expect("pacer")).await.expect("pacer");
     let pct = |p: f64| late_us[((late_us.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
     println!("(sends left the schedule late by p50 {:.3} ms, p99 {:.3} ms)", pct(0.5), pct(0.99));
-    let mut lat = names.map(|_| (Vec::with_capacity(total as usize / N), Vec::with_capacity(total as usize / N)));
-    let mut s =
-        names.map(|name| Stats { name, sent: 0, errors: 0, lat: Dist(Vec::new()), round_trip: Dist(Vec::new()) });
+    let mut lat = names.map(|_| <[Vec<u64>; 4]>::default());
+    let mut s = names.map(|name| Stats {
+        name,
+        sent: 0,
+        errors: 0,
+        lat: Dist(Vec::new()),
+        round_trip: Dist(Vec::new()),
+        opening: Dist(Vec::new()),
+        rest: Dist(Vec::new()),
+    });
     for h in handles {
-        if let Ok((k, ok, us, rt_us)) = h.await {
+        if let Ok((k, ok, us, rt_us, opening)) = h.await {
             s[k].sent += 1;
             if ok {
-                lat[k].0.push(us);
-                lat[k].1.push(rt_us);
+                lat[k][0].push(us);
+                lat[k][1].push(rt_us);
+                lat[k][if opening { 2 } else { 3 }].push(us);
             } else {
                 s[k].errors += 1;
             }
         }
     }
-    for (k, (lat, rt)) in s.iter_mut().zip(lat) {
+    for (k, [lat, rt, opening, rest]) in s.iter_mut().zip(lat) {
         k.lat = Dist::new(lat);
         k.round_trip = Dist::new(rt);
+        k.opening = Dist::new(opening);
+        k.rest = Dist::new(rest);
     }
     s
 }

@@ -104,6 +104,33 @@ async fn cancel_of_a_payment_whose_answer_was_lost_asks_the_provider_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_for_an_attempt_whose_provider_object_is_unknown_must_state_the_payments_amount() {
+    let w = world(3000).await;
+    let fault =
+        json!({"error_rate_pct": 100, "error_status": 500, "ops": ["create", "query"], "callbacks": {"drop": true}});
+    w.fault("stripe_primary", fault).await;
+    let r = pay(&w, "unknown-object").await;
+    assert_eq!(r.body["status"], "processing", "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let url = format!("{}/v1/webhooks/stripe_primary", w.pm.api);
+    let event = |evt: &str, pi: &str, amount: i64| {
+        json!({"id": evt, "object": "event", "type": "payment_intent.succeeded", "data": {"object": {"id": pi, "object": "payment_intent", "status": "succeeded", "amount": amount, "currency": "hkd", "metadata": {"paymux_attempt": format!("{id}-a1")}}}}).to_string()
+    };
+    // Signed and naming our attempt, but for another amount: about some other PaymentIntent
+    // that carries our reference (the attempt does not know its own, its answer was lost).
+    let other = send(stripe_event(&url, &event("evt_other", "pi_other", 400))).await;
+    assert_eq!(other.status, 200, "{}", other.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "processing");
+    let m = w.metrics().await;
+    assert_eq!(metric(&m, "paymux_webhooks_total", r#"channel="stripe_primary",outcome="unmatched""#), 1.0, "{m}");
+    // The provider's word about our payment (its amount) settles it.
+    let ours = send(stripe_event(&url, &event("evt_ours", "pi_ours", 4200))).await;
+    assert_eq!(ours.status, 200, "{}", ours.text);
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(g.body["status"], "succeeded", "{}", g.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fully_blackholed_channel_leaves_payment_processing_for_the_reconciler() {
     let w = world(400).await;
     w.fault("stripe_primary", json!({"blackhole": true})).await;
@@ -174,6 +201,14 @@ async fn an_antom_payment_found_after_an_ambiguous_create_still_tells_the_payer_
     assert_eq!(r.body["next_action"]["type"], "redirect", "{}", r.text);
     assert!(r.body["next_action"]["url"].as_str().unwrap_or("").contains("/pay/"), "{}", r.text);
     assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
+    // The control API shows the one-off fault spent.
+    let f = send(client().get(format!("{}/_sandbox/faults", w.ctrl))).await;
+    assert_eq!(
+        (f.body["antom_hk"]["times"].as_u64(), f.body["antom_hk"]["times_used"].as_u64()),
+        (Some(1), Some(1)),
+        "{}",
+        f.text
+    );
 }
 
 /// Waits (up to 5 s) until the store in `data` shows an attempt being sent.

@@ -410,15 +410,6 @@ async fn a_refund_the_provider_fails_after_accepting_is_reversed() {
     assert!(reversed, "refund failure not applied; log:\n{}", w.pm.log());
 }
 
-/// A Stripe event signed with the primary channel's webhook secret, timestamped now.
-fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
-    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mac =
-        paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{now}.{ev}").as_bytes()));
-    client().post(url).header("stripe-signature", format!("t={now},v1={mac}")).body(ev.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_about_an_attempt_in_flight_is_deferred_unrecorded_then_applied() {
     let w = world(3000).await;

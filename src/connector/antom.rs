@@ -395,7 +395,15 @@ impl Connector for Antom {
                 };
                 Ok(WebhookEvent {
                     event_id: format!("PAYMENT_RESULT:{provider_ref}:{status}"),
-                    kind: WebhookKind::Payment { provider_ref, attempt_ref: s("paymentRequestId"), state },
+                    kind: WebhookKind::Payment {
+                        provider_ref,
+                        attempt_ref: s("paymentRequestId"),
+                        state,
+                        money: stated_money(
+                            v.pointer("/paymentAmount/value").and_then(Value::as_str).and_then(|m| m.parse().ok()),
+                            v.pointer("/paymentAmount/currency"),
+                        )?,
+                    },
                 })
             }
             "REFUND_RESULT" => {

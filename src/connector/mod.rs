@@ -196,6 +196,9 @@ pub enum WebhookKind {
         provider_ref: String,
         attempt_ref: Option<String>,
         state: ProviderState,
+        /// The amount and currency the event states, when it states them: the engine applies
+        /// an event only to a payment of that amount.
+        money: Option<Money>,
     },
     Refund {
         refund_id: Option<String>,
@@ -261,11 +264,53 @@ pub trait Connector: Send + Sync + 'static {
     fn webhook_ack(&self) -> (&'static str, Bytes);
 }
 
+/// The money a callback states (an amount in minor units and a currency code, in either
+/// case): `None` when it states neither; one without the other, or an amount or currency
+/// paymux cannot read, makes the callback malformed.
+pub(crate) fn stated_money(
+    minor: Option<i64>,
+    currency: Option<&serde_json::Value>,
+) -> Result<Option<Money>, WebhookError> {
+    match (minor, currency) {
+        (None, None) => Ok(None),
+        (Some(minor), Some(c)) => {
+            let c = c.as_str().and_then(|c| crate::domain::Currency::parse(&c.to_ascii_uppercase()).ok());
+            c.and_then(|c| Money::new(minor, c).ok())
+                .map(Some)
+                .ok_or_else(|| WebhookError::Malformed("unreadable amount or currency".into()))
+        }
+        _ => Err(WebhookError::Malformed("an amount without a currency, or a currency without an amount".into())),
+    }
+}
+
 /// The methods a connector kind can carry at all; channel config may narrow them.
 pub fn kind_methods(kind: &str) -> &'static [Method] {
     match kind {
         "stripe" => stripe::METHODS,
         "antom" => antom::METHODS,
         _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stated_money_reads_both_or_neither() {
+        let hkd = crate::domain::Currency::parse("HKD").unwrap();
+        assert_eq!(stated_money(None, None), Ok(None));
+        assert_eq!(stated_money(Some(1999), Some(&json!("hkd"))), Ok(Some(Money::new(1999, hkd).unwrap())));
+        assert_eq!(stated_money(Some(1999), Some(&json!("HKD"))), Ok(Some(Money::new(1999, hkd).unwrap())));
+        for (minor, cur) in [
+            (Some(1999), None),
+            (None, Some(json!("hkd"))),
+            (Some(1999), Some(json!("xyz"))),
+            (Some(0), Some(json!("hkd"))),
+            (Some(5), Some(json!(5))),
+        ] {
+            assert!(matches!(stated_money(minor, cur.as_ref()), Err(WebhookError::Malformed(_))), "{minor:?} {cur:?}");
+        }
     }
 }

@@ -411,6 +411,7 @@ impl Connector for Stripe {
                     provider_ref: p.provider_ref,
                     attempt_ref: obj.pointer("/metadata/paymux_attempt").and_then(Value::as_str).map(String::from),
                     state: p.state,
+                    money: stated_money(obj.get("amount").and_then(Value::as_i64), obj.get("currency"))?,
                 }
             }
             Some("refund") => WebhookKind::Refund {
@@ -545,7 +546,8 @@ mod tests {
             WebhookKind::Payment {
                 provider_ref: "pi_1".into(),
                 attempt_ref: Some("pay_1-a1".into()),
-                state: ProviderState::Succeeded
+                state: ProviderState::Succeeded,
+                money: None,
             }
         );
         assert_eq!(c.verify_webhook("/", &h, body, now + 301).unwrap_err(), WebhookError::Stale);

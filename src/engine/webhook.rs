@@ -39,8 +39,8 @@ impl Engine {
         // attempt still in flight is not recorded (and answered "retry"), so the provider's
         // redelivery is applied once the engine has stored the attempt's own answer.
         let target = match &ev.kind {
-            WebhookKind::Payment { provider_ref, attempt_ref, .. } => {
-                let (c, pr, ar) = (ch.id.clone(), provider_ref.clone(), attempt_ref.clone());
+            WebhookKind::Payment { provider_ref, attempt_ref, money, .. } => {
+                let (c, pr, ar, money) = (ch.id.clone(), provider_ref.clone(), attempt_ref.clone(), *money);
                 crate::store::call(&self.store, move |s| {
                     let a = match ar {
                         // Found by our reference (metadata): when the attempt already knows the
@@ -49,8 +49,12 @@ impl Engine {
                         Some(a) => s.attempt_by_ref(&a)?.filter(|a| a.provider_ref.as_deref().is_none_or(|r| r == pr)),
                         None => s.attempt_by_provider_ref(&c, &pr)?,
                     };
+                    // And it must be about the payment's amount: an event stating another
+                    // amount or currency is about something else, whatever it carries.
                     let p = match &a {
-                        Some(a) => s.get_payment(&a.payment_id)?,
+                        Some(a) => s
+                            .get_payment(&a.payment_id)?
+                            .filter(|p| money.is_none_or(|m| m.minor() == p.amount && m.currency() == p.currency)),
                         None => None,
                     };
                     Ok(a.zip(p))

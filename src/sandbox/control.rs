@@ -45,7 +45,15 @@ impl Control {
         Value::Object(
             self.instances
                 .iter()
-                .map(|(n, i)| (n.clone(), serde_json::to_value(i.faults()).unwrap_or_default()))
+                .map(|(n, i)| {
+                    let f = i.faults();
+                    let mut v = serde_json::to_value(&f).unwrap_or_default();
+                    // A bounded fault also says how much of it is spent.
+                    if let (Some(times), Some(o)) = (f.times, v.as_object_mut()) {
+                        o.insert("times_used".into(), f.used().min(times).into());
+                    }
+                    (n.clone(), v)
+                })
                 .collect(),
         )
     }

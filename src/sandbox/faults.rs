@@ -161,13 +161,23 @@ impl Faults {
     /// Parses and checks a JSON body (the control API's `PUT /_sandbox/faults/{instance}`).
     pub fn from_json(body: &[u8]) -> Result<Faults, FaultError> {
         let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| FaultError::Syntax(e.to_string()))?;
+        Faults::from_value(v)
+    }
+
+    /// Reads and checks one instance's faults, given as a JSON or YAML tree.
+    pub fn from_value(v: serde_json::Value) -> Result<Faults, FaultError> {
         // Fields by name only: serde would also take a list of values by position.
         if !v.is_object() {
-            return Err(FaultError::Syntax("expected a JSON object of fault fields".into()));
+            return Err(FaultError::Syntax("expected an object (a mapping) of fault fields".into()));
         }
         let f: Faults = serde_json::from_value(v).map_err(|e| FaultError::Syntax(e.to_string()))?;
         f.validate()?;
         Ok(f)
+    }
+
+    /// Matching operations these faults have met since they were set.
+    pub fn used(&self) -> u64 {
+        self.used.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether these faults apply to this `op` (counting it against `times`).

@@ -152,13 +152,15 @@ pub fn load_faults(path: &Path) -> anyhow::Result<HashMap<String, Faults>> {
     if text.trim().is_empty() {
         return Ok(HashMap::new());
     }
-    let map: HashMap<String, Faults> = if path.extension().is_some_and(|e| e == "json") {
+    let trees: HashMap<String, serde_json::Value> = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("{}: invalid faults", path.display()))?
     } else {
         serde_yaml::from_str(&text).with_context(|| format!("{}: invalid faults", path.display()))?
     };
-    for (name, f) in &map {
-        f.validate().with_context(|| format!("{}: instance `{name}`", path.display()))?;
+    let mut map = HashMap::new();
+    for (name, v) in trees {
+        let f = Faults::from_value(v).with_context(|| format!("{}: instance `{name}`", path.display()))?;
+        map.insert(name, f);
     }
     Ok(map)
 }
@@ -199,6 +201,9 @@ mod tests {
         assert!(format!("{:#}", load_faults(&j).unwrap_err()).contains("unknown field `error_rate`"));
         std::fs::write(&y, "antom_hk:\n  ops: [charge]\n").unwrap();
         assert!(format!("{:#}", load_faults(&y).unwrap_err()).contains("unknown op `charge`"));
+        // Fields by name only (serde alone would take a list of values by position).
+        std::fs::write(&y, "antom_hk: [0, 0, 503]\n").unwrap();
+        assert!(format!("{:#}", load_faults(&y).unwrap_err()).contains("expected an object"));
         std::fs::write(&y, "").unwrap();
         assert!(load_faults(&y).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -174,6 +174,15 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
+/// A Stripe event signed with the primary channel's webhook secret, timestamped now.
+pub fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
+    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mac =
+        paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{now}.{ev}").as_bytes()));
+    client().post(url).header("stripe-signature", format!("t={now},v1={mac}")).body(ev.to_string())
+}
+
 pub async fn send(req: reqwest::RequestBuilder) -> Resp {
     let r = req.send().await.expect("request");
     let status = r.status().as_u16();
