@@ -113,11 +113,12 @@ fn main() -> ExitCode {
                 config_dir: config,
                 overrides: paymux::config::Overrides { listen, admin_listen, data_dir, public_base_url },
                 threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+                sandbox_control: with_sandbox.then_some(SANDBOX_CONTROL.into()),
             };
-            serve(&opts, with_sandbox)
+            serve(&opts)
         }
         Cmd::Sandbox { listen, callback_base, faults, antom_tls_listen } => {
-            let mut cfg = sandbox_config(listen, &callback_base);
+            let mut cfg = paymux::sandbox::SandboxConfig::at(listen, &callback_base);
             if let Some(a) = cfg.antom.first_mut() {
                 a.tls_listen = antom_tls_listen;
             }
@@ -213,25 +214,11 @@ fn check(dir: &std::path::Path, online: bool) -> ExitCode {
 }
 
 /// The demo sandbox with its control API at `control` and simulators on the next ports.
-fn sandbox_config(control: std::net::SocketAddr, callback_base: &str) -> paymux::sandbox::SandboxConfig {
-    let mut cfg = paymux::sandbox::SandboxConfig::demo(callback_base);
-    cfg.control_listen = control;
-    let mut port = control.port();
-    let mut next = || {
-        // Past the last port: 0 lets the OS pick (the startup banner shows the real ports).
-        port = port.checked_add(1).unwrap_or(0);
-        std::net::SocketAddr::new(control.ip(), port)
-    };
-    for s in cfg.stripe.iter_mut() {
-        s.listen = next();
-    }
-    for a in cfg.antom.iter_mut() {
-        a.listen = next();
-    }
-    cfg
-}
+/// Where `serve --with-sandbox` puts the sandbox's control API (the simulators on the next
+/// ports, as `routes/channels.yaml` expects).
+const SANDBOX_CONTROL: ([u8; 4], u16) = ([127, 0, 0, 1], 9100);
 
-fn serve(opts: &paymux::server::ServeOptions, with_sandbox: bool) -> ExitCode {
+fn serve(opts: &paymux::server::ServeOptions) -> ExitCode {
     let built = match paymux::server::build(opts) {
         Ok(b) => b,
         Err(e) => {
@@ -239,20 +226,8 @@ fn serve(opts: &paymux::server::ServeOptions, with_sandbox: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut built = built;
     let p = built.policy.load_full();
-    if with_sandbox {
-        let control: std::net::SocketAddr = ([127, 0, 0, 1], 9100).into();
-        // Bound now: a port in use stops the start here rather than leaving paymux running
-        // against simulators that are not there.
-        let sandbox = match paymux::sandbox::SandboxService::bind(sandbox_config(control, &p.server.public_base_url)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: sandbox: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
-        built.server.add_service(pingora::services::background::background_service("sandbox", sandbox));
+    if let Some(control) = opts.sandbox_control {
         println!("  sandbox       control http://{control}/_sandbox/faults; stripe_primary :9101, stripe_backup :9102, antom_hk :9103");
     }
     let scheme = if p.server.tls.is_some() { "https" } else { "http" };

@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub config_dir: PathBuf,
     pub overrides: Overrides,
     pub threads: usize,
+    /// Run the provider simulators too, their control API on this address (`--with-sandbox`).
+    pub sandbox_control: Option<std::net::SocketAddr>,
 }
 
 /// A built server, ready to run, plus what callers may want to print.
@@ -144,6 +146,15 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let api = can_listen("payments API", &s.listen)?;
     let admin = can_listen("admin", &s.admin_listen)?;
     drop((api, admin));
+    // The simulators are bound now too: a port in use stops the start before anything is
+    // opened or recorded, rather than leaving paymux running against simulators not there.
+    let sandbox = match opts.sandbox_control {
+        Some(control) => Some(
+            crate::sandbox::SandboxService::bind(crate::sandbox::SandboxConfig::at(control, &s.public_base_url))
+                .map_err(|e| StartError::Other(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     let sqlite =
         Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
     SqliteStore::spawn_applier(&sqlite, JOURNAL_APPLY_EVERY);
@@ -253,5 +264,8 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         ReloadService { reloader, debounce: Duration::from_millis(300) },
     ));
     server.add_service(background_service("housekeeping", Housekeeping { engine, policy: policy.clone() }));
+    if let Some(sandbox) = sandbox {
+        server.add_service(background_service("sandbox", sandbox));
+    }
     Ok(Built { server, policy })
 }

@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 #[test]
 fn demo_prints_a_working_curl_line() {
     let data = tempfile::tempdir().unwrap();
+    // A simulator's port held by another process: the start stops there, with the reason,
+    // before paymux opens or records anything.
+    {
+        let held = std::net::TcpListener::bind("127.0.0.1:9102").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_paymux"))
+            .args(["serve", "--config", "routes", "--with-sandbox", "--data-dir"])
+            .arg(data.path())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        drop(held);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("sandbox") && err.contains("127.0.0.1:9102"), "{err}");
+        assert!(!data.path().join("audit.jsonl").exists(), "nothing recorded for a start that did not happen");
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_paymux"))
         .args(["serve", "--config", "routes", "--with-sandbox", "--data-dir"])
         .arg(data.path())

@@ -113,6 +113,26 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 impl SandboxConfig {
+    /// The demo set with its control API on `control` and the simulators on the ports after
+    /// it, in order (`paymux sandbox --listen`, `paymux serve --with-sandbox`).
+    pub fn at(control: SocketAddr, callback_base: &str) -> SandboxConfig {
+        let mut cfg = SandboxConfig::demo(callback_base);
+        cfg.control_listen = control;
+        let mut port = control.port();
+        let mut next = || {
+            // Past the last port: 0 lets the OS pick (the startup banner shows the real ports).
+            port = port.checked_add(1).unwrap_or(0);
+            SocketAddr::new(control.ip(), port)
+        };
+        for s in cfg.stripe.iter_mut() {
+            s.listen = next();
+        }
+        for a in cfg.antom.iter_mut() {
+            a.listen = next();
+        }
+        cfg
+    }
+
     /// The demo set the example config in `routes/` expects: control on 127.0.0.1:9100,
     /// `stripe_primary` on :9101, `stripe_backup` on :9102 (webhooks to
     /// `{callback_base}/v1/webhooks/{name}`), `antom_hk` on :9103 (client id
