@@ -54,6 +54,8 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
         ("unknown field", c.post(&url).bearer_auth(KEY).header("idempotency-key", "k").json(&json!({"amount":10,"currency":"HKD","method":"visa","order_id":"o","payment_method_data":{"token":"t"},"amout":1})), 422, "validation_failed"),
         ("no route", c.post(&url).bearer_auth(KEY).header("idempotency-key", "l").json(&json!({"amount":10,"currency":"EUR","method":"visa","order_id":"o","payment_method_data":{"token":"t"}})), 422, "no_route"),
         ("unrouted method", c.post(&url).bearer_auth(KEY).header("idempotency-key", "m").json(&json!({"amount":10,"currency":"HKD","method":"octopus","order_id":"o"})), 422, "no_route"),
+        ("card number as token", c.post(&url).bearer_auth(KEY).header("idempotency-key", "p").json(&json!({"amount":10,"currency":"HKD","method":"visa","order_id":"o","payment_method_data":{"token":"4000 0566 5566 5556"}})), 422, "validation_failed"),
+        ("50 metadata keys on a Stripe route", c.post(&url).bearer_auth(KEY).header("idempotency-key", "md").json(&with_metadata(50)), 422, "validation_failed"),
         ("repeated key", c.post(&url).bearer_auth(KEY).header("idempotency-key", "o").body(r#"{"amount":1000,"amount":2000,"currency":"HKD","method":"visa","order_id":"o","payment_method_data":{"token":"pm_card_visa"}}"#), 400, "malformed_json"),
     ];
     for (what, req, status, code) in cases {
@@ -75,12 +77,25 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
     for table in ["payments", "attempts", "idempotency", "refunds"] {
         assert_eq!(count_rows(&w.pm.data, table), 0, "{table} must stay empty");
     }
+    // A request no routed channel can take says why, and keeps its key free: corrected under
+    // the same key, it goes through.
+    let r = create(base, "md", with_metadata(50)).await;
+    assert_eq!(r.body["errors"][0]["field"], "metadata", "{}", r.text);
+    assert!(r.body["errors"][0]["message"].as_str().unwrap().contains("49"), "{}", r.text);
+    assert_eq!(create(base, "md", with_metadata(49)).await.status, 201);
     // Unknown endpoint and method.
     assert_eq!(get(base, "/v1/nope").await.status, 404);
     let m = send(client().delete(format!("{base}/v1/payments")).bearer_auth(KEY)).await;
     assert_eq!(m.status, 405);
     assert_eq!(m.headers["allow"], "POST");
     assert_eq!(get(base, "/v1/payments/pay_doesnotexist").await.body["code"], "payment_not_found");
+}
+
+/// A card payment with `n` metadata keys.
+fn with_metadata(n: usize) -> serde_json::Value {
+    let mut b = card("o-md", 1000);
+    b["metadata"] = (0..n).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>().into();
+    b
 }
 
 #[tokio::test]

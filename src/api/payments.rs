@@ -1,12 +1,13 @@
 //! Handlers: payments, refunds, webhooks; idempotency; JSON rendering.
 
 use super::http_util::{json, read_body};
-use super::problem::Problem;
+use super::problem::{FieldError, Problem};
 use super::{authenticate, engine_problem, validate, Endpoint};
 use crate::domain::PaymentStatus;
 use crate::engine::attempts::{Create, IdemSlot, Route};
 use crate::engine::webhook::WebhookResult;
-use crate::engine::{Ctx, Engine, EngineError, PaymentView};
+use crate::connector::CreateRequest;
+use crate::engine::{Ctx, Engine, EngineError, NewPayment, PaymentView};
 use crate::policy::{Facts, Policy};
 use crate::store::{now_ms, IdemClaim, IdemRecord, IdemState, RefundRow, StoreError};
 use http::Response;
@@ -259,6 +260,10 @@ async fn create(
         customer_id: np.customer.as_ref().and_then(|c| c.id.as_deref()),
         order_id: &np.order_id,
     };
+    // Channels that cannot take this request, by what it says (Stripe's metadata limit, a
+    // return URL AlipayHK needs, …), are left out like those that do not serve its method.
+    let probe = probe(&np);
+    let mut refusals = Vec::new();
     let (rule, channels) = match policy.router.evaluate(&facts) {
         Some(d) => {
             let chs: Vec<_> = d
@@ -266,6 +271,13 @@ async fn create(
                 .iter()
                 .map(|i| policy.channels[*i].clone())
                 .filter(|c| c.serves(np.method, np.money.currency()))
+                .filter(|c| match c.connector.check_create(&probe) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refusals.push(e);
+                        false
+                    }
+                })
                 .collect();
             (d.rule.to_string(), chs)
         }
@@ -285,6 +297,17 @@ async fn create(
                 *subject = replayed_id(&r);
                 return r;
             }
+        }
+        if !refusals.is_empty() {
+            // Routed, but no channel of the route can take the request as it is.
+            let mut errors: Vec<FieldError> = Vec::new();
+            for e in refusals {
+                let fe = FieldError::new(e.field.unwrap_or(""), e.message);
+                if !errors.contains(&fe) {
+                    errors.push(fe);
+                }
+            }
+            return Err(Problem::validation(errors));
         }
         return Err(Problem::new(
             422,
@@ -648,5 +671,24 @@ mod tests {
         let body: Value = serde_json::from_slice(&payment_json(&v)).unwrap();
         assert_eq!(body["error"], json!({"code": "card_declined", "message": null}));
         assert!(body["channel"].is_null() && body["next_action"].is_null());
+    }
+}
+
+/// The request as a connector sees it, without the ids a create assigns: what
+/// `Connector::check_create` judges.
+fn probe(np: &NewPayment) -> CreateRequest<'_> {
+    let customer = np.customer.as_ref();
+    CreateRequest {
+        payment_id: "",
+        attempt_ref: "",
+        money: np.money,
+        method: np.method,
+        order_id: &np.order_id,
+        customer_id: customer.and_then(|c| c.id.as_deref()),
+        customer_email: customer.and_then(|c| c.email.as_deref()),
+        payment_method_data: np.payment_method_data.as_ref(),
+        return_url: np.return_url.as_deref(),
+        metadata: &np.metadata,
+        notify_url: "",
     }
 }

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 const CREATE_FIELDS: &[&str] =
     &["amount", "currency", "method", "order_id", "customer", "payment_method_data", "return_url", "metadata"];
 const CUSTOMER_FIELDS: &[&str] = &["id", "email", "phone", "country", "ip"];
+/// Fields of a card itself, which paymux never takes (an app must send a PSP token).
+const RAW_CARD_FIELDS: &[&str] =
+    &["number", "card_number", "pan", "cvc", "cvv", "cvv2", "cvc2", "exp_month", "exp_year", "expiry", "card"];
 /// Methods whose payment goes through a PSP token.
 const TOKEN_METHODS: &[Method] =
     &[Method::Visa, Method::Mastercard, Method::Unionpay, Method::ApplePay, Method::GooglePay, Method::SamsungPay];
@@ -165,6 +168,46 @@ fn amount(v: Option<&Value>, field: &str, errs: &mut Errs, required: bool) -> Op
     }
 }
 
+/// An email address as a receipt can be sent to: one `@`, a local part, a dotted domain, no
+/// spaces (the full RFC 5322 grammar admits much that no PSP sends mail to).
+fn email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    let labels_ok = domain.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
+    !local.is_empty()
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@')
+        && domain.contains('.')
+        && labels_ok
+}
+
+/// Whether `s` holds a card number: a run of 13 to 19 digits (spaces or dashes between them
+/// allowed) that passes the Luhn check. A PSP token never does.
+pub(crate) fn holds_card_number(s: &str) -> bool {
+    let luhn = |digits: &[u32]| {
+        let sum: u32 = digits
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, &d)| if i % 2 == 0 { d } else if d * 2 > 9 { d * 2 - 9 } else { d * 2 })
+            .sum();
+        sum % 10 == 0
+    };
+    let mut run: Vec<u32> = Vec::new();
+    let mut found = false;
+    // A trailing non-digit ends the last run.
+    for c in s.chars().chain(['.']) {
+        match c.to_digit(10) {
+            Some(d) if c.is_ascii_digit() => run.push(d),
+            _ if (c == ' ' || c == '-') && !run.is_empty() => {}
+            _ => {
+                found |= (13..=19).contains(&run.len()) && luhn(&run);
+                run.clear();
+            }
+        }
+    }
+    found
+}
+
 fn url(s: &str) -> bool {
     reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
@@ -210,8 +253,8 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
                 country: string(c, "country", &mut sub, 2, false).map(String::from),
                 ip: string(c, "ip", &mut sub, 45, false).map(String::from),
             };
-            if cu.email.as_deref().is_some_and(|s| !s.contains('@')) {
-                sub.add("email", "must be an email address");
+            if cu.email.as_deref().is_some_and(|s| !email(s)) {
+                sub.add("email", "must be an email address (local@domain.tld)");
             }
             if cu.country.as_deref().is_some_and(|s| s.len() != 2 || !s.chars().all(|c| c.is_ascii_uppercase())) {
                 sub.add("country", "must be an ISO 3166-1 alpha-2 code in upper case (e.g. HK)");
@@ -240,11 +283,34 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
             None
         }
     };
+    if let Some(o) = pmd {
+        // paymux takes tokens, never the card itself: raw card fields are refused by name
+        // (their values are never echoed), as is anything else the method does not take.
+        for k in o.keys() {
+            let allowed = match method {
+                Some(m) if TOKEN_METHODS.contains(&m) => &["token"][..],
+                Some(Method::AlipayHk) => &["terminal_type", "os_type"][..],
+                _ => continue,
+            };
+            if RAW_CARD_FIELDS.contains(&k.to_ascii_lowercase().as_str()) {
+                e.add(
+                    format!("payment_method_data.{k}"),
+                    "raw card data is never accepted: tokenize the card with the PSP and send its `token`",
+                );
+            } else if !allowed.contains(&k.as_str()) {
+                e.add(format!("payment_method_data.{k}"), format!("unknown field (expected: {})", allowed.join(", ")));
+            }
+        }
+    }
     if let Some(method) = method {
         if TOKEN_METHODS.contains(&method) {
             match pmd.and_then(|o| o.get("token")) {
+                Some(Value::String(t)) if holds_card_number(t) => e.add(
+                    "payment_method_data.token",
+                    "holds a card number: send the PSP's token for the card, never the card number",
+                ),
                 Some(Value::String(t)) if !t.is_empty() && t.len() <= 255 && !t.chars().any(char::is_control) => {}
-                Some(_) => e.add("payment_method_data.token", "must be a non-empty string of at most 255 characters"),
+                Some(_) => e.add("payment_method_data.token", "must be a non-empty string of at most 255 bytes"),
                 None => e.add(
                     "payment_method_data.token",
                     format!("is required for `{method}`: the PSP token of the card or wallet"),
@@ -359,6 +425,39 @@ mod tests {
     fn accepts_a_card_payment() {
         let ok = r#"{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{"token":"pm_card_visa"},"metadata":{"a":"b"}}"#;
         assert!(fields(ok).is_empty());
+    }
+
+    #[test]
+    fn card_data_is_refused_and_never_echoed() {
+        for pan in ["4000056655665556", "4242 4242 4242 4242", "5555-5555-5555-4444", "tok_4000056655665556"] {
+            assert!(holds_card_number(pan), "{pan}");
+            let body = format!(
+                r#"{{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{{"token":"{pan}"}}}}"#
+            );
+            let p = create(&parse_object(body.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(p.errors[0].field, "payment_method_data.token");
+            assert!(!serde_json::to_string(&p.errors).unwrap().contains("4444"));
+        }
+        // Tokens, and digit runs that are not card numbers (too short, too long, fail Luhn).
+        for ok in ["pm_card_visa", "tok_visa", "pm_1Nx9ZY2eZvKYlo2C", "4242424242424241", "424242424242", "42424242424242424242"] {
+            assert!(!holds_card_number(ok), "{ok}");
+        }
+        let raw = r#"{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{"token":"pm_card_visa","number":"4242424242424242","cvc":"123","brand":"x"}}"#;
+        let p = create(&parse_object(raw.as_bytes()).unwrap()).unwrap_err();
+        let f: Vec<_> = p.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(f, ["payment_method_data.brand", "payment_method_data.cvc", "payment_method_data.number"]);
+        assert!(p.errors[1].message.contains("raw card data"), "{:?}", p.errors);
+        assert!(!serde_json::to_string(&p.errors).unwrap().contains("4242"));
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_dotted_domain() {
+        for ok in ["a@b.co", "first.last+tag@mail.example.hk"] {
+            assert!(email(ok), "{ok}");
+        }
+        for bad in ["@", "a@", "@b.co", "a@b", "a b@c.d", "a@@b.co", "a@b..co", "a@-b.co", "not an email@@"] {
+            assert!(!email(bad), "{bad}");
+        }
     }
 
     #[test]

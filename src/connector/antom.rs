@@ -169,6 +169,15 @@ fn payment_state(status: &str, v: &Value) -> Option<ProviderState> {
     })
 }
 
+/// Where the payer returns after approving: AlipayHK cannot do without it.
+fn return_url<'r>(req: &CreateRequest<'r>) -> Result<&'r str, BuildError> {
+    req.return_url.ok_or(BuildError {
+        code: "return_url_required",
+        message: "AlipayHK needs `return_url` to send the payer back".into(),
+        field: Some("return_url"),
+    })
+}
+
 impl Connector for Antom {
     fn kind(&self) -> &'static str {
         "antom"
@@ -178,13 +187,14 @@ impl Connector for Antom {
         true
     }
 
+    fn check_create(&self, req: &CreateRequest<'_>) -> Result<(), BuildError> {
+        return_url(req).map(drop)
+    }
+
     fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError> {
         let pmd = req.payment_method_data;
         let terminal = pmd.and_then(|d| d.get("terminal_type")).and_then(Value::as_str).unwrap_or("WEB");
-        let redirect = req.return_url.ok_or(BuildError {
-            code: "return_url_required",
-            message: "AlipayHK needs `return_url` to send the payer back".into(),
-        })?;
+        let redirect = return_url(req)?;
         let mut env = json!({"terminalType": terminal});
         if let Some(os) = pmd.and_then(|d| d.get("os_type")).and_then(Value::as_str) {
             env["osType"] = json!(os);

@@ -230,6 +230,9 @@ pub enum WebhookError {
 pub struct BuildError {
     pub code: &'static str,
     pub message: String,
+    /// The request field at fault, when the request itself is what this provider cannot take
+    /// (the API then names it in a validation error).
+    pub field: Option<&'static str>,
 }
 
 /// One provider protocol. Implementations are built once per channel when the policy
@@ -242,6 +245,11 @@ pub trait Connector: Send + Sync + 'static {
     fn expensive_signing(&self) -> bool {
         false
     }
+    /// Whether this provider can take the request at all, judged from its content alone (no
+    /// ids, no signing): a payment no routed channel can take is refused before anything is
+    /// stored, and a channel that cannot take it is left out of its route. `build_create`
+    /// fails with the same errors.
+    fn check_create(&self, req: &CreateRequest<'_>) -> Result<(), BuildError>;
     fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError>;
     fn parse_create(&self, req: &WireRequest, resp: &WireResponse) -> CreateOutcome;
     fn build_query(&self, q: &QueryRef<'_>) -> Result<WireRequest, BuildError>;

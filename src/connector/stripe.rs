@@ -136,16 +136,49 @@ fn encode(pairs: &[(String, String)]) -> String {
     s.finish()
 }
 
+/// The PSP token a card or wallet payment carries.
+fn token<'r>(req: &CreateRequest<'r>) -> Result<&'r str, BuildError> {
+    req.payment_method_data.and_then(|d| d.get("token")).and_then(Value::as_str).ok_or(BuildError {
+        code: "payment_method_data_required",
+        message: "a PSP token (`payment_method_data.token`) is required".into(),
+        field: Some("payment_method_data.token"),
+    })
+}
+
 impl Connector for Stripe {
     fn kind(&self) -> &'static str {
         "stripe"
     }
 
+    fn check_create(&self, req: &CreateRequest<'_>) -> Result<(), BuildError> {
+        token(req)?;
+        // Stripe allows 50 metadata keys; paymux needs one (the attempt reference its status
+        // queries search by), so the app's metadata may use the other 49 on this channel.
+        if req.metadata.len() > 49 {
+            return Err(BuildError {
+                code: "metadata_too_large",
+                message: "Stripe channels take at most 49 metadata keys (paymux uses one)".into(),
+                field: Some("metadata"),
+            });
+        }
+        // Stripe charges three-decimal currencies (BHD, KWD, JOD, OMR, TND) in multiples of 10
+        // minor units.
+        if req.money.currency().exponent() == 3 && req.money.minor() % 10 != 0 {
+            return Err(BuildError {
+                code: "amount_not_chargeable",
+                message: format!(
+                    "Stripe channels take {} amounts in multiples of 10 minor units",
+                    req.money.currency().code()
+                ),
+                field: Some("amount"),
+            });
+        }
+        Ok(())
+    }
+
     fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError> {
-        let token = req.payment_method_data.and_then(|d| d.get("token")).and_then(Value::as_str).ok_or(BuildError {
-            code: "payment_method_data_required",
-            message: "a PSP token (`payment_method_data.token`) is required".into(),
-        })?;
+        self.check_create(req)?;
+        let token = token(req)?;
         let mut p: Vec<(String, String)> = vec![
             ("amount".into(), req.money.minor().to_string()),
             ("currency".into(), req.money.currency().code().to_ascii_lowercase()),
@@ -163,14 +196,6 @@ impl Connector for Stripe {
         }
         if let Some(e) = req.customer_email {
             p.push(("receipt_email".into(), e.into()));
-        }
-        // Stripe allows 50 metadata keys; paymux needs one (the attempt reference its status
-        // queries search by), so the app's metadata may use the other 49 on this channel.
-        if req.metadata.len() > 49 {
-            return Err(BuildError {
-                code: "metadata_too_large",
-                message: "Stripe channels take at most 49 metadata keys (paymux uses one)".into(),
-            });
         }
         for (k, v) in req.metadata {
             p.push((format!("metadata[{k}]"), v.clone()));
@@ -474,6 +499,13 @@ mod tests {
         assert!(w.headers.contains(&("idempotency-key", "pay_1-a1".into())));
         let no_token = CreateRequest { payment_method_data: None, ..req };
         assert_eq!(conn().build_create(&no_token).unwrap_err().code, "payment_method_data_required");
+        // What Stripe cannot take is refused before anything is built, naming the field.
+        let md50: BTreeMap<String, String> = (0..50).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let e = conn().check_create(&CreateRequest { metadata: &md50, ..req }).unwrap_err();
+        assert_eq!((e.code, e.field), ("metadata_too_large", Some("metadata")));
+        let bhd = |minor| CreateRequest { money: Money::new(minor, Currency::parse("BHD").unwrap()).unwrap(), ..req };
+        assert_eq!(conn().check_create(&bhd(1005)).unwrap_err().field, Some("amount"));
+        assert!(conn().check_create(&bhd(1000)).is_ok());
     }
 
     fn resp(status: u16, body: &str) -> WireResponse {
