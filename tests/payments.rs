@@ -370,17 +370,8 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_no_channel_can_send_says_why() {
+async fn a_payment_every_channel_refuses_says_why() {
     let w = world(3000).await;
-    let mut body = card("o-md", 500);
-    body["metadata"] = (0..50).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>().into();
-    let r = create(&w.pm.api, "md50", body).await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    assert_eq!(r.body["status"], "failed", "{}", r.text);
-    assert_eq!(r.body["error"]["code"], "metadata_too_large", "{}", r.text);
-    let msg = r.body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("metadata") && msg.contains("stripe_backup"), "{msg}");
-    assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 0);
     // Below Stripe's minimum charge (HK$4.00), as the PSP itself refuses it.
     let small = create(&w.pm.api, "small", card("o-small", 399)).await;
     assert_eq!(small.body["status"], "failed", "{}", small.text);

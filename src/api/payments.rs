@@ -3,10 +3,10 @@
 use super::http_util::{json, read_body};
 use super::problem::{FieldError, Problem};
 use super::{authenticate, engine_problem, validate, Endpoint};
+use crate::connector::CreateRequest;
 use crate::domain::PaymentStatus;
 use crate::engine::attempts::{Create, IdemSlot, Route};
 use crate::engine::webhook::WebhookResult;
-use crate::connector::CreateRequest;
 use crate::engine::{Ctx, Engine, EngineError, NewPayment, PaymentView};
 use crate::policy::{Facts, Policy};
 use crate::store::{now_ms, IdemClaim, IdemRecord, IdemState, RefundRow, StoreError};
@@ -429,12 +429,19 @@ async fn refund(
                 let mut stored = p.clone();
                 stored.request_id = None;
                 complete(engine, key_id, &key, p.status, &serde_json::to_vec(&stored).unwrap_or_default()).await;
-            } else if matches!(engine.get_refund(&refund_id).await, Err(EngineError::RefundNotFound)) {
-                // Nothing was reserved, so nothing can have been sent: a retry may start
-                // afresh. A reserved refund keeps the claim, so a retry finds that refund
-                // instead of refunding again.
-                let (k, kk, rid) = (key_id.to_string(), key.clone(), refund_id.clone());
-                let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk, &rid)).await;
+            } else {
+                // Nothing reserved, or a refund that certainly refunded nothing (the provider
+                // could not be reached): a retry may start afresh. A refund still pending
+                // keeps the claim, so a retry finds that refund instead of refunding again.
+                let retry_afresh = match engine.get_refund(&refund_id).await {
+                    Err(EngineError::RefundNotFound) => true,
+                    Ok(r) => r.status == "failed",
+                    Err(_) => false,
+                };
+                if retry_afresh {
+                    let (k, kk, rid) = (key_id.to_string(), key.clone(), refund_id.clone());
+                    let _ = crate::store::call(&engine.store, move |s| s.idem_release(&k, &kk, &rid)).await;
+                }
             }
             Err(p)
         }
@@ -582,6 +589,25 @@ pub fn refund_json(r: &RefundRow) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The request as a connector sees it, without the ids a create assigns: what
+/// `Connector::check_create` judges.
+fn probe(np: &NewPayment) -> CreateRequest<'_> {
+    let customer = np.customer.as_ref();
+    CreateRequest {
+        payment_id: "",
+        attempt_ref: "",
+        money: np.money,
+        method: np.method,
+        order_id: &np.order_id,
+        customer_id: customer.and_then(|c| c.id.as_deref()),
+        customer_email: customer.and_then(|c| c.email.as_deref()),
+        payment_method_data: np.payment_method_data.as_ref(),
+        return_url: np.return_url.as_deref(),
+        metadata: &np.metadata,
+        notify_url: "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,24 +697,5 @@ mod tests {
         let body: Value = serde_json::from_slice(&payment_json(&v)).unwrap();
         assert_eq!(body["error"], json!({"code": "card_declined", "message": null}));
         assert!(body["channel"].is_null() && body["next_action"].is_null());
-    }
-}
-
-/// The request as a connector sees it, without the ids a create assigns: what
-/// `Connector::check_create` judges.
-fn probe(np: &NewPayment) -> CreateRequest<'_> {
-    let customer = np.customer.as_ref();
-    CreateRequest {
-        payment_id: "",
-        attempt_ref: "",
-        money: np.money,
-        method: np.method,
-        order_id: &np.order_id,
-        customer_id: customer.and_then(|c| c.id.as_deref()),
-        customer_email: customer.and_then(|c| c.email.as_deref()),
-        payment_method_data: np.payment_method_data.as_ref(),
-        return_url: np.return_url.as_deref(),
-        metadata: &np.metadata,
-        notify_url: "",
     }
 }

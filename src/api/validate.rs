@@ -188,9 +188,17 @@ pub(crate) fn holds_card_number(s: &str) -> bool {
             .iter()
             .rev()
             .enumerate()
-            .map(|(i, &d)| if i % 2 == 0 { d } else if d * 2 > 9 { d * 2 - 9 } else { d * 2 })
+            .map(|(i, &d)| {
+                if i % 2 == 0 {
+                    d
+                } else if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            })
             .sum();
-        sum % 10 == 0
+        sum.is_multiple_of(10)
     };
     let mut run: Vec<u32> = Vec::new();
     let mut found = false;
@@ -439,7 +447,14 @@ mod tests {
             assert!(!serde_json::to_string(&p.errors).unwrap().contains("4444"));
         }
         // Tokens, and digit runs that are not card numbers (too short, too long, fail Luhn).
-        for ok in ["pm_card_visa", "tok_visa", "pm_1Nx9ZY2eZvKYlo2C", "4242424242424241", "424242424242", "42424242424242424242"] {
+        for ok in [
+            "pm_card_visa",
+            "tok_visa",
+            "pm_1Nx9ZY2eZvKYlo2C",
+            "4242424242424241",
+            "424242424242",
+            "42424242424242424242",
+        ] {
             assert!(!holds_card_number(ok), "{ok}");
         }
         let raw = r#"{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{"token":"pm_card_visa","number":"4242424242424242","cvc":"123","brand":"x"}}"#;

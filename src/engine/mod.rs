@@ -191,7 +191,9 @@ impl Engine {
             let c = ch.connector.clone();
             match tokio::task::spawn_blocking(move || f(c.as_ref())).await {
                 Ok(r) => r,
-                Err(e) => Err(crate::connector::BuildError { code: "signing_failed", message: e.to_string(), field: None }),
+                Err(e) => {
+                    Err(crate::connector::BuildError { code: "signing_failed", message: e.to_string(), field: None })
+                }
             }
         } else {
             f(ch.connector.as_ref())

@@ -198,53 +198,12 @@ impl Engine {
                 return Err(EngineError::RefundExceeds { remaining })
             }
         };
-        let money = Money::new(r.amount, p.currency)
-            .map_err(|e| EngineError::ProviderRefused { code: "invalid_amount".into(), message: e.to_string() })?;
-        let (rid, pid, pref, notify, rsn) = (
-            r.id.clone(),
-            p.id.clone(),
-            p.provider_ref.clone().unwrap_or_default(),
-            ch.notify_url.clone(),
-            reason.clone(),
-        );
-        let built = self
-            .build(&ch, move |c| {
-                c.build_refund(&RefundRequest {
-                    refund_id: &rid,
-                    payment_id: &pid,
-                    provider_ref: &pref,
-                    amount: money,
-                    reason: rsn.as_deref(),
-                    notify_url: &notify,
-                })
-            })
-            .await;
-        let out = match built {
-            Err(e) => RefundOutcome::NotProcessed { code: e.code.into(), message: e.message },
-            Ok(req) => {
-                let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
-                match res {
-                    Ok(resp) => ch.connector.parse_refund(&req, &resp),
-                    Err(crate::connector::transport::SendError::NotSent(e)) => {
-                        // The transport's words (addresses, library internals) stay in the log.
-                        tracing::warn!(channel = %ch.id, error = %e, "refund not sent");
-                        RefundOutcome::NotProcessed {
-                            code: "connect_failed".into(),
-                            message: "the provider could not be reached; nothing was sent".into(),
-                        }
-                    }
-                    Err(e) => RefundOutcome::Ambiguous { code: e.code().into() },
-                }
-            }
-        };
+        let out = self.send_refund(&ch, &p, &r, ctx).await;
         r.updated_at = now_ms();
         let result = match &out {
             RefundOutcome::Accepted { provider_refund_ref, state } => {
                 r.provider_refund_ref = provider_refund_ref.clone();
-                r.status = refund_status(state).into();
-                if let RefundState::Failed { code, .. } = state {
-                    r.error_code = Some(code.clone());
-                }
+                apply_refund_state(&mut r, state);
                 Ok(())
             }
             RefundOutcome::NotProcessed { code, message } => {
@@ -283,6 +242,56 @@ impl Engine {
         result.map(|_| r)
     }
 
+    /// Builds and sends refund `r` of payment `p` to `ch`, under the refund's own id as the
+    /// provider's idempotency reference (so sending it again cannot refund twice).
+    pub(crate) async fn send_refund(
+        &self,
+        ch: &Arc<Channel>,
+        p: &PaymentRow,
+        r: &RefundRow,
+        ctx: &Ctx,
+    ) -> RefundOutcome {
+        let money = match Money::new(r.amount, p.currency) {
+            Ok(m) => m,
+            Err(e) => return RefundOutcome::NotProcessed { code: "invalid_amount".into(), message: e.to_string() },
+        };
+        let (rid, pid, pref, notify, rsn) = (
+            r.id.clone(),
+            p.id.clone(),
+            p.provider_ref.clone().unwrap_or_default(),
+            ch.notify_url.clone(),
+            r.reason.clone(),
+        );
+        let built = self
+            .build(ch, move |c| {
+                c.build_refund(&RefundRequest {
+                    refund_id: &rid,
+                    payment_id: &pid,
+                    provider_ref: &pref,
+                    amount: money,
+                    reason: rsn.as_deref(),
+                    notify_url: &notify,
+                })
+            })
+            .await;
+        let req = match built {
+            Ok(req) => req,
+            Err(e) => return RefundOutcome::NotProcessed { code: e.code.into(), message: e.message },
+        };
+        match self.send(ch, &req, Some(ctx.remaining())).await.0 {
+            Ok(resp) => ch.connector.parse_refund(&req, &resp),
+            Err(crate::connector::transport::SendError::NotSent(e)) => {
+                // The transport's words (addresses, library internals) stay in the log.
+                tracing::warn!(channel = %ch.id, error = %e, "refund not sent");
+                RefundOutcome::NotProcessed {
+                    code: "connect_failed".into(),
+                    message: "the provider could not be reached; nothing was sent".into(),
+                }
+            }
+            Err(e) => RefundOutcome::Ambiguous { code: e.code().into() },
+        }
+    }
+
     /// Recomputes a payment's refunded total and status from its refunds.
     pub(crate) async fn settle_refund_totals(&self, payment_id: &str) -> Result<(), EngineError> {
         let id = payment_id.to_string();
@@ -318,6 +327,17 @@ impl Engine {
     pub async fn get_refund(&self, id: &str) -> Result<RefundRow, EngineError> {
         let id = id.to_string();
         crate::store::call(&self.store, move |s| s.get_refund(&id)).await?.ok_or(EngineError::RefundNotFound)
+    }
+}
+
+/// Puts the provider's word on a refund: its status, and the error code that goes with it
+/// (none once it succeeded, whatever was met on the way; the provider's when it failed).
+pub(crate) fn apply_refund_state(r: &mut RefundRow, state: &RefundState) {
+    r.status = refund_status(state).into();
+    match state {
+        RefundState::Succeeded => r.error_code = None,
+        RefundState::Failed { code, .. } => r.error_code = Some(code.clone()),
+        RefundState::Pending => {}
     }
 }
 

@@ -168,17 +168,30 @@ impl Engine {
             let result = match out {
                 RefundQueryOutcome::Found { provider_refund_ref, state } => {
                     r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
-                    r.status = super::ops::refund_status(&state).into();
+                    super::ops::apply_refund_state(&mut r, &state);
                     "found"
                 }
                 // Not yet: a request still on its way (or just timed out) may land.
                 RefundQueryOutcome::NotFound if now_ms() - r.created_at < trust_absence_after => "unknown",
-                // The provider never got it: release the reserved amount.
-                RefundQueryOutcome::NotFound => {
-                    r.status = "failed".into();
-                    r.error_code = Some("provider_did_not_process".into());
-                    "not_found"
-                }
+                // No record well after the send: send it again under the same reference. The
+                // provider answers with the refund if it has it after all (or says it is still
+                // at work on it), or makes it now: the refund the app asked for, never a
+                // second one. The amount stays reserved until the provider has said which;
+                // concluding "never got it" from absence alone released it while a late
+                // execution could still land, and a retry then refunded twice.
+                RefundQueryOutcome::NotFound => match self.send_refund(&ch, &p, &r, &ctx).await {
+                    RefundOutcome::Accepted { provider_refund_ref, state } => {
+                        r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
+                        super::ops::apply_refund_state(&mut r, &state);
+                        "resent"
+                    }
+                    RefundOutcome::NotProcessed { code, .. } if code != "connect_failed" => {
+                        r.status = "failed".into();
+                        r.error_code = Some(code);
+                        "resent"
+                    }
+                    RefundOutcome::NotProcessed { .. } | RefundOutcome::Ambiguous { .. } => "unknown",
+                },
                 RefundQueryOutcome::Unknown { .. } => "unknown",
             };
             if result == "unknown" || r.status == "pending" {

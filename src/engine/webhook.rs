@@ -165,7 +165,8 @@ impl Engine {
             if !applies {
                 return Ok(Some((r.payment_id, false)));
             }
-            let read = std::mem::replace(&mut r.status, new_status.into());
+            let read = r.status.clone();
+            super::ops::apply_refund_state(&mut r, state);
             r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
             r.updated_at = now_ms();
             let row = r.clone();
