@@ -255,21 +255,28 @@ impl Engine {
             Ok(m) => m,
             Err(e) => return RefundOutcome::NotProcessed { code: "invalid_amount".into(), message: e.to_string() },
         };
-        let (rid, pid, pref, notify, rsn) = (
-            r.id.clone(),
-            p.id.clone(),
-            p.provider_ref.clone().unwrap_or_default(),
-            ch.notify_url.clone(),
-            r.reason.clone(),
-        );
+        let spec = RefundSpec {
+            refund_id: r.id.clone(),
+            payment_id: p.id.clone(),
+            provider_ref: p.provider_ref.clone().unwrap_or_default(),
+            money,
+            reason: r.reason.clone(),
+        };
+        self.send_refund_of(ch, spec, ctx).await
+    }
+
+    /// Builds and sends a refund to `ch` (a refund the app asked for, or the reversal of a
+    /// payment charged twice).
+    pub(crate) async fn send_refund_of(&self, ch: &Arc<Channel>, spec: RefundSpec, ctx: &Ctx) -> RefundOutcome {
+        let notify = ch.notify_url.clone();
         let built = self
             .build(ch, move |c| {
                 c.build_refund(&RefundRequest {
-                    refund_id: &rid,
-                    payment_id: &pid,
-                    provider_ref: &pref,
-                    amount: money,
-                    reason: rsn.as_deref(),
+                    refund_id: &spec.refund_id,
+                    payment_id: &spec.payment_id,
+                    provider_ref: &spec.provider_ref,
+                    amount: spec.money,
+                    reason: spec.reason.as_deref(),
                     notify_url: &notify,
                 })
             })
@@ -328,6 +335,15 @@ impl Engine {
         let id = id.to_string();
         crate::store::call(&self.store, move |s| s.get_refund(&id)).await?.ok_or(EngineError::RefundNotFound)
     }
+}
+
+/// A refund to send, owned (signing may run on the blocking pool).
+pub(crate) struct RefundSpec {
+    pub refund_id: String,
+    pub payment_id: String,
+    pub provider_ref: String,
+    pub money: Money,
+    pub reason: Option<String>,
 }
 
 /// Puts the provider's word on a refund: its status, and the error code that goes with it

@@ -3,7 +3,7 @@
 //! send are watched, and reversed (cancel or refund) if they turn out to have processed.
 
 use super::*;
-use crate::connector::{CancelOutcome, QueryOutcome, RefundOutcome, RefundQuery, RefundQueryOutcome, RefundRequest};
+use crate::connector::{CancelOutcome, QueryOutcome, RefundOutcome, RefundQuery, RefundQueryOutcome};
 use crate::store::now_ms;
 use arc_swap::ArcSwap;
 use serde_json::json;
@@ -298,25 +298,14 @@ impl Engine {
         let (aref, pref) = (a.attempt_ref.clone(), provider_ref.to_string());
         let done = if *state == ProviderState::Succeeded {
             let Ok(money) = Money::new(p.amount, p.currency) else { return false };
-            let rid = format!("{}-reversal", a.attempt_ref);
-            let (pid, notify) = (p.id.clone(), ch.notify_url.clone());
-            let Ok(req) = self
-                .build(ch, move |c| {
-                    c.build_refund(&RefundRequest {
-                        refund_id: &rid,
-                        payment_id: &pid,
-                        provider_ref: &pref,
-                        amount: money,
-                        reason: Some("duplicate"),
-                        notify_url: &notify,
-                    })
-                })
-                .await
-            else {
-                return false;
+            let spec = super::ops::RefundSpec {
+                refund_id: format!("{}-reversal", a.attempt_ref),
+                payment_id: p.id.clone(),
+                provider_ref: pref,
+                money,
+                reason: Some("duplicate".into()),
             };
-            let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
-            matches!(res.map(|r| ch.connector.parse_refund(&req, &r)), Ok(RefundOutcome::Accepted { .. }))
+            matches!(self.send_refund_of(ch, spec, ctx).await, RefundOutcome::Accepted { .. })
         } else {
             let Ok(req) = self.build(ch, move |c| c.build_cancel(&aref, &pref)).await else { return false };
             let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
