@@ -39,17 +39,31 @@ pub fn verify_file(path: &Path) -> Result<Report, Broken> {
     let mut expect_seq = None::<u64>;
     let mut n = 0;
     let mut last_seq = 0;
-    for (i, line) in BufReader::new(f).lines().enumerate() {
+    // Split on `\n` alone: `lines()` would also take `\r\n`, and a carriage return added to
+    // a record would pass unseen.
+    for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
         let lineno = i + 1;
+        // What an unreadable line should have been, to name it.
+        let expected = |what: String| match expect_seq {
+            Some(e) => format!("{what} (where record seq {e} was due)"),
+            None => what,
+        };
         let line = line.map_err(|e| Broken { line: lineno, seq: None, reason: format!("unreadable: {e}") })?;
+        let line = String::from_utf8(line)
+            .map_err(|_| Broken { line: lineno, seq: None, reason: expected("not UTF-8 text".into()) })?;
         // paymux writes whole records only: any other line was put there by someone else.
         if line.trim().is_empty() {
-            return Err(Broken { line: lineno, seq: None, reason: "an empty line (paymux never writes one)".into() });
+            let reason = expected("an empty line (paymux never writes one)".into());
+            return Err(Broken { line: lineno, seq: None, reason });
+        }
+        if line.contains('\r') {
+            let reason = expected("a carriage return (paymux ends records with \\n only)".into());
+            return Err(Broken { line: lineno, seq: None, reason });
         }
         let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| Broken {
             line: lineno,
             seq: None,
-            reason: format!("not JSON: {e}"),
+            reason: expected(format!("not JSON: {e}")),
         })?;
         let seq = v.get("seq").and_then(|s| s.as_u64());
         let bad = |reason: String| Broken { line: lineno, seq, reason };
@@ -131,6 +145,20 @@ mod tests {
         blank.insert(2, "");
         std::fs::write(&p, blank.join("\n") + "\n").unwrap();
         assert_eq!(verify_file(&p).unwrap_err().line, 3);
+
+        // A carriage return added at a record's end (or the file turned to CRLF).
+        std::fs::write(&p, text.replacen("\n", "\r\n", 2)).unwrap();
+        let e = verify_file(&p).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.reason.contains("carriage return"), "{e}");
+
+        // A record cut short: named by the seq that was due there.
+        let mut cut = lines.clone();
+        cut[3] = &lines[3][..40];
+        std::fs::write(&p, cut.join("\n") + "\n").unwrap();
+        let e = verify_file(&p).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.to_string().contains("record seq 4 was due"), "{e}");
 
         std::fs::write(&p, text).unwrap();
         assert_eq!(verify_file(&p).unwrap().records, 5);
