@@ -399,6 +399,11 @@ async fn a_refund_the_provider_fails_after_accepting_is_reversed() {
     })
     .await;
     assert!(reversed, "refund failure not applied; log:\n{}", w.pm.log());
+    // The refund carries the provider's reason; the payment counted once as succeeded.
+    assert_eq!(get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.body["error_code"], "declined");
+    let m = w.metrics().await;
+    let succeeded = r#"channel="stripe_primary",method="visa",status="succeeded""#;
+    assert_eq!(metric(&m, "paymux_payments_total", succeeded), 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

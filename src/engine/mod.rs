@@ -281,7 +281,11 @@ impl Engine {
 
     /// Counts a payment entering its status (`from`: the status it had; `None` for a new payment).
     pub(crate) fn count_status(&self, p: &PaymentRow, from: Option<PaymentStatus>) {
-        if from != Some(p.status) {
+        // A refund that fails after it was accepted takes a payment back to `succeeded`,
+        // which it entered once already.
+        let back_to_succeeded = p.status == PaymentStatus::Succeeded
+            && matches!(from, Some(PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded));
+        if from != Some(p.status) && !back_to_succeeded {
             self.metrics
                 .payments
                 .with_label_values(&[p.method.as_str(), p.channel.as_deref().unwrap_or("none"), p.status.as_str()])
