@@ -163,10 +163,20 @@ async fn a_cancel_whose_answer_is_lost_asks_the_provider_before_answering() {
     let r = create(&w.pm.api, "x2", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-x2", "return_url": "https://s/r"})).await;
     let id = r.body["id"].as_str().unwrap();
     // The provider cancels it, then answers 503: the app must not be told it failed.
-    w.fault("antom_hk", json!({"error_rate_pct": 100, "error_status": 503, "process_before_error": true, "ops": ["cancel"], "times": 1})).await;
+    w.fault("antom_hk", json!({"error_rate_pct": 100, "error_status": 503, "process_before_error": true, "ops": ["cancel"], "times": 1, "callbacks": {"drop": true}})).await;
     let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
     assert_eq!(c.status, 200, "{}", c.text);
     assert_eq!(c.body["status"], "canceled");
+    // The status learnt from the provider is on the audit trail, not only the cancel's
+    // unknown outcome.
+    let audit = w.pm.data.join("audit.jsonl");
+    let synced = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&audit).unwrap_or_default().lines().any(|l| {
+            l.contains(r#""action":"payment.sync""#) && l.contains(id) && l.contains(r#""outcome":"canceled""#)
+        })
+    })
+    .await;
+    assert!(synced, "no payment.sync record:\n{}", std::fs::read_to_string(&audit).unwrap_or_default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,8 +49,11 @@ pub fn verify_file(path: &Path) -> Result<Report, Broken> {
             None => what,
         };
         let line = line.map_err(|e| Broken { line: lineno, seq: None, reason: format!("unreadable: {e}") })?;
-        let line = String::from_utf8(line)
-            .map_err(|_| Broken { line: lineno, seq: None, reason: expected("not UTF-8 text".into()) })?;
+        let line = String::from_utf8(line).map_err(|_| Broken {
+            line: lineno,
+            seq: None,
+            reason: expected("not UTF-8 text".into()),
+        })?;
         // paymux writes whole records only: any other line was put there by someone else.
         if line.trim().is_empty() {
             let reason = expected("an empty line (paymux never writes one)".into());

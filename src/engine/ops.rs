@@ -1,7 +1,9 @@
 //! Status sync, cancel and refund of an existing payment, always on its holding channel.
 
 use super::*;
-use crate::connector::{CancelOutcome, QueryOutcome, QueryRef, RefundOutcome, RefundRequest, RefundState};
+use crate::connector::{
+    CancelOutcome, ProviderPayment, QueryOutcome, QueryRef, RefundOutcome, RefundRequest, RefundState,
+};
 use crate::store::{now_ms, RefundReserveError, RefundRow, ReserveFailure};
 use serde_json::json;
 
@@ -13,18 +15,8 @@ impl Engine {
             if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, &v.payment).await {
                 // Re-read: a webhook or refund may have changed the row during the query.
                 v = self.view(id).await?;
-                if adopt(&mut v.payment, &found, now_ms())
-                    && self.save_payment(&v.payment, Some("accepted_after_query")).await?
-                {
+                if self.adopt_found(ctx, &mut v.payment, &found).await? {
                     v = self.view(id).await?;
-                    self.audit(
-                        ctx,
-                        "payment.sync",
-                        Some(id),
-                        v.payment.status.as_str(),
-                        json!({"channel": v.payment.channel}),
-                    )
-                    .await;
                 }
             }
         }
@@ -100,8 +92,7 @@ impl Engine {
             // Re-read: a callback may have settled the payment during the query.
             v = self.view(id).await?;
             let p = &mut v.payment;
-            adopt(p, &found, now_ms());
-            self.save_payment(p, Some("accepted_after_query")).await?;
+            self.adopt_found(ctx, p, &found).await?;
             if p.status.is_final() {
                 return Err(EngineError::NotCancelable(p.status));
             }
@@ -154,11 +145,20 @@ impl Engine {
     /// nothing changes when the channel gives no answer.
     async fn adopt_provider_view(&self, ctx: &Ctx, policy: &Policy, p: &mut PaymentRow) -> Result<(), EngineError> {
         if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
-            if adopt(p, &found, now_ms()) {
-                self.save_payment(p, Some("accepted_after_query")).await?;
-            }
+            self.adopt_found(ctx, p, &found).await?;
         }
         Ok(())
+    }
+
+    /// Adopts what the provider says it holds; stores and audits the payment when that
+    /// changed it (a status learnt on the way, by a read or a cancel, is on the audit trail
+    /// like one a callback or the reconciler brings). Whether it was stored.
+    async fn adopt_found(&self, ctx: &Ctx, p: &mut PaymentRow, found: &ProviderPayment) -> Result<bool, EngineError> {
+        if !adopt(p, found, now_ms()) || !self.save_payment(p, Some("accepted_after_query")).await? {
+            return Ok(false);
+        }
+        self.audit(ctx, "payment.sync", Some(&p.id), p.status.as_str(), json!({"channel": p.channel})).await;
+        Ok(true)
     }
 
     /// Refunds part or all of a captured payment on its original channel.
