@@ -96,12 +96,16 @@ impl ServeHttp for AdminApp {
             }
             (_, "/admin/reload" | "/admin/config" | "/metrics" | "/healthz" | "/readyz") => {
                 let allow = if path == "/admin/reload" { "POST" } else { "GET" };
-                let mut p = Problem::new(405, "method_not_allowed", format!("{path} accepts {allow} only"));
+                let mut p = Problem::new(405, "method_not_allowed", format!("this endpoint accepts {allow} only"));
                 p.allow = Some(allow);
                 crate::api::http_util::problem(&p, &rid)
             }
             _ => crate::api::http_util::problem(
-                &Problem::new(404, "not_found", format!("no admin endpoint at {method} {path}")),
+                &Problem::new(
+                    404,
+                    "not_found",
+                    "no such admin endpoint; it serves GET /metrics, /healthz, /readyz, /admin/config and POST /admin/reload",
+                ),
                 &rid,
             ),
         }

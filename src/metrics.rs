@@ -165,6 +165,8 @@ impl Metrics {
                 for s in crate::domain::PaymentStatus::ALL {
                     self.payments.with_label_values(&[m.as_str(), id, s.as_str()]);
                 }
+                // A payment no channel took (every one unreachable or refusing) fails on none.
+                self.payments.with_label_values(&[m.as_str(), "none", "failed"]);
             }
         }
         // A failover goes forward through a target's channels; a split's weighted channels

@@ -340,6 +340,12 @@ async fn idempotency_replays_and_rejects_reuse() {
     ))
     .await;
     assert_eq!(reordered.status, 200, "{}", reordered.text);
+    // Nor does a field sent as null instead of left out (both mean "not given").
+    let mut with_null = card("o-2", 1500);
+    with_null["customer"] = json!(null);
+    with_null["metadata"] = json!(null);
+    let nulls = create(base, "same-key", with_null).await;
+    assert_eq!(nulls.status, 200, "{}", nulls.text);
     let other = create(base, "same-key", card("o-2", 1501)).await;
     assert_eq!(other.status, 422);
     assert_eq!(other.body["code"], "idempotency_key_reused");

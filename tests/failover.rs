@@ -452,4 +452,10 @@ async fn a_refund_that_could_not_be_sent_leaves_its_key_free_for_a_retry() {
     let again = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("down-1"), json!({"amount": 300})).await;
     assert_eq!(again.status, 201, "{}", again.text);
     assert_eq!(again.body["status"], "succeeded", "{}", again.text);
+    // Rate limited by the provider: as transient, and the key stays free too.
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 429, "ops": ["refund"], "times": 1})).await;
+    let limited = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("down-2"), json!({"amount": 200})).await;
+    assert_eq!(limited.status, 502, "{}", limited.text);
+    let again = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("down-2"), json!({"amount": 200})).await;
+    assert_eq!(again.body["status"], "succeeded", "{}", again.text);
 }

@@ -648,6 +648,7 @@ async fn series_exist_at_zero_before_the_first_event() {
         "{m}"
     );
     assert!(at_zero("paymux_payments_total", r#"channel="antom_hk",method="alipay_hk",status="succeeded""#), "{m}");
+    assert!(at_zero("paymux_payments_total", r#"channel="none",method="visa",status="failed""#), "{m}");
     assert!(at_zero("paymux_channel_latency_seconds_count", r#"channel="stripe_primary""#), "{m}");
     assert!(at_zero("paymux_request_duration_seconds_count", r#"endpoint="create_refund""#), "{m}");
     assert!(at_zero("paymux_request_latency_seconds_count", r#"endpoint="webhook""#), "{m}");

@@ -77,6 +77,10 @@ pub fn init_series(m: &crate::metrics::Metrics) {
 }
 
 /// Routes `method path` to an endpoint and its path parameter.
+const NO_SUCH_ENDPOINT: &str = "no such endpoint; the API serves POST /v1/payments, GET /v1/payments/{id}, \
+     POST /v1/payments/{id}/cancel, POST /v1/payments/{id}/refunds, GET /v1/refunds/{id} and \
+     POST /v1/webhooks/{channel}";
+
 pub fn route(method: &http::Method, path: &str) -> Result<(Endpoint, Option<String>), Problem> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let (ep, allowed, param) = match segs.as_slice() {
@@ -86,10 +90,11 @@ pub fn route(method: &http::Method, path: &str) -> Result<(Endpoint, Option<Stri
         ["v1", "payments", id, "refunds"] => (Endpoint::CreateRefund, "POST", Some(*id)),
         ["v1", "refunds", id] => (Endpoint::GetRefund, "GET", Some(*id)),
         ["v1", "webhooks", ch] => (Endpoint::Webhook, "POST", Some(*ch)),
-        _ => return Err(Problem::new(404, "not_found", format!("no endpoint at {path}"))),
+        // The path is not echoed: it is the caller's text, of any length and content.
+        _ => return Err(Problem::new(404, "not_found", NO_SUCH_ENDPOINT)),
     };
     if method.as_str() != allowed {
-        let mut p = Problem::new(405, "method_not_allowed", format!("{path} accepts {allowed} only"));
+        let mut p = Problem::new(405, "method_not_allowed", format!("this endpoint accepts {allowed} only"));
         p.allow = Some(allowed);
         return Err(p);
     }

@@ -248,7 +248,9 @@ async fn create(
     let body = read_body(s, policy.server.max_body_bytes).await?;
     let obj = validate::parse_object(&body)?;
     let np = validate::create(&obj)?;
-    let hash = request_hash(Endpoint::CreatePayment, "", &Value::Object(obj));
+    // A field sent as null is the field left out (validation reads both alike), so a retry
+    // that drops or adds a null is the same request.
+    let hash = request_hash(Endpoint::CreatePayment, "", &without_nulls(Value::Object(obj)));
     let payment_id = crate::domain::new_id("pay");
     let rec = idem_record(policy, key_id, &key, hash, &payment_id);
     let facts = Facts {
@@ -587,6 +589,17 @@ pub fn refund_json(r: &RefundRow) -> Vec<u8> {
         "created_at": rfc3339(r.created_at),
     }))
     .unwrap_or_default()
+}
+
+/// `v` with every null object member left out, at any depth.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        v => v,
+    }
 }
 
 /// The request as a connector sees it, without the ids a create assigns: what

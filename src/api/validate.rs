@@ -356,13 +356,23 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
                 e.add("metadata", "must have at most 50 keys");
             }
             for (k, v) in o {
-                if k.is_empty() || k.chars().count() > 40 || k.starts_with("paymux_") || k.contains(['[', ']']) {
+                if k.is_empty()
+                    || k.chars().count() > 40
+                    || k.starts_with("paymux_")
+                    || k.contains(['[', ']'])
+                    || k.chars().any(char::is_control)
+                {
                     e.add(
                         format!("metadata.{k}"),
-                        "keys must be 1-40 characters, without brackets, and must not start with `paymux_`",
+                        "keys must be 1-40 characters, without brackets or control characters, and must not start with `paymux_`",
                     );
                 }
                 match v {
+                    // Line breaks and tabs are text; other control characters (NUL, escapes) are not.
+                    Value::String(s) if s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => e.add(
+                        format!("metadata.{k}"),
+                        "values must not contain control characters other than line breaks and tabs",
+                    ),
                     Value::String(s) if s.chars().count() <= 500 => {
                         metadata.insert(k.clone(), s.clone());
                     }
@@ -463,6 +473,18 @@ mod tests {
         assert_eq!(f, ["payment_method_data.brand", "payment_method_data.cvc", "payment_method_data.number"]);
         assert!(p.errors[1].message.contains("raw card data"), "{:?}", p.errors);
         assert!(!serde_json::to_string(&p.errors).unwrap().contains("4242"));
+    }
+
+    #[test]
+    fn metadata_takes_text_not_control_characters() {
+        let body = |md: &str| {
+            format!(
+                r#"{{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{{"token":"pm_card_visa"}},"metadata":{md}}}"#
+            )
+        };
+        assert!(fields(&body(r#"{"note":"line one\nline two\tend"}"#)).is_empty());
+        assert_eq!(fields(&body(r#"{"a":"x\u0000y"}"#)), ["metadata.a"]);
+        assert_eq!(fields(&body(r#"{"a\nb":"x"}"#)), ["metadata.a\nb"]);
     }
 
     #[test]

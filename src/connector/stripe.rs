@@ -348,6 +348,11 @@ impl Connector for Stripe {
                 RefundOutcome::Accepted { provider_refund_ref: id, state }
             }
             409 => RefundOutcome::Ambiguous { code: "http_409".into() },
+            // Stripe's rate limit: not processed, and worth trying again shortly.
+            429 => RefundOutcome::NotProcessed {
+                code: "rate_limited".into(),
+                message: error_message(resp.status, &v, "rate limited"),
+            },
             400..=499 => RefundOutcome::NotProcessed {
                 code: error_code(&v),
                 message: error_message(resp.status, &v, "refund refused"),

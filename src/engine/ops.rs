@@ -209,8 +209,9 @@ impl Engine {
             RefundOutcome::NotProcessed { code, message } => {
                 r.status = "failed".into();
                 r.error_code = Some(code.clone());
-                if code == "connect_failed" {
-                    // Nothing reached the provider: a transient failure, not an answer.
+                if code == "connect_failed" || code == "rate_limited" {
+                    // Nothing reached the provider, or it asked to be called again later: a
+                    // transient failure, not an answer.
                     Err(EngineError::ProviderUnavailable(format!("{code}: {message}")))
                 } else {
                     Err(EngineError::ProviderRefused { code: code.clone(), message: message.clone() })
