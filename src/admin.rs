@@ -67,7 +67,7 @@ impl ServeHttp for AdminApp {
                     .await
                     .unwrap_or_default();
                 let stranded: Vec<_> = stranded.iter().map(|(c, n)| json!({"channel": c, "open": n})).collect();
-                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "retired_channels": retired, "stranded_channels": stranded, "rules": p.router.rules().len()});
+                let body = json!({"version": p.version, "loaded_at": loaded, "sources": sources, "channels": channels, "retired_channels": retired, "stranded_channels": stranded, "rules": p.router.rules().len(), "restart_required": p.restart_required});
                 json(200, serde_json::to_vec(&body).unwrap_or_default(), &[])
             }
             ("POST", "/admin/reload") => {

@@ -84,6 +84,7 @@ impl Reloader {
         keep("admin_listen", &mut s.admin_listen, &b.admin_listen, &mut changed);
         keep("data_dir", &mut s.data_dir, &b.data_dir, &mut changed);
         keep("tls", &mut s.tls, &b.tls, &mut changed);
+        new.restart_required.clone_from(&changed);
         changed
     }
 

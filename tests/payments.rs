@@ -891,8 +891,12 @@ async fn a_reload_that_moves_the_listener_says_restart_and_keeps_serving_where_i
     // Still ready: the probe looks where the payments listener runs, not where it will.
     let ready = get(&w.pm.admin, "/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.text);
+    // And it stays on show after the reload's own answer.
+    let config = get(&w.pm.admin, "/admin/config").await;
+    assert_eq!(config.body["restart_required"], json!(["listen"]), "{}", config.text);
     // Put back before any restart: nothing to restart for.
     std::fs::write(&server, &text).unwrap();
     let back = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
     assert_eq!(back.body["restart_required"], json!([]), "{}", back.text);
+    assert_eq!(get(&w.pm.admin, "/admin/config").await.body["restart_required"], json!([]));
 }

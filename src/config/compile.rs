@@ -240,6 +240,7 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
         router: Router::new(rules.into_iter().map(|(r, _, _)| r).collect(), default),
         api_keys,
         retired: vec![],
+        restart_required: vec![],
     }))
 }
 

@@ -87,6 +87,9 @@ pub struct Policy {
     /// they keep serving the payments they hold (status, cancel, refund) and verifying their
     /// callbacks, e.g. for a create that was already sending to one when the reload came.
     pub retired: Vec<Arc<Channel>>,
+    /// Settings the config changes but only a restart applies (`listen`, …): this policy
+    /// keeps the running values and names the changed ones here.
+    pub restart_required: Vec<&'static str>,
 }
 
 impl Policy {
