@@ -65,7 +65,13 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
                 return None;
             }
         }
-        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        // Kept alive as the request allows (pingora read HTTP/1.0 and `Connection: close`),
+        // with paymux's idle timeout; never while shutting down, nor after a request framed
+        // both by Transfer-Encoding and Content-Length (RFC 9112 §6.3: answer, then close).
+        let h = &http.req_header().headers;
+        let ambiguous = h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH);
+        let keep = http.get_keepalive().is_some() && !*shutdown.borrow() && !ambiguous;
+        http.set_keepalive(keep.then_some(60));
         let (parts, body) = self.app.response(&mut http).await.into_parts();
         let header: ResponseHeader = parts.into();
         if let Err(e) = http.write_response_header(Box::new(header)).await {

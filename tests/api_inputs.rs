@@ -175,6 +175,51 @@ async fn a_client_too_slow_to_send_its_header_is_disconnected() {
     assert_eq!(r.status, 404, "{}", r.text);
 }
 
+#[tokio::test]
+async fn framing_in_doubt_closes_the_connection_and_the_rest_follows_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    let body = serde_json::to_string(&card("o-te", 1000)).unwrap();
+    let head = |extra: &str, key: &str| {
+        format!("POST /v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: {key}\r\n{extra}\r\n")
+    };
+    // Both Transfer-Encoding and Content-Length: answered, then closed (RFC 9112 §6.3), so
+    // nothing behind it is read as a request.
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let req = format!("{}{chunked}", head("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "te-cl"));
+    let out = raw_until_closed(&addr, req.as_bytes()).await.expect("connection left open");
+    assert!(out.starts_with("HTTP/1.1 201"), "{out}");
+    // A chunk that cannot be read: 400 in paymux's words, then closed.
+    let req = format!("{}zz\r\n", head("Transfer-Encoding: chunked\r\n", "bad-chunk"));
+    let out = raw_until_closed(&addr, req.as_bytes()).await.expect("connection left open");
+    assert!(out.starts_with("HTTP/1.1 400") && out.contains("request_body_unreadable"), "{out}");
+    assert!(!out.contains("Custom") && !out.contains("InvalidChunk"), "{out}");
+    // HTTP/1.0 without keep-alive: closed after the answer.
+    let req = format!("GET /v1/refunds/re_x HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    let out = raw_until_closed(&addr, req.as_bytes()).await.expect("connection left open");
+    assert!(out.contains(" 404 "), "{out}");
+    // Expect: 100-continue gets its go-ahead before the body is sent.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let h = head(&format!("Expect: 100-continue\r\nContent-Length: {}\r\n", body.len()), "expect");
+    s.write_all(h.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_millis(500), s.read(&mut buf))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "{}", String::from_utf8_lossy(&buf[..n]));
+    s.write_all(body.as_bytes()).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("201 Created"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // A 401 names its scheme; two Authorization headers are one too many.
+    let r = send(client().get(format!("{}/v1/payments/pay_x", w.pm.api))).await;
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"paymux\"");
+    let two = client().get(format!("{}/v1/payments/pay_x", w.pm.api)).header("authorization", format!("Bearer {KEY}"));
+    let r = send(two.header("authorization", "Bearer another")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}
+
 /// Sends `bytes` on a new connection to `addr`; returns all the server sent before closing,
 /// or None when it neither answered nor closed within 10 s.
 async fn raw_until_closed(addr: &str, bytes: &[u8]) -> Option<String> {

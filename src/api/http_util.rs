@@ -16,6 +16,16 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
             None => return Err(Problem::new(400, "request_body_unreadable", "invalid Content-Length header")),
         }
     }
+    // A client that waits for a go-ahead before sending the body (RFC 9110 §10.1.1) gets it
+    // here, once the request was found acceptable so far; without it, curl waits a second.
+    let expects_continue = s
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && matches!(s, ServerSession::H1(_)) && s.write_continue_response().await.is_err() {
+        return Err(Problem::new(400, "request_body_unreadable", "the connection closed before the body was sent"));
+    }
     s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = BytesMut::new();
     loop {
@@ -35,11 +45,15 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
                 ))
             }
             Err(e) => {
+                // Where the body ends is in doubt, so nothing after it on this connection can
+                // be read as a request: answer, then close. The library's words go to the log.
+                tracing::debug!(error = %e, "unreadable request body");
+                s.set_keepalive(None);
                 return Err(Problem::new(
                     400,
                     "request_body_unreadable",
-                    format!("could not read the request body: {:?}", e.etype()),
-                ))
+                    "the request body could not be read: its framing is invalid (a malformed chunk?)",
+                ));
             }
         }
     }
@@ -68,6 +82,11 @@ pub fn problem(p: &Problem, request_id: &str) -> Response<Vec<u8>> {
     r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/problem+json"));
     if let Some(allow) = p.allow {
         r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    }
+    // A 401 names the scheme it wants (RFC 9110 §11.6.1).
+    if p.code == "unauthorized" {
+        r.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"paymux\""));
     }
     r
 }

@@ -167,7 +167,12 @@ impl ServeHttp for ApiApp {
 
 /// Authenticates `Authorization: Bearer <key>`; returns the key id.
 pub fn authenticate(policy: &Policy, s: &ServerSession) -> Result<String, Problem> {
-    let h = s.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let mut all = s.req_header().headers.get_all(http::header::AUTHORIZATION).iter();
+    let (h, more) = (all.next().and_then(|v| v.to_str().ok()), all.next().is_some());
+    // One key per request: with two, a proxy in front may have checked the other one.
+    if more {
+        return Err(Problem::new(401, "unauthorized", "send one `Authorization` header, not several"));
+    }
     // The scheme name is case-insensitive (RFC 9110 §11.1).
     let key = h
         .and_then(|v| v.split_once(' '))
