@@ -212,6 +212,13 @@ async fn framing_in_doubt_closes_the_connection_and_the_rest_follows_http_1_1() 
     s.write_all(body.as_bytes()).await.unwrap();
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("201 Created"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Codings paymux would have to undo are refused by name, not read as garbled JSON.
+    let req = format!("{}{body}", head(&format!("Content-Encoding: gzip\r\nContent-Length: {}\r\n", body.len()), "gz"));
+    let out = raw_first_read(&addr, req.as_bytes(), std::time::Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 415") && out.contains("unsupported_content_encoding"), "{out}");
+    let req = format!("{}{chunked}", head("Transfer-Encoding: gzip, chunked\r\n", "te-gz"));
+    let out = raw_until_closed(&addr, req.as_bytes()).await.expect("connection left open");
+    assert!(out.starts_with("HTTP/1.1 501") && out.contains("unsupported_transfer_encoding"), "{out}");
     // A 401 names its scheme; two Authorization headers are one too many.
     let r = send(client().get(format!("{}/v1/payments/pay_x", w.pm.api))).await;
     assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"paymux\"");

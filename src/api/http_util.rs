@@ -16,6 +16,34 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
             None => return Err(Problem::new(400, "request_body_unreadable", "invalid Content-Length header")),
         }
     }
+    // Bodies are read as they come: a coding paymux would have to undo is refused by name
+    // rather than read as garbled JSON (RFC 9110 §8.4, RFC 9112 §6.1).
+    let headers = &s.req_header().headers;
+    let coded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().eq_ignore_ascii_case("identity"));
+    if coded {
+        return Err(Problem::new(
+            415,
+            "unsupported_content_encoding",
+            "send the body without Content-Encoding (paymux reads plain JSON)",
+        ));
+    }
+    let transfer_coded = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+    if transfer_coded {
+        s.set_keepalive(None);
+        return Err(Problem::new(
+            501,
+            "unsupported_transfer_encoding",
+            "paymux takes only the chunked transfer coding",
+        ));
+    }
     // A client that waits for a go-ahead before sending the body (RFC 9110 §10.1.1) gets it
     // here, once the request was found acceptable so far; without it, curl waits a second.
     let expects_continue = s

@@ -73,6 +73,8 @@ fn title(code: &str) -> &'static str {
         "validation_failed" => "Request failed validation",
         "body_too_large" => "Request body too large",
         "unsupported_media_type" => "Unsupported media type",
+        "unsupported_content_encoding" => "Unsupported content encoding",
+        "unsupported_transfer_encoding" => "Unsupported transfer encoding",
         "idempotency_key_missing" => "Idempotency-Key header required",
         "idempotency_key_invalid" => "Invalid Idempotency-Key header",
         "idempotency_key_reused" => "Idempotency-Key reused with a different request",
