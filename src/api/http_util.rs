@@ -19,24 +19,14 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
     // Bodies are read as they come: a coding paymux would have to undo is refused by name
     // rather than read as garbled JSON (RFC 9110 §8.4, RFC 9112 §6.1).
     let headers = &s.req_header().headers;
-    let coded = headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .any(|c| !c.trim().eq_ignore_ascii_case("identity"));
-    if coded {
+    if codings_besides(headers, http::header::CONTENT_ENCODING, "identity") {
         return Err(Problem::new(
             415,
             "unsupported_content_encoding",
             "send the body without Content-Encoding (paymux reads plain JSON)",
         ));
     }
-    let transfer_coded = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
-    if transfer_coded {
+    if codings_besides(headers, http::header::TRANSFER_ENCODING, "chunked") {
         s.set_keepalive(None);
         return Err(Problem::new(
             501,
@@ -86,6 +76,15 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
         }
     }
     Ok(buf.to_vec())
+}
+
+/// Whether header `name` lists a coding other than `allowed` (an unreadable value counts).
+fn codings_besides(headers: &http::HeaderMap, name: http::header::HeaderName, allowed: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().eq_ignore_ascii_case(allowed))
 }
 
 /// A JSON response.
