@@ -41,7 +41,9 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && matches!(s, ServerSession::H1(_)) && s.write_continue_response().await.is_err() {
+    // (An HTTP/1.0 client cannot take a 1xx answer: its expectation is ignored, RFC 9110 §10.1.1.)
+    let h11 = s.req_header().version == http::Version::HTTP_11;
+    if expects_continue && h11 && matches!(s, ServerSession::H1(_)) && s.write_continue_response().await.is_err() {
         return Err(Problem::new(400, "request_body_unreadable", "the connection closed before the body was sent"));
     }
     s.set_read_timeout(Some(Duration::from_secs(10)));

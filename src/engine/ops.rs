@@ -338,6 +338,15 @@ impl Engine {
     }
 }
 
+/// Whether the refusal of a refund sent again is the provider's settled word on it, so its
+/// amount may be released: not a transport or local failure, a rate limit, a bare HTTP status
+/// or a clash with the first request under the same reference (which may still be at work
+/// and land later).
+pub(crate) fn refusal_settles(code: &str) -> bool {
+    !matches!(code, "connect_failed" | "rate_limited" | "signing_failed" | "unknown" | "REPEAT_REQ_INCONSISTENT")
+        && !code.starts_with("http_")
+}
+
 /// A refund to send, owned (signing may run on the blocking pool).
 pub(crate) struct RefundSpec {
     pub refund_id: String,
@@ -364,5 +373,22 @@ pub fn refund_status(s: &RefundState) -> &'static str {
         RefundState::Pending => "pending",
         RefundState::Succeeded => "succeeded",
         RefundState::Failed { .. } => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_settles;
+
+    #[test]
+    fn only_the_providers_own_refusal_settles_a_resent_refund() {
+        for settled in ["charge_already_refunded", "amount_too_large", "REFUND_AMOUNT_EXCEED"] {
+            assert!(refusal_settles(settled), "{settled}");
+        }
+        let in_doubt =
+            ["connect_failed", "rate_limited", "signing_failed", "unknown", "REPEAT_REQ_INCONSISTENT", "http_429"];
+        for code in in_doubt {
+            assert!(!refusal_settles(code), "{code}");
+        }
     }
 }

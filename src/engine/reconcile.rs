@@ -185,7 +185,7 @@ impl Engine {
                         super::ops::apply_refund_state(&mut r, &state);
                         "resent"
                     }
-                    RefundOutcome::NotProcessed { code, .. } if code != "connect_failed" && code != "rate_limited" => {
+                    RefundOutcome::NotProcessed { code, .. } if super::ops::refusal_settles(&code) => {
                         r.status = "failed".into();
                         r.error_code = Some(code);
                         "resent"
