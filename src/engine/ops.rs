@@ -209,7 +209,7 @@ impl Engine {
             RefundOutcome::NotProcessed { code, message } => {
                 r.status = "failed".into();
                 r.error_code = Some(code.clone());
-                if code == "connect_failed" || code == "rate_limited" {
+                if transient_refusal(code) {
                     // Nothing reached the provider, or it asked to be called again later: a
                     // transient failure, not an answer.
                     Err(EngineError::ProviderUnavailable(format!("{code}: {message}")))
@@ -288,11 +288,11 @@ impl Engine {
         };
         match self.send(ch, &req, Some(ctx.remaining())).await.0 {
             Ok(resp) => ch.connector.parse_refund(&req, &resp),
-            Err(crate::connector::transport::SendError::NotSent(e)) => {
+            Err(e @ crate::connector::transport::SendError::NotSent(_)) => {
                 // The transport's words (addresses, library internals) stay in the log.
-                tracing::warn!(channel = %ch.id, error = %e, "refund not sent");
+                tracing::warn!(channel = %ch.id, error = ?e, "refund not sent");
                 RefundOutcome::NotProcessed {
-                    code: "connect_failed".into(),
+                    code: e.code().into(),
                     message: "the provider could not be reached; nothing was sent".into(),
                 }
             }
@@ -343,8 +343,15 @@ impl Engine {
 /// or a clash with the first request under the same reference (which may still be at work
 /// and land later).
 pub(crate) fn refusal_settles(code: &str) -> bool {
-    !matches!(code, "connect_failed" | "rate_limited" | "signing_failed" | "unknown" | "REPEAT_REQ_INCONSISTENT")
+    !transient_refusal(code)
+        && !matches!(code, "signing_failed" | "unknown" | "REPEAT_REQ_INCONSISTENT")
         && !code.starts_with("http_")
+}
+
+/// Whether a refund was not processed for a passing reason: nothing reached the provider
+/// (the transport's `connect_failed`), or it asked to be called again later (`rate_limited`).
+fn transient_refusal(code: &str) -> bool {
+    matches!(code, "connect_failed" | "rate_limited")
 }
 
 /// A refund to send, owned (signing may run on the blocking pool).
