@@ -37,9 +37,28 @@ pub enum StartError {
 /// applies it first anyway).
 const JOURNAL_APPLY_EVERY: Duration = Duration::from_millis(10);
 
-/// How long an address in use is tried again at start (a previous instance draining takes
-/// up to its grace period plus its shutdown timeout, 6 s).
+/// How long an address in use is tried again at start (a previous instance may still be
+/// stopping).
 const LISTEN_RETRY: Duration = Duration::from_secs(10);
+
+/// Refuses a data directory whose audit log has records but whose database is missing or
+/// empty (deleted, truncated, or another directory mounted beside the log): started afresh,
+/// paymux would take every retried Idempotency-Key for a new payment and charge again.
+fn refuse_lost_store(dir: &std::path::Path) -> Result<(), StartError> {
+    use crate::store::sqlite::DB_FILE;
+    let size = |f: &str| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+    if size(crate::audit::FILE) > 0 && size(DB_FILE) == 0 {
+        return Err(StartError::Other(format!(
+            "{dir}: {audit} records this store's history, but {DB_FILE} is missing or empty (deleted, or \
+             not the directory the log belongs with); starting afresh would take retried payments \
+             for new ones. Restore {DB_FILE} from a backup, or, to start a new store on purpose, move \
+             {audit} and any journal-*.log out of the directory",
+            dir = dir.display(),
+            audit = crate::audit::FILE,
+        )));
+    }
+    Ok(())
+}
 
 /// What `paymux serve` was asked for.
 #[derive(Clone, Debug)]
@@ -155,6 +174,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         ),
         None => None,
     };
+    refuse_lost_store(&s.data_dir)?;
     let sqlite =
         Arc::new(SqliteStore::open(&s.data_dir, s.synchronous_full).map_err(|e| StartError::Other(e.to_string()))?);
     SqliteStore::spawn_applier(&sqlite, JOURNAL_APPLY_EVERY);
@@ -200,6 +220,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         metrics: metrics.clone(),
         retry: Default::default(),
         refunds_in_flight: Default::default(),
+        unstored: Default::default(),
     };
     let reloader = Arc::new(Reloader::new(
         opts.config_dir.clone(),
@@ -210,9 +231,13 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
         store,
     ));
 
+    // On SIGTERM pingora stops accepting, lets the requests in flight run for the grace
+    // period, then drops what is left: a payment charged meanwhile would get no answer. So
+    // the grace period covers a request's whole deadline (a stop takes that long).
+    let grace = (policy.load().server.request_deadline.as_millis() as u64).div_ceil(1000) + 1;
     let conf = ServerConf {
         threads: opts.threads.max(1),
-        grace_period_seconds: Some(1),
+        grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };

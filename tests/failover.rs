@@ -211,6 +211,72 @@ async fn an_antom_payment_found_after_an_ambiguous_create_still_tells_the_payer_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_fetches_the_payer_action_an_antom_outage_withheld_from_the_first_answer() {
+    let w = world(3000).await;
+    // Antom takes the payment but both the create's answer and the one sent again to fetch
+    // the redirect are lost: the first answer has no next_action.
+    w.fault(
+        "antom_hk",
+        json!({"error_rate_pct": 100, "error_status": 503, "process_before_error": true, "ops": ["create"], "times": 2}),
+    )
+    .await;
+    let body = json!({"amount": 4545, "currency": "HKD", "method": "alipay_hk", "order_id": "o-lost", "return_url": "https://s/r"});
+    let r = create(&w.pm.api, "antom-lost", body.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    assert!(r.body["next_action"].is_null(), "{}", r.text);
+    // The outage over, the app retries with the same key: it gets the redirect, and the
+    // payer pays the one payment Antom holds.
+    let again = create(&w.pm.api, "antom-lost", body.clone()).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["id"], r.body["id"]);
+    assert_eq!(again.body["next_action"]["type"], "redirect", "{}", again.text);
+    assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
+    // Settled now: that answer is the key's from here on.
+    let third = create(&w.pm.api, "antom-lost", body).await;
+    assert_eq!(third.body, again.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_whose_database_is_gone_is_refused_not_started_afresh() {
+    let mut w = world(3000).await;
+    pay(&w, "lost-db").await;
+    w.pm.kill9();
+    // Its exit status and stderr; a paymux still serving after 20 s is killed and fails.
+    let serve = |w: &World| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+            .args(["serve", "--config"])
+            .arg(w.tmp.path().join("cfg"))
+            .arg("--data-dir")
+            .arg(&w.pm.data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("paymux started on a data directory whose database is gone");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    // Deleted, then emptied: started afresh, a retried key would be a new payment.
+    for f in ["paymux.db", "paymux.db-wal", "paymux.db-shm"] {
+        let _ = std::fs::remove_file(w.pm.data.join(f));
+    }
+    for _ in 0..2 {
+        let out = serve(&w);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("paymux.db is missing or empty"), "{err}");
+        std::fs::write(w.pm.data.join("paymux.db"), b"").unwrap();
+    }
+}
+
 /// Waits (up to 5 s) until the store in `data` shows an attempt being sent.
 async fn an_attempt_goes_out(data: &std::path::Path) -> bool {
     let db = data.join("paymux.db");

@@ -127,6 +127,29 @@ async fn alipayhk_payment_is_approved_notified_and_refunded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_answered_by_a_bare_http_status_stays_pending_until_antom_settles_it() {
+    let w = world(3000).await;
+    let body = json!({"amount": 5000, "currency": "HKD", "method": "alipay_hk", "order_id": "o-bare", "return_url": "https://s/r"});
+    let id = create(&w.pm.api, "bare", body).await.body["id"].as_str().unwrap().to_string();
+    approve_only_antom_payment_and_wait(&w, &id).await;
+    // Antom refunds, then a bare 400 comes back instead of its signed answer: not Antom's
+    // word on the refund, so its amount stays reserved; Antom's notify settles it.
+    w.fault("antom_hk", json!({"error_rate_pct": 100, "error_status": 400, "process_before_error": true, "ops": ["refund"], "times": 1})).await;
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("bare-r"), json!({"amount": 1000})).await;
+    // Pending, or succeeded when the notify came before the 400.
+    assert_eq!(rf.status, 201, "{}", rf.text);
+    let settled = eventually(Duration::from_secs(10), || async {
+        let p = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+        p.body["status"] == "partially_refunded" && p.body["amount_refunded"] == 1000
+    })
+    .await;
+    assert!(settled, "{}", get(&w.pm.api, &format!("/v1/payments/{id}")).await.text);
+    // Only 4000 is left to refund, as at Antom.
+    let over = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("bare-r2"), json!({"amount": 4001})).await;
+    assert_eq!(over.body["code"], "refund_amount_exceeds", "{}", over.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_an_unchanged_payment_leaves_no_audit_record_per_poll() {
     let w = world(3000).await;
     let body = json!({"amount": 900, "currency": "HKD", "method": "alipay_hk", "order_id": "o-wait", "return_url": "https://s/r"});
@@ -180,6 +203,24 @@ async fn a_cancel_whose_answer_is_lost_asks_the_provider_before_answering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_refused_because_the_payer_paid_says_not_cancelable() {
+    let w = world(3000).await;
+    // The payer pays; the notify is lost, so paymux still shows the payment open.
+    w.fault("antom_hk", json!({"callbacks": {"drop": true}})).await;
+    let r = create(&w.pm.api, "x3", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-x3", "return_url": "https://s/r"})).await;
+    let id = r.body["id"].as_str().unwrap();
+    let pay_id = w.sim_payments("antom_hk").await[0]["id"].as_str().unwrap().to_string();
+    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
+    assert!(a.status < 300, "{}", a.text);
+    // Antom refuses the cancel (the payment is SUCCESS): the app learns it cannot cancel a
+    // paid payment, not that the cancel merely failed.
+    let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!(c.status, 409, "{}", c.text);
+    assert_eq!(c.body["code"], "payment_not_cancelable", "{}", c.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_event_about_another_payment_intent_carrying_our_reference_is_not_applied() {
     let w = world(3000).await;
     let r = create(&w.pm.api, "3ds", json!({"amount": 3000, "currency": "HKD", "method": "visa", "order_id": "o-3ds", "payment_method_data": {"token": "pm_card_threeDSecure2Required"}})).await;
@@ -193,6 +234,35 @@ async fn a_signed_event_about_another_payment_intent_carrying_our_reference_is_n
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "requires_action");
     let m = w.metrics().await;
     assert_eq!(metric(&m, "paymux_webhooks_total", r#"channel="stripe_primary",outcome="unmatched""#), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_applied_only_on_its_own_channel_and_a_stray_one_does_not_take_its_id() {
+    let w = world(3000).await;
+    let r = create(&w.pm.api, "own", json!({"amount": 3100, "currency": "HKD", "method": "visa", "order_id": "o-own", "payment_method_data": {"token": "pm_card_threeDSecure2Required"}})).await;
+    assert_eq!(r.body["status"], "requires_action", "{}", r.text);
+    assert_eq!(r.body["channel"], "stripe_primary", "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let pi = w.sim_payments("stripe_primary").await[0]["id"].as_str().unwrap().to_string();
+    let event = |amount: i64| {
+        json!({"id": "evt_same", "object": "event", "type": "payment_intent.succeeded", "data": {"object": {"id": pi, "object": "payment_intent", "status": "succeeded", "amount": amount, "currency": "hkd", "metadata": {"paymux_attempt": format!("{id}-a1")}}}}).to_string()
+    };
+    // Signed by the backup's account, on the backup's endpoint: about another merchant
+    // account's payment, whatever it names.
+    let other =
+        send(stripe_event_of("stripe_backup", &format!("{}/v1/webhooks/stripe_backup", w.pm.api), &event(3100))).await;
+    assert_eq!(other.status, 200, "{}", other.text);
+    // A stray event (another amount) under the id the genuine one then comes with.
+    let stray = send(stripe_event(&format!("{}/v1/webhooks/stripe_primary", w.pm.api), &event(1))).await;
+    assert_eq!(stray.status, 200, "{}", stray.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "requires_action");
+    let genuine = send(stripe_event(&format!("{}/v1/webhooks/stripe_primary", w.pm.api), &event(3100))).await;
+    assert_eq!(genuine.status, 200, "{}", genuine.text);
+    let m = w.metrics().await;
+    assert_eq!(metric(&m, "paymux_webhooks_total", r#"channel="stripe_backup",outcome="unmatched""#), 1.0, "{m}");
+    assert_eq!(metric(&m, "paymux_webhooks_total", r#"channel="stripe_primary",outcome="unmatched""#), 1.0, "{m}");
+    assert_eq!(metric(&m, "paymux_webhooks_total", r#"channel="stripe_primary",outcome="applied""#), 1.0, "{m}");
+    assert_eq!(metric(&m, "paymux_webhooks_total", r#"outcome="duplicate""#), 0.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,17 +509,21 @@ async fn a_webhook_about_an_attempt_in_flight_is_deferred_unrecorded_then_applie
         .await
     );
     let aref = attempt_ref.unwrap();
-    let ev = json!({"id": "evt_early", "object": "event", "type": "payment_intent.succeeded", "created": 1,
-        "data": {"object": {"id": "pi_early", "object": "payment_intent", "status": "succeeded", "amount": 700,
-        "currency": "hkd", "metadata": {"paymux_attempt": aref}}}})
-    .to_string();
+    let event = |pi: &str| {
+        json!({"id": "evt_early", "object": "event", "type": "payment_intent.succeeded", "created": 1,
+            "data": {"object": {"id": pi, "object": "payment_intent", "status": "succeeded", "amount": 700,
+            "currency": "hkd", "metadata": {"paymux_attempt": aref}}}})
+        .to_string()
+    };
     let url = format!("{}/v1/webhooks/stripe_primary", w.pm.api);
-    let early = send(stripe_event(&url, &ev)).await;
+    // Its PaymentIntent's id is not known yet (the simulator has not answered).
+    let early = send(stripe_event(&url, &event("pi_not_known_yet"))).await;
     assert_eq!(early.status, 503, "{}", early.text);
     assert_eq!(early.body["code"], "webhook_deferred");
 
     let created = creating.await.unwrap();
     assert_eq!(created.status, 201, "{}", created.text);
+    let ev = event(w.sim_payments("stripe_primary").await[0]["id"].as_str().unwrap());
     // Not recorded as seen: the redelivery is processed, and only then deduplicated.
     let again = send(stripe_event(&url, &ev)).await;
     assert_eq!(again.status, 200, "{}", again.text);

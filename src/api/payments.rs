@@ -124,6 +124,17 @@ where
             if request_hash != r.request_hash {
                 return Held::Answer(Err(reused()));
             }
+            // A resource created but not settled when first answered (a payment processing,
+            // or awaiting the payer without their action known; a refund pending) is looked
+            // at again, as one an abandoned request left: the app is told where it stands.
+            if let Some(id) = unsettled(status, &body) {
+                if let Ok(Some(Recovered { body: now, settled })) = recover(id).await {
+                    if settled {
+                        complete(engine, &r.api_key_id, &r.key, status, &now).await;
+                    }
+                    return Held::Answer(Ok(replay(status, now)));
+                }
+            }
             return Held::Answer(Ok(replay(status, body)));
         }
         IdemState::InFlight { request_hash, since, resource_id, orphaned } => {
@@ -156,6 +167,21 @@ where
         }
         Err(p) => Held::Answer(Err(p)),
     }
+}
+
+/// The id of the resource a stored 201 answer created, when that answer was not settled:
+/// a payment `processing` or `requires_action` without its `next_action`, a refund `pending`.
+fn unsettled(status: u16, body: &[u8]) -> Option<String> {
+    if status != 201 {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let open = match v.get("status")?.as_str()? {
+        "processing" | "pending" => true,
+        "requires_action" => v.get("next_action").is_none_or(Value::is_null),
+        _ => false,
+    };
+    open.then(|| v.get("id")?.as_str().map(String::from)).flatten()
 }
 
 /// The resource an abandoned request created, as it stands now.

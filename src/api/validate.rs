@@ -216,8 +216,11 @@ pub(crate) fn holds_card_number(s: &str) -> bool {
     found
 }
 
+/// An absolute http(s) URL as RFC 3986 writes one: a browser's parser would take a space or
+/// a non-ASCII letter and encode it, but the providers' checks refuse such a URL.
 fn url(s: &str) -> bool {
-    reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    let uri_chars = s.bytes().all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
+    uri_chars && reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 /// Validates `POST /v1/payments`.
@@ -346,7 +349,10 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
     }
     let return_url = string(m, "return_url", &mut e, 2048, false);
     if return_url.is_some_and(|u| !url(u)) {
-        e.add("return_url", "must be an absolute http(s) URL");
+        e.add(
+            "return_url",
+            "must be an absolute http(s) URL, with spaces and other characters outside RFC 3986 percent-encoded",
+        );
     }
     let mut metadata = BTreeMap::new();
     match m.get("metadata") {
@@ -494,6 +500,27 @@ mod tests {
         }
         for bad in ["@", "a@", "@b.co", "a@b", "a b@c.d", "a@@b.co", "a@b..co", "a@-b.co", "not an email@@"] {
             assert!(!email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn return_urls_are_absolute_rfc_3986_http_urls() {
+        for ok in
+            ["https://shop.example.hk/done?x=1%202", "http://127.0.0.1:8080/r#top", "https://a.hk/p?q=a,b;c=d&e=~"]
+        {
+            assert!(url(ok), "{ok}");
+        }
+        for bad in [
+            "https://shop.example.hk/done?x=1 2",
+            "https://a.hk/\u{e9}t\u{e9}",
+            "https://a.hk/<x>",
+            "https://a.hk/{x}",
+            "https://a.hk/\t",
+            "ftp://a.hk/",
+            "/done",
+            "https://",
+        ] {
+            assert!(!url(bad), "{bad}");
         }
     }
 

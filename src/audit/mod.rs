@@ -16,9 +16,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// The hash of "nothing before": chains start here.
+/// The audit log's file in the data directory.
+pub const FILE: &str = "audit.jsonl";
+
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What a producer supplies; the writer adds `ts`, `seq` and the hashes.
+/// What a producer supplies; `ts` is when it is queued, and the writer adds `seq` and the
+/// hashes.
 #[derive(Debug, Clone, Default)]
 pub struct Event {
     pub request_id: Option<String>,
@@ -53,7 +57,7 @@ pub struct AuditLog {
 }
 
 enum Msg {
-    Event(Box<Event>),
+    Event(Box<Event>, time::OffsetDateTime),
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
@@ -73,7 +77,7 @@ impl AuditLog {
     /// (survive a process crash, kill -9, like SQLite's `synchronous=NORMAL`), and fsynced
     /// with the first batch after a second has passed since the last sync, or on `flush`.
     pub fn open(dir: &Path, sync_every_batch: bool) -> Result<AuditLog, AuditError> {
-        let path = dir.join("audit.jsonl");
+        let path = dir.join(FILE);
         let err = |msg: String| AuditError { path: path.display().to_string(), msg };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let (mut seq, mut prev) = (0u64, GENESIS.to_string());
@@ -129,14 +133,17 @@ impl AuditLog {
         let log = AuditLog { tx, path: Arc::new(path) };
         if let Some(bytes) = recovered {
             // The channel is empty here, so this cannot fail for lack of room.
-            let _ = log.tx.try_send(Msg::Event(Box::new(Event {
-                request_id: None,
-                actor: "system".into(),
-                action: "audit.recovered",
-                payment_id: None,
-                outcome: "torn_tail_removed".into(),
-                details: serde_json::json!({"bytes_removed": bytes}),
-            })));
+            let _ = log.tx.try_send(Msg::Event(
+                Box::new(Event {
+                    request_id: None,
+                    actor: "system".into(),
+                    action: "audit.recovered",
+                    payment_id: None,
+                    outcome: "torn_tail_removed".into(),
+                    details: serde_json::json!({"bytes_removed": bytes}),
+                }),
+                time::OffsetDateTime::now_utc(),
+            ));
         }
         Ok(log)
     }
@@ -148,14 +155,14 @@ impl AuditLog {
 
     /// Queues a record; waits (never drops) when the writer is behind.
     pub async fn record(&self, e: Event) {
-        if self.tx.send(Msg::Event(Box::new(e))).await.is_err() {
+        if self.tx.send(Msg::Event(Box::new(e), time::OffsetDateTime::now_utc())).await.is_err() {
             tracing::error!("audit writer is gone; record lost");
         }
     }
 
     /// Queues a record from synchronous code.
     pub fn record_blocking(&self, e: Event) {
-        if self.tx.blocking_send(Msg::Event(Box::new(e))).is_err() {
+        if self.tx.blocking_send(Msg::Event(Box::new(e), time::OffsetDateTime::now_utc())).is_err() {
             tracing::error!("audit writer is gone; record lost");
         }
     }
@@ -196,10 +203,10 @@ fn writer(mut file: File, mut rx: mpsc::Receiver<Msg>, mut seq: u64, mut prev: S
         for m in batch {
             match m {
                 Msg::Flush(t) => flushes.push(t),
-                Msg::Event(e) => {
+                Msg::Event(e, at) => {
                     seq += 1;
                     let rec = Record {
-                        ts: time::OffsetDateTime::now_utc().format(&ts_fmt).unwrap_or_default(),
+                        ts: at.format(&ts_fmt).unwrap_or_default(),
                         seq,
                         request_id: e.request_id.as_deref(),
                         actor: &e.actor,

@@ -253,10 +253,18 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
             dir.join(pb)
         }
     };
-    let mut seen = HashMap::new();
+    let (mut seen, mut hashes) = (HashMap::new(), HashMap::new());
     for (i, k) in r.api_keys.iter().enumerate() {
         if seen.insert(k.id.clone(), i).is_some() {
             d.push(p.diag_value(&format!("/api_keys/{i}/id"), format!("duplicate api key id `{}`", k.id)));
+        }
+        // One key, two ids: which id it authenticates as (whose payments and idempotency
+        // keys it sees) would hang on the order of the list.
+        if let Some(first) = hashes.insert(k.sha256.to_ascii_lowercase(), k.id.clone()) {
+            d.push(p.diag_value(
+                &format!("/api_keys/{i}/sha256"),
+                format!("the same key as api key `{first}`: each key belongs to one id"),
+            ));
         }
     }
     let tls = r.tls.as_ref().map(|t| (rel(&t.cert_file), rel(&t.key_file)));

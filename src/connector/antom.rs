@@ -239,25 +239,30 @@ impl Connector for Antom {
             return CreateOutcome::Ambiguous { code: "response_signature_invalid".into() };
         };
         let (status, code, message) = result(&v);
-        let provider_ref = v.get("paymentId").and_then(Value::as_str).map(String::from);
-        match status {
-            "S" => CreateOutcome::Accepted(ProviderPayment {
-                provider_ref: provider_ref.unwrap_or_default(),
+        let provider_ref = v.get("paymentId").and_then(Value::as_str).filter(|r| !r.is_empty()).map(String::from);
+        match (status, provider_ref) {
+            // Taken, but naming no payment: which one it is, the status query tells.
+            ("S", None) => CreateOutcome::Ambiguous { code: "no_payment_id".into() },
+            ("U", None) if code == "PAYMENT_IN_PROCESS" => CreateOutcome::Ambiguous { code: "no_payment_id".into() },
+            ("S", Some(provider_ref)) => CreateOutcome::Accepted(ProviderPayment {
+                provider_ref,
                 state: ProviderState::Succeeded,
                 next_action: None,
-                captured_minor: None,
+                money: None,
             }),
-            "U" if code == "PAYMENT_IN_PROCESS" => CreateOutcome::Accepted(ProviderPayment {
-                provider_ref: provider_ref.unwrap_or_default(),
+            ("U", Some(provider_ref)) if code == "PAYMENT_IN_PROCESS" => CreateOutcome::Accepted(ProviderPayment {
+                provider_ref,
                 state: ProviderState::RequiresAction,
                 next_action: next_action(&v),
-                captured_minor: None,
+                money: None,
             }),
-            "F" if DECLINE_CODES.contains(&code) => {
-                CreateOutcome::Declined { provider_ref, code: code.into(), message: message.into() }
-            }
-            "F" => CreateOutcome::NotProcessed { code: code.into(), message: message.into() },
-            _ => CreateOutcome::Ambiguous { code: if code.is_empty() { "unknown".into() } else { code.into() } },
+            (_, provider_ref) => match status {
+                "F" if DECLINE_CODES.contains(&code) => {
+                    CreateOutcome::Declined { provider_ref, code: code.into(), message: message.into() }
+                }
+                "F" => CreateOutcome::NotProcessed { code: code.into(), message: message.into() },
+                _ => CreateOutcome::Ambiguous { code: if code.is_empty() { "unknown".into() } else { code.into() } },
+            },
         }
     }
 
@@ -276,17 +281,21 @@ impl Connector for Antom {
         match (status, code) {
             ("S", _) => {
                 let ps = v.get("paymentStatus").and_then(Value::as_str).unwrap_or("");
-                match payment_state(ps, &v) {
-                    Some(state) => QueryOutcome::Found(ProviderPayment {
-                        provider_ref: v.get("paymentId").and_then(Value::as_str).unwrap_or_default().to_string(),
+                let provider_ref = v.get("paymentId").and_then(Value::as_str).filter(|r| !r.is_empty());
+                match (payment_state(ps, &v), provider_ref) {
+                    (Some(state), Some(provider_ref)) => QueryOutcome::Found(ProviderPayment {
+                        provider_ref: provider_ref.to_string(),
                         state,
                         next_action: None,
-                        captured_minor: v
-                            .pointer("/paymentAmount/value")
-                            .and_then(Value::as_str)
-                            .and_then(|s| s.parse().ok()),
+                        money: stated_money(
+                            v.pointer("/paymentAmount/value").and_then(Value::as_str).and_then(|m| m.parse().ok()),
+                            v.pointer("/paymentAmount/currency"),
+                        )
+                        .ok()
+                        .flatten(),
                     }),
-                    None => QueryOutcome::Unknown { code: format!("payment_status_{ps}") },
+                    (Some(_), None) => QueryOutcome::Unknown { code: "no_payment_id".into() },
+                    (None, _) => QueryOutcome::Unknown { code: format!("payment_status_{ps}") },
                 }
             }
             ("F", "ORDER_NOT_EXIST") => QueryOutcome::NotFound { authoritative: true },
@@ -390,6 +399,11 @@ impl Connector for Antom {
         };
         if !verify_signed(&self.provider_key, path, cid, t, sig, body) {
             return Err(WebhookError::BadSignature);
+        }
+        // Antom notifies under the merchant's own Client-Id: another one is about another
+        // merchant account.
+        if cid != self.client_id {
+            return Err(WebhookError::OtherAccount);
         }
         let v: Value = serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
         let notify_type = v.get("notifyType").and_then(Value::as_str).unwrap_or("").to_string();
@@ -521,5 +535,46 @@ mod tests {
         let mut forged = ok.clone();
         forged.body = Bytes::from_static(br#"{"result":{"resultStatus":"S"},"paymentStatus":"FAIL"}"#);
         assert!(matches!(c.parse_query(&q, &w, &forged), QueryOutcome::Unknown { .. }));
+    }
+
+    #[test]
+    fn an_answer_naming_no_payment_is_not_taken_as_one() {
+        let c = conn();
+        let q = QueryRef { attempt_ref: "pay_1-a1", provider_ref: None, since_send_ms: 0 };
+        let w = c.build_query(&q).unwrap();
+        let found = signed_response(
+            &w.path,
+            r#"{"result":{"resultStatus":"S","resultCode":"SUCCESS"},"paymentStatus":"SUCCESS","paymentId":"2026x","paymentAmount":{"currency":"HKD","value":"1000"}}"#,
+        );
+        let hkd = Currency::parse("HKD").unwrap();
+        assert!(
+            matches!(c.parse_query(&q, &w, &found), QueryOutcome::Found(p) if p.money == Some(Money::new(1000, hkd).unwrap()))
+        );
+        let nameless = signed_response(
+            &w.path,
+            r#"{"result":{"resultStatus":"S","resultCode":"SUCCESS"},"paymentStatus":"SUCCESS"}"#,
+        );
+        assert_eq!(c.parse_query(&q, &w, &nameless), QueryOutcome::Unknown { code: "no_payment_id".into() });
+        // A create taken but naming no payment: the status query is asked which one it is.
+        let md = BTreeMap::new();
+        let req = CreateRequest {
+            payment_id: "pay_1",
+            attempt_ref: "pay_1-a1",
+            money: Money::new(1000, hkd).unwrap(),
+            method: Method::AlipayHk,
+            order_id: "o-1",
+            customer_id: None,
+            customer_email: None,
+            payment_method_data: None,
+            return_url: Some("https://shop/return"),
+            metadata: &md,
+            notify_url: "https://pm/v1/webhooks/antom",
+        };
+        let cw = c.build_create(&req).unwrap();
+        let in_process = signed_response(
+            &cw.path,
+            r#"{"result":{"resultStatus":"U","resultCode":"PAYMENT_IN_PROCESS"},"normalUrl":"https://pay/x"}"#,
+        );
+        assert_eq!(c.parse_create(&cw, &in_process), CreateOutcome::Ambiguous { code: "no_payment_id".into() });
     }
 }

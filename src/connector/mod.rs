@@ -74,8 +74,9 @@ pub struct ProviderPayment {
     pub state: ProviderState,
     /// `next_action` for the app (`{"type": "redirect", "url": ...}`), when the payer must act.
     pub next_action: Option<serde_json::Value>,
-    /// Amount the provider says it captured, when it says.
-    pub captured_minor: Option<i64>,
+    /// The amount and currency the provider says the payment is for, when it says: an
+    /// answer about another amount is about another payment, whatever reference it carries.
+    pub money: Option<Money>,
 }
 
 /// Outcome of a create call.
@@ -220,6 +221,8 @@ pub enum WebhookError {
     BadSignature,
     #[error("timestamp outside the tolerance window")]
     Stale,
+    #[error("signed for another merchant account than this channel's")]
+    OtherAccount,
     #[error("payload is not a recognised event: {0}")]
     Malformed(String),
 }

@@ -68,7 +68,9 @@ struct Intent {
     #[serde(default)]
     next_action: Option<Value>,
     #[serde(default)]
-    amount_received: Option<Value>,
+    amount: Option<i64>,
+    #[serde(default)]
+    currency: Option<Value>,
 }
 
 /// The payment a PaymentIntent object describes.
@@ -107,8 +109,8 @@ fn payment_from(pi: Intent) -> Option<ProviderPayment> {
             None => serde_json::json!({"type": "redirect", "provider_action": n.get("type").cloned().unwrap_or(Value::Null)}),
         }
     });
-    let captured_minor = pi.amount_received.as_ref().and_then(Value::as_i64);
-    Some(ProviderPayment { provider_ref: pi.id, state, next_action, captured_minor })
+    let money = stated_money(pi.amount, pi.currency.as_ref()).ok().flatten();
+    Some(ProviderPayment { provider_ref: pi.id, state, next_action, money })
 }
 
 fn parse_json(resp: &WireResponse) -> Option<Value> {

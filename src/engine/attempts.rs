@@ -36,6 +36,14 @@ pub struct IdemSlot {
 /// expire within minutes at the providers paymux speaks.
 const ACTION_REFETCH_WINDOW_MS: i64 = 30 * 60 * 1000;
 
+/// A create sent under `attempt_ref` at `at` that got no clear answer (`code` says why).
+struct Unanswered<'a> {
+    create: &'a crate::connector::WireRequest,
+    attempt_ref: &'a str,
+    code: String,
+    at: Instant,
+}
+
 /// How one attempt ended, for the loop's decision.
 enum Step {
     /// The payment now lives on this channel (final or not).
@@ -199,7 +207,13 @@ impl Engine {
         }
         ops.push(Write::UpdatePayment(view.payment.clone()));
         ops.push(Write::CompleteIdempotency { api_key_id: api_key, key, status: 201, body: body.clone() });
-        crate::store::call(&self.store, move |s| s.write_batch(ops)).await?;
+        let batch = ops.clone();
+        if let Err(e) = crate::store::call(&self.store, move |s| s.write_batch(batch)).await {
+            // Sent, but not stored: written again in the background until the store takes it.
+            tracing::error!(payment_id = %view.payment.id, error = %e, "could not store a create's result; retrying in the background");
+            self.unstored.push(ops, view.payment.clone());
+            return Err(e.into());
+        }
         if let Some(d) = decision.take() {
             self.audit(ctx, "route.decision", Some(&id), "routed", d).await;
         }
@@ -341,24 +355,18 @@ impl Engine {
                 Step::Next { outcome: "not_processed", code, message, watch: false }
             }
             CreateOutcome::Ambiguous { code } => {
-                self.resolve_ambiguous(ctx, ch, &req, attempt_ref, code, sent_at).await
+                let sent = Unanswered { create: &req, attempt_ref, code, at: sent_at };
+                self.resolve_ambiguous(ctx, ch, p, sent).await
             }
         };
         (step, latency)
     }
 
     /// After an ambiguous send: ask the provider before doing anything else.
-    async fn resolve_ambiguous(
-        &self,
-        ctx: &Ctx,
-        ch: &Arc<Channel>,
-        create: &crate::connector::WireRequest,
-        attempt_ref: &str,
-        code: String,
-        sent_at: Instant,
-    ) -> Step {
-        let since = sent_at.elapsed().as_millis() as u64;
-        match self.ask(ctx, ch, attempt_ref, None, since).await {
+    async fn resolve_ambiguous(&self, ctx: &Ctx, ch: &Arc<Channel>, p: &PaymentRow, sent: Unanswered<'_>) -> Step {
+        let Unanswered { create, attempt_ref, code, at } = sent;
+        let since = at.elapsed().as_millis() as u64;
+        match self.ask(ctx, ch, p, attempt_ref, None, since).await {
             QueryOutcome::Found(mut pp) => {
                 if pp.state == ProviderState::RequiresAction && pp.next_action.is_none() {
                     pp.next_action = self.refetch_action(ctx, ch, create, &pp.provider_ref).await;

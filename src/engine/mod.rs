@@ -33,6 +33,28 @@ pub struct Engine {
     /// Refunds whose own request is still waiting for the provider: the reconciler leaves
     /// them alone (the provider may not know them yet, and their caller will store the answer).
     pub refunds_in_flight: Arc<InFlight>,
+    /// Results of creates the store refused to take (a full disk): written again by each
+    /// reconciler pass until it does.
+    pub unstored: Arc<Unstored>,
+}
+
+/// The final writes of creates that went out to a provider but whose result the store
+/// refused: until written, the store shows the payment in flight on no channel, which no
+/// read, callback or reconciler pass can settle (only a restart's recovery would). Each is
+/// the batch the create would have committed, with the payment it stores.
+#[derive(Default)]
+pub struct Unstored(std::sync::Mutex<Vec<(Vec<crate::store::Write>, PaymentRow)>>);
+
+impl Unstored {
+    pub(crate) fn push(&self, ops: Vec<crate::store::Write>, p: PaymentRow) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((ops, p));
+        }
+    }
+
+    fn take(&self) -> Vec<(Vec<crate::store::Write>, PaymentRow)> {
+        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
 }
 
 /// Ids of operations under way in this process.

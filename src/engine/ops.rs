@@ -29,28 +29,32 @@ impl Engine {
         let ch = holding_channel(pol, p)?;
         let aref = p.attempt_ref.clone()?;
         let pref = p.provider_ref.clone().filter(|s| !s.is_empty());
-        Some(self.query_ref(ctx, &ch, &aref, pref).await)
+        Some(self.query_ref(ctx, &ch, p, &aref, pref).await)
     }
 
-    /// Asks `ch` about the attempt `aref` (and the provider's id when known), timed from the
-    /// attempt's stored start.
+    /// Asks `ch` about the attempt `aref` of payment `p` (and the provider's id when known),
+    /// timed from the attempt's stored start.
     pub(crate) async fn query_ref(
         &self,
         ctx: &Ctx,
         ch: &Arc<Channel>,
+        p: &PaymentRow,
         aref: &str,
         pref: Option<String>,
     ) -> QueryOutcome {
         let since = self.since_send(aref).await;
-        self.ask(ctx, ch, aref, pref, since).await
+        self.ask(ctx, ch, p, aref, pref, since).await
     }
 
     /// The one status query: built, signed, sent and read by the channel's connector. A query
-    /// that cannot be built or sent is `Unknown`, with why.
+    /// that cannot be built or sent is `Unknown`, with why; so is an answer about another
+    /// amount than payment `p`'s (the provider found something else under our reference: it
+    /// is neither adopted nor taken as "no such payment").
     pub(crate) async fn ask(
         &self,
         ctx: &Ctx,
         ch: &Arc<Channel>,
+        p: &PaymentRow,
         aref: &str,
         pref: Option<String>,
         since_send_ms: u64,
@@ -67,9 +71,16 @@ impl Engine {
         };
         let (res, _) = self.send(ch, &req, Some(ctx.remaining())).await;
         let q = QueryRef { attempt_ref: aref, provider_ref: pref.as_deref(), since_send_ms };
-        match res {
+        let out = match res {
             Ok(resp) => ch.connector.parse_query(&q, &req, &resp),
             Err(e) => QueryOutcome::Unknown { code: e.code().into() },
+        };
+        match out {
+            QueryOutcome::Found(found) if !p.is_for(found.money) => {
+                tracing::warn!(channel = %ch.id, payment_id = %p.id, "the status query found another amount under the payment's reference; not adopted");
+                QueryOutcome::Unknown { code: "another_amount".into() }
+            }
+            out => out,
         }
     }
 
@@ -124,9 +135,14 @@ impl Engine {
                 Ok(v)
             }
             CancelOutcome::Refused { code, message } => {
-                // The provider's view wins: it may have completed meanwhile.
+                // The provider's view wins: it may have completed meanwhile, and then the
+                // answer is the one a second cancel would get (the payer has paid: the app
+                // must not read it as "still open").
                 self.adopt_provider_view(ctx, policy, p).await?;
-                Err(EngineError::ProviderRefused { code, message })
+                match p.status {
+                    s if s.is_final() => Err(EngineError::NotCancelable(s)),
+                    _ => Err(EngineError::ProviderRefused { code, message }),
+                }
             }
             CancelOutcome::Unknown { code } => {
                 // The cancel may have reached the provider: its view, if it gives one, answers.
@@ -204,6 +220,13 @@ impl Engine {
             RefundOutcome::Accepted { provider_refund_ref, state } => {
                 r.provider_refund_ref = provider_refund_ref.clone();
                 apply_refund_state(&mut r, state);
+                Ok(())
+            }
+            // Not the provider's own word (a bare HTTP status, a clash under our reference):
+            // it may have refunded all the same, so the refund stays pending and reserved
+            // until the provider's callback or the reconciler's query settles it.
+            RefundOutcome::NotProcessed { code, .. } if refusal_in_doubt(code) => {
+                r.error_code = Some(code.clone());
                 Ok(())
             }
             RefundOutcome::NotProcessed { code, message } => {
@@ -343,9 +366,14 @@ impl Engine {
 /// or a clash with the first request under the same reference (which may still be at work
 /// and land later).
 pub(crate) fn refusal_settles(code: &str) -> bool {
-    !transient_refusal(code)
-        && !matches!(code, "signing_failed" | "unknown" | "REPEAT_REQ_INCONSISTENT")
-        && !code.starts_with("http_")
+    !transient_refusal(code) && code != "signing_failed" && !refusal_in_doubt(code)
+}
+
+/// Whether a refusal is not the provider's own word on the refund, so that it may have been
+/// carried out all the same: a bare HTTP status (a gateway's, or one after the work was
+/// done), an unknown result, or a clash with an earlier request under the same reference.
+fn refusal_in_doubt(code: &str) -> bool {
+    matches!(code, "unknown" | "REPEAT_REQ_INCONSISTENT") || code.starts_with("http_")
 }
 
 /// Whether a refund was not processed for a passing reason: nothing reached the provider

@@ -52,8 +52,24 @@ impl RetrySchedule {
 }
 
 impl Engine {
+    /// Writes again the creates' results the store refused (see [`Unstored`]); those it
+    /// refuses again wait for the next pass.
+    async fn store_unstored(&self) {
+        for (ops, p) in self.unstored.take() {
+            let batch = ops.clone();
+            match crate::store::call(&self.store, move |s| s.write_batch(batch)).await {
+                Ok(()) => {
+                    tracing::info!(payment_id = %p.id, status = p.status.as_str(), "stored a create's result the store had refused");
+                    self.count_status(&p, None);
+                }
+                Err(_) => self.unstored.push(ops, p),
+            }
+        }
+    }
+
     /// One reconciliation pass. Returns how many payments were examined.
     pub async fn reconcile_once(&self, policy: &Arc<ArcSwap<Policy>>) -> usize {
+        self.store_unstored().await;
         let pol = policy.load_full();
         let now = now_ms();
         let due = crate::store::call(&self.store, move |s| s.payments_due(now, 100)).await.unwrap_or_default();
@@ -248,12 +264,8 @@ impl Engine {
             let Some(ch) = pol.holding_channel(&a.channel).cloned() else { continue };
             // Never reverse the attempt that holds the payment.
             let pid = a.payment_id.clone();
-            let holder = crate::store::call(&self.store, move |s| s.get_payment(&pid))
-                .await
-                .ok()
-                .flatten()
-                .and_then(|p| p.attempt_ref);
-            if holder.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
+            let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
+            if p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
                 self.retry.done(&a.attempt_ref);
                 a.watch = false;
                 let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
@@ -264,7 +276,7 @@ impl Engine {
                 actor: "system".into(),
                 deadline: Instant::now() + pol.server.request_deadline,
             };
-            let found = self.query_ref(&ctx, &ch, &a.attempt_ref, a.provider_ref.clone()).await;
+            let found = self.query_ref(&ctx, &ch, &p, &a.attempt_ref, a.provider_ref.clone()).await;
             let keep_watching = match found {
                 QueryOutcome::Found(pp) => match pp.state {
                     ProviderState::Failed { .. } | ProviderState::Canceled => false,

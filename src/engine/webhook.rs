@@ -45,16 +45,17 @@ impl Engine {
                     let a = match ar {
                         // Found by our reference (metadata): when the attempt already knows the
                         // provider's object, the event must be about that one. Anything else on
-                        // the provider account may carry our reference; it is not applied.
-                        Some(a) => s.attempt_by_ref(&a)?.filter(|a| a.provider_ref.as_deref().is_none_or(|r| r == pr)),
+                        // the provider account may carry our reference; it is not applied. Nor
+                        // is an event about an attempt on another channel (another merchant
+                        // account of the same provider).
+                        Some(a) => s
+                            .attempt_by_ref(&a)?
+                            .filter(|a| a.channel == c && a.provider_ref.as_deref().is_none_or(|r| r == pr)),
                         None => s.attempt_by_provider_ref(&c, &pr)?,
                     };
-                    // And it must be about the payment's amount: an event stating another
-                    // amount or currency is about something else, whatever it carries.
+                    // And it must be about the payment's amount.
                     let p = match &a {
-                        Some(a) => s
-                            .get_payment(&a.payment_id)?
-                            .filter(|p| money.is_none_or(|m| m.minor() == p.amount && m.currency() == p.currency)),
+                        Some(a) => s.get_payment(&a.payment_id)?.filter(|p| p.is_for(money)),
                         None => None,
                     };
                     Ok(a.zip(p))
@@ -74,6 +75,13 @@ impl Engine {
                 return Ok(WebhookResult::Retry);
             }
         }
+        // An event about no payment of ours is acknowledged but its id not kept: a forged or
+        // mistaken one must not take the id of the genuine event that may follow.
+        if matches!(ev.kind, WebhookKind::Payment { .. }) && target.is_none() {
+            self.metrics.webhooks.with_label_values(&[&ch.id, "unmatched"]).inc();
+            self.audit(ctx, "webhook", None, "unmatched", json!({"channel": ch.id, "event_id": ev.event_id})).await;
+            return Ok(WebhookResult::Ack { duplicate: false });
+        }
         let (c, e) = (ch.id.clone(), ev.event_id.clone());
         let duplicate = crate::store::call(&self.store, move |s| s.webhook_seen(&c, &e, now_ms())).await?;
         if duplicate {
@@ -90,7 +98,7 @@ impl Engine {
                 None => "unmatched",
             },
             WebhookKind::Refund { refund_id, state, provider_refund_ref } => match refund_id {
-                Some(rid) => match self.apply_refund_event(rid, state, provider_refund_ref).await? {
+                Some(rid) => match self.apply_refund_event(&ch.id, rid, state, provider_refund_ref).await? {
                     Some((pid, changed)) => {
                         payment_id = Some(pid);
                         if changed {
@@ -143,20 +151,26 @@ impl Engine {
         })
     }
 
-    /// Applies a refund callback; returns the refund's payment id and whether the refund
-    /// changed, or `None` for an unknown refund. Pending settles either way; a refund the
+    /// Applies a refund callback received on `channel`; returns the refund's payment id and
+    /// whether the refund changed, or `None` for a refund unknown on that channel. Pending settles either way; a refund the
     /// provider reports failed after all (Stripe's refund.failed) is reversed; a failure
     /// paymux inferred (the provider showed no such refund) yields to the provider saying it
     /// succeeded. Written against the status it read, re-read once if another writer got
     /// there first.
     async fn apply_refund_event(
         &self,
+        channel: &str,
         rid: &str,
         state: &crate::connector::RefundState,
         provider_refund_ref: &Option<String>,
     ) -> Result<Option<(String, bool)>, EngineError> {
         for _ in 0..2 {
             let Ok(mut r) = self.get_refund(rid).await else { return Ok(None) };
+            let pid = r.payment_id.clone();
+            let p = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await?;
+            if p.and_then(|p| p.channel).as_deref() != Some(channel) {
+                return Ok(None);
+            }
             let new_status = super::ops::refund_status(state);
             let inferred = r.status == "failed" && r.error_code.as_deref() == Some("provider_did_not_process");
             let applies = r.status == "pending"

@@ -44,6 +44,15 @@ pub struct PaymentRow {
     pub reconcile_backoff_ms: i64,
 }
 
+impl PaymentRow {
+    /// Whether the amount and currency a provider states about a payment (when it states
+    /// them) are this one's: what it says about another amount is about something else,
+    /// whatever reference it carries.
+    pub fn is_for(&self, stated: Option<crate::domain::Money>) -> bool {
+        stated.is_none_or(|m| m.minor() == self.amount && m.currency() == self.currency)
+    }
+}
+
 /// One call to a provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRow {

@@ -39,9 +39,11 @@ pub struct SqliteStore {
     /// Where batches the database refused to apply are set aside (see `apply_journal`).
     rejected_path: PathBuf,
     synchronous_full: bool,
-    /// An exclusive lock on `paymux.lock` in the data directory, held while the store is open:
-    /// two processes sharing one store would each take the other's work for abandoned.
-    _lock: std::fs::File,
+    /// Exclusive locks on `paymux.lock` in the data directory and on the directory itself,
+    /// held while the store is open: two processes sharing one store would each take the
+    /// other's work for abandoned (and charge again). The directory's lock holds even when
+    /// the lock file is deleted, as one that looks stale after a crash may be.
+    _lock: (std::fs::File, std::fs::File),
 }
 
 // Every WAL frame a commit writes is a page, so the layout keeps the pages a payment touches
@@ -100,6 +102,9 @@ const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// `PRAGMA application_id` of a paymux database ("pmux"): tells it from another SQLite file.
+/// The database's file in the data directory.
+pub const DB_FILE: &str = "paymux.db";
+
 const APPLICATION_ID: i64 = 0x706d_7578;
 
 /// Creates the schema in a new database, or checks that an existing one has this build's
@@ -178,17 +183,21 @@ impl SqliteStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", lock_path.display())))?;
-        if let Err(e) = lock.try_lock() {
-            return Err(StoreError::Backend(match e {
-                std::fs::TryLockError::WouldBlock => format!(
-                    "{} is in use by another paymux process (it holds {}); one data directory serves one process",
-                    dir.display(),
-                    lock_path.display()
-                ),
-                std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", lock_path.display()),
-            }));
+        let dir_lock =
+            std::fs::File::open(dir).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", dir.display())))?;
+        for (file, what) in [(&lock, &lock_path), (&dir_lock, &dir.to_path_buf())] {
+            if let Err(e) = file.try_lock() {
+                return Err(StoreError::Backend(match e {
+                    std::fs::TryLockError::WouldBlock => format!(
+                        "{} is in use by another paymux process (it holds {}); one data directory serves one process",
+                        dir.display(),
+                        what.display()
+                    ),
+                    std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", what.display()),
+                }));
+            }
         }
-        let path = dir.join("paymux.db");
+        let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Checked before anything else changes the file (a refused database stays as it was).
@@ -216,7 +225,7 @@ impl SqliteStore {
             journal_ok: std::sync::atomic::AtomicBool::new(true),
             rejected_path: dir.join("journal-rejected.jsonl"),
             synchronous_full,
-            _lock: lock,
+            _lock: (lock, dir_lock),
         };
         // What a previous run journaled and did not apply goes in before anything is served.
         let replayed = store.apply_journal()?;
@@ -1002,6 +1011,10 @@ mod tests {
     fn one_process_per_data_directory_and_its_claims_orphaned_after_it_stops() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path(), false).unwrap();
+        let e = SqliteStore::open(dir.path(), false).err().unwrap().to_string();
+        assert!(e.contains("in use by another paymux process"), "{e}");
+        // Also once the lock file is deleted (it may look stale after a crash).
+        std::fs::remove_file(dir.path().join("paymux.lock")).unwrap();
         let e = SqliteStore::open(dir.path(), false).err().unwrap().to_string();
         assert!(e.contains("in use by another paymux process"), "{e}");
         assert_eq!(claim(&s, "k", "key1", "h1", 10, 100), IdemClaim::Claimed);

@@ -176,7 +176,12 @@ pub fn client() -> reqwest::Client {
 
 /// A Stripe event signed with the primary channel's webhook secret, timestamped now.
 pub fn stripe_event(url: &str, ev: &str) -> reqwest::RequestBuilder {
-    let secret = std::fs::read_to_string(root().join("sandbox/keys/stripe_primary_webhook_secret")).unwrap();
+    stripe_event_of("stripe_primary", url, ev)
+}
+
+/// A Stripe event signed with `channel`'s webhook secret, timestamped now.
+pub fn stripe_event_of(channel: &str, url: &str, ev: &str) -> reqwest::RequestBuilder {
+    let secret = std::fs::read_to_string(root().join(format!("sandbox/keys/{channel}_webhook_secret"))).unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mac =
         paymux::crypto::hex(&paymux::crypto::hmac_sha256(secret.trim().as_bytes(), format!("{now}.{ev}").as_bytes()));
