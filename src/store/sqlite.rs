@@ -166,6 +166,28 @@ fn schema_only(version: usize) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
+/// The database's connections (writer, checkpointer, reader), its schema brought up to date,
+/// and the journal sequence it has applied through.
+fn open_db(path: &Path, synchronous_full: bool) -> StoreResult<(Connection, Connection, Connection, i64)> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Checked before anything else changes the file (a refused database stays as it was).
+    ensure_schema(&mut conn, path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // Checkpoints run from the housekeeping task on `checkpointer`, not inside a request's
+    // commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let checkpointer = Connection::open(path)?;
+    checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+    let reader = Connection::open(path)?;
+    reader.busy_timeout(std::time::Duration::from_secs(5))?;
+    let applied: i64 = conn.query_row("SELECT seq FROM journal_applied", [], |r| r.get(0))?;
+    Ok((conn, checkpointer, reader, applied))
+}
+
 impl SqliteStore {
     /// Opens (or creates) `dir/paymux.db`.
     pub fn open(dir: &Path, synchronous_full: bool) -> StoreResult<Self> {
@@ -174,6 +196,9 @@ impl SqliteStore {
 
     /// [`Self::open`] with a key set of `key_capacity` keys (tests fill a small one).
     fn open_with(dir: &Path, synchronous_full: bool, key_capacity: usize) -> StoreResult<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Backend(format!("{} is not a directory", dir.display())));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let lock_path = dir.join("paymux.lock");
@@ -198,22 +223,13 @@ impl SqliteStore {
             }
         }
         let path = dir.join(DB_FILE);
-        let mut conn = Connection::open(&path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // Checked before anything else changes the file (a refused database stays as it was).
-        ensure_schema(&mut conn, &path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.set_prepared_statement_cache_capacity(64);
-        // Checkpoints run from the housekeeping task on `checkpointer`, not inside a
-        // request's commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = Connection::open(&path)?;
-        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
-        let reader = Connection::open(&path)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        let applied: i64 = conn.query_row("SELECT seq FROM journal_applied", [], |r| r.get(0))?;
+        // SQLite's own messages ("database disk image is malformed") name no file.
+        let (conn, checkpointer, reader, applied) = open_db(&path, synchronous_full).map_err(|e| match e {
+            StoreError::Backend(m) if !m.contains(&*path.to_string_lossy()) => {
+                StoreError::Backend(format!("{}: {m}", path.display()))
+            }
+            e => e,
+        })?;
         let journal = Journal::open(dir, applied as u64).map_err(|e| StoreError::Backend(e.to_string()))?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
@@ -1098,6 +1114,16 @@ mod tests {
         drop(c);
         let e = SqliteStore::open(foreign.path(), false).err().unwrap().to_string();
         assert!(e.contains("not a paymux database"), "{e}");
+
+        // Not an SQLite file at all: SQLite's words, and which file.
+        let garbage = tempfile::tempdir().unwrap();
+        let db = garbage.path().join("paymux.db");
+        std::fs::write(&db, vec![7u8; 8192]).unwrap();
+        let e = SqliteStore::open(garbage.path(), false).err().unwrap().to_string();
+        assert!(e.contains(&format!("{}: file is not a database", db.display())), "{e}");
+        // A data directory that is a file.
+        let e = SqliteStore::open(&db, false).err().unwrap().to_string();
+        assert!(e.ends_with("paymux.db is not a directory"), "{e}");
     }
 
     /// Fails when a released schema step changes (a database of that version would never
