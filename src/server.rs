@@ -46,8 +46,14 @@ const LISTEN_RETRY: Duration = Duration::from_secs(10);
 /// paymux would take every retried Idempotency-Key for a new payment and charge again.
 fn refuse_lost_store(dir: &std::path::Path) -> Result<(), StartError> {
     use crate::store::sqlite::DB_FILE;
-    let size = |f: &str| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
-    if size(crate::audit::FILE) > 0 && size(DB_FILE) == 0 {
+    // Only a file that is not there counts as empty (one that cannot be read is reported by
+    // whatever opens it).
+    let size = |f: &str| match std::fs::metadata(dir.join(f)) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+        Err(_) => None,
+    };
+    if size(crate::audit::FILE).is_some_and(|n| n > 0) && size(DB_FILE) == Some(0) {
         return Err(StartError::Other(format!(
             "{dir}: {audit} records this store's history, but {DB_FILE} is missing or empty (deleted, or \
              not the directory the log belongs with); starting afresh would take retried payments \

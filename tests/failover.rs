@@ -233,9 +233,11 @@ async fn a_retry_fetches_the_payer_action_an_antom_outage_withheld_from_the_firs
     assert_eq!(again.body["id"], r.body["id"]);
     assert_eq!(again.body["next_action"]["type"], "redirect", "{}", again.text);
     assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
-    // Settled now: that answer is the key's from here on.
+    // Unchanged since: the same payment, status and action.
     let third = create(&w.pm.api, "antom-lost", body).await;
-    assert_eq!(third.body, again.body);
+    for k in ["id", "status", "next_action"] {
+        assert_eq!(third.body[k], again.body[k], "{k}: {}", third.text);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

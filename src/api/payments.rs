@@ -124,9 +124,10 @@ where
             if request_hash != r.request_hash {
                 return Held::Answer(Err(reused()));
             }
-            // A resource created but not settled when first answered (a payment processing,
-            // or awaiting the payer without their action known; a refund pending) is looked
-            // at again, as one an abandoned request left: the app is told where it stands.
+            // A resource created but not final when first answered (a payment processing or
+            // awaiting the payer, a refund pending) is looked at again, as one an abandoned
+            // request left: the app is told where it stands. Only a final answer replaces the
+            // stored one (two replays racing could otherwise store the older).
             if let Some(id) = unsettled(status, &body) {
                 if let Ok(Some(Recovered { body: now, settled })) = recover(id).await {
                     if settled {
@@ -151,8 +152,7 @@ where
     };
     match recover(resource.clone()).await {
         Ok(Some(Recovered { body, settled })) => {
-            // Stored as the key's answer once it will not change under the app (a final
-            // status, or the payer's action known); until then each retry looks again.
+            // Stored as the key's answer once final; until then each retry looks again.
             if settled {
                 complete(engine, &r.api_key_id, &r.key, 201, &body).await;
             }
@@ -169,25 +169,21 @@ where
     }
 }
 
-/// The id of the resource a stored 201 answer created, when that answer was not settled:
-/// a payment `processing` or `requires_action` without its `next_action`, a refund `pending`.
+/// The id of the resource a stored 201 answer created, when that answer was not final: a
+/// payment `processing` or `requires_action`, a refund `pending`.
 fn unsettled(status: u16, body: &[u8]) -> Option<String> {
     if status != 201 {
         return None;
     }
     let v: Value = serde_json::from_slice(body).ok()?;
-    let open = match v.get("status")?.as_str()? {
-        "processing" | "pending" => true,
-        "requires_action" => v.get("next_action").is_none_or(Value::is_null),
-        _ => false,
-    };
+    let open = matches!(v.get("status")?.as_str()?, "processing" | "requires_action" | "pending");
     open.then(|| v.get("id")?.as_str().map(String::from)).flatten()
 }
 
 /// The resource an abandoned request created, as it stands now.
 struct Recovered {
     body: Vec<u8>,
-    /// Final, or waiting only on the payer with their action known.
+    /// Final: it will not change under the app any more.
     settled: bool,
 }
 
@@ -254,8 +250,7 @@ async fn recover_payment(
     match engine.recover_created(ctx, policy, &id, np).await {
         Ok(v) => {
             let p = &v.payment;
-            let settled = p.status.is_final() || (p.status == PaymentStatus::RequiresAction && p.next_action.is_some());
-            Ok(Some(Recovered { body: payment_json(&v), settled }))
+            Ok(Some(Recovered { body: payment_json(&v), settled: p.status.is_final() }))
         }
         Err(crate::engine::EngineError::NotFound) => Ok(None),
         Err(e) => Err(engine_problem(&e)),

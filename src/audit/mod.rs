@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The hash of "nothing before": chains start here.
 /// The audit log's file in the data directory.
 pub const FILE: &str = "audit.jsonl";
 
+/// The hash of "nothing before": chains start here.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What a producer supplies; `ts` is when it is queued, and the writer adds `seq` and the

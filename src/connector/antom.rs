@@ -242,8 +242,8 @@ impl Connector for Antom {
         let provider_ref = v.get("paymentId").and_then(Value::as_str).filter(|r| !r.is_empty()).map(String::from);
         match (status, provider_ref) {
             // Taken, but naming no payment: which one it is, the status query tells.
-            ("S", None) => CreateOutcome::Ambiguous { code: "no_payment_id".into() },
-            ("U", None) if code == "PAYMENT_IN_PROCESS" => CreateOutcome::Ambiguous { code: "no_payment_id".into() },
+            ("S", None) => CreateOutcome::Unnamed { code: "no_payment_id".into() },
+            ("U", None) if code == "PAYMENT_IN_PROCESS" => CreateOutcome::Unnamed { code: "no_payment_id".into() },
             ("S", Some(provider_ref)) => CreateOutcome::Accepted(ProviderPayment {
                 provider_ref,
                 state: ProviderState::Succeeded,
@@ -575,6 +575,6 @@ mod tests {
             &cw.path,
             r#"{"result":{"resultStatus":"U","resultCode":"PAYMENT_IN_PROCESS"},"normalUrl":"https://pay/x"}"#,
         );
-        assert_eq!(c.parse_create(&cw, &in_process), CreateOutcome::Ambiguous { code: "no_payment_id".into() });
+        assert_eq!(c.parse_create(&cw, &in_process), CreateOutcome::Unnamed { code: "no_payment_id".into() });
     }
 }

@@ -91,6 +91,10 @@ pub enum CreateOutcome {
     NotProcessed { code: String, message: String },
     /// May have been processed. Query before doing anything else.
     Ambiguous { code: String },
+    /// Processed, by the provider's own answer, which does not say which payment it is
+    /// (Antom without `paymentId`): the status query tells; never another channel, even
+    /// when the query cannot find it yet.
+    Unnamed { code: String },
 }
 
 /// How to find a payment at the provider.

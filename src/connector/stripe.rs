@@ -355,8 +355,15 @@ impl Connector for Stripe {
                 code: "rate_limited".into(),
                 message: error_message(resp.status, &v, "rate limited"),
             },
+            // Stripe's word that it did not refund: its error code, else its error type
+            // (`invalid_request_error` for bad credentials), never "unknown" (which would
+            // keep the refund in doubt).
             400..=499 => RefundOutcome::NotProcessed {
-                code: error_code(&v),
+                code: v
+                    .as_ref()
+                    .and_then(|v| v.pointer("/error/code").or_else(|| v.pointer("/error/type")))
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("stripe_{}", resp.status), String::from),
                 message: error_message(resp.status, &v, "refund refused"),
             },
             s => RefundOutcome::Ambiguous { code: format!("http_{s}") },
@@ -547,6 +554,22 @@ mod tests {
         assert!(matches!(c.parse_create(&w, &resp(500, "{}")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(200, "<html>")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(409, "{}")), CreateOutcome::Ambiguous { .. }));
+        // A refund Stripe refuses names a code the engine takes as its word, even without
+        // `error.code` (a bad key: only `error.type`; a bare 404).
+        for (status, body, code) in [
+            (
+                400,
+                r#"{"error":{"type":"invalid_request_error","code":"charge_already_refunded"}}"#,
+                "charge_already_refunded",
+            ),
+            (401, bad_key, "invalid_request_error"),
+            (404, "", "stripe_404"),
+        ] {
+            match c.parse_refund(&w, &resp(status, body)) {
+                RefundOutcome::NotProcessed { code: got, .. } => assert_eq!(got, code),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -36,12 +36,14 @@ pub struct IdemSlot {
 /// expire within minutes at the providers paymux speaks.
 const ACTION_REFETCH_WINDOW_MS: i64 = 30 * 60 * 1000;
 
-/// A create sent under `attempt_ref` at `at` that got no clear answer (`code` says why).
+/// A create sent under `attempt_ref` at `at` that got no clear answer (`code` says why);
+/// `taken` when the provider said it took it (but not as which payment).
 struct Unanswered<'a> {
     create: &'a crate::connector::WireRequest,
     attempt_ref: &'a str,
     code: String,
     at: Instant,
+    taken: bool,
 }
 
 /// How one attempt ended, for the loop's decision.
@@ -207,11 +209,15 @@ impl Engine {
         }
         ops.push(Write::UpdatePayment(view.payment.clone()));
         ops.push(Write::CompleteIdempotency { api_key_id: api_key, key, status: 201, body: body.clone() });
+        // Once a request went out (the payment and its first attempt are stored), a result
+        // the store refuses is written again in the background until it takes it.
+        let sent = ops.iter().all(|w| !matches!(w, Write::InsertPayment(_)));
         let batch = ops.clone();
         if let Err(e) = crate::store::call(&self.store, move |s| s.write_batch(batch)).await {
-            // Sent, but not stored: written again in the background until the store takes it.
-            tracing::error!(payment_id = %view.payment.id, error = %e, "could not store a create's result; retrying in the background");
-            self.unstored.push(ops, view.payment.clone());
+            if sent {
+                tracing::error!(payment_id = %view.payment.id, error = %e, "could not store a create's result; retrying in the background");
+                self.unstored.push(ops);
+            }
             return Err(e.into());
         }
         if let Some(d) = decision.take() {
@@ -355,7 +361,11 @@ impl Engine {
                 Step::Next { outcome: "not_processed", code, message, watch: false }
             }
             CreateOutcome::Ambiguous { code } => {
-                let sent = Unanswered { create: &req, attempt_ref, code, at: sent_at };
+                let sent = Unanswered { create: &req, attempt_ref, code, at: sent_at, taken: false };
+                self.resolve_ambiguous(ctx, ch, p, sent).await
+            }
+            CreateOutcome::Unnamed { code } => {
+                let sent = Unanswered { create: &req, attempt_ref, code, at: sent_at, taken: true };
                 self.resolve_ambiguous(ctx, ch, p, sent).await
             }
         };
@@ -364,7 +374,7 @@ impl Engine {
 
     /// After an ambiguous send: ask the provider before doing anything else.
     async fn resolve_ambiguous(&self, ctx: &Ctx, ch: &Arc<Channel>, p: &PaymentRow, sent: Unanswered<'_>) -> Step {
-        let Unanswered { create, attempt_ref, code, at } = sent;
+        let Unanswered { create, attempt_ref, code, at, taken } = sent;
         let since = at.elapsed().as_millis() as u64;
         match self.ask(ctx, ch, p, attempt_ref, None, since).await {
             QueryOutcome::Found(mut pp) => {
@@ -381,13 +391,14 @@ impl Engine {
             }
             // Certainly not there: move on, but keep watching this reference in case a request
             // the provider was still holding completes later (it would then be reversed).
-            QueryOutcome::NotFound { authoritative: true } => Step::Next {
+            // Not after the provider said it took it: its query may lag its create.
+            QueryOutcome::NotFound { authoritative: true } if !taken => Step::Next {
                 outcome: "not_found_after_query",
                 code: format!("{code}_not_processed"),
                 message: "the provider answered ambiguously and then showed no such payment".into(),
                 watch: true,
             },
-            QueryOutcome::NotFound { authoritative: false } => Step::Unknown { code: format!("{code}_status_pending") },
+            QueryOutcome::NotFound { .. } => Step::Unknown { code: format!("{code}_status_pending") },
             QueryOutcome::Unknown { code: qc } => Step::Unknown { code: format!("{code}_query_{qc}") },
         }
     }

@@ -41,19 +41,17 @@ pub struct Engine {
 /// The final writes of creates that went out to a provider but whose result the store
 /// refused: until written, the store shows the payment in flight on no channel, which no
 /// read, callback or reconciler pass can settle (only a restart's recovery would). Each is
-/// the batch the create would have committed, with the payment it stores.
+/// the batch the create would have committed (the payment's row among its writes).
 #[derive(Default)]
-pub struct Unstored(std::sync::Mutex<Vec<(Vec<crate::store::Write>, PaymentRow)>>);
+pub struct Unstored(std::sync::Mutex<Vec<Vec<crate::store::Write>>>);
 
 impl Unstored {
-    pub(crate) fn push(&self, ops: Vec<crate::store::Write>, p: PaymentRow) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push((ops, p));
-        }
+    pub(crate) fn push(&self, ops: Vec<crate::store::Write>) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(ops);
     }
 
-    fn take(&self) -> Vec<(Vec<crate::store::Write>, PaymentRow)> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    fn take(&self) -> Vec<Vec<crate::store::Write>> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 

@@ -140,6 +140,8 @@ impl Engine {
                 // must not read it as "still open").
                 self.adopt_provider_view(ctx, policy, p).await?;
                 match p.status {
+                    // Closed at the provider already (expired, or canceled before).
+                    PaymentStatus::Canceled => Ok(v),
                     s if s.is_final() => Err(EngineError::NotCancelable(s)),
                     _ => Err(EngineError::ProviderRefused { code, message }),
                 }

@@ -55,14 +55,33 @@ impl Engine {
     /// Writes again the creates' results the store refused (see [`Unstored`]); those it
     /// refuses again wait for the next pass.
     async fn store_unstored(&self) {
-        for (ops, p) in self.unstored.take() {
+        for ops in self.unstored.take() {
+            let Some(p) = ops.iter().find_map(|w| match w {
+                crate::store::Write::UpdatePayment(p) => Some(p.clone()),
+                _ => None,
+            }) else {
+                continue;
+            };
             let batch = ops.clone();
             match crate::store::call(&self.store, move |s| s.write_batch(batch)).await {
                 Ok(()) => {
                     tracing::info!(payment_id = %p.id, status = p.status.as_str(), "stored a create's result the store had refused");
                     self.count_status(&p, None);
+                    self.audit
+                        .record(crate::audit::Event {
+                            actor: "system".into(),
+                            action: "payment.stored",
+                            payment_id: Some(p.id.clone()),
+                            outcome: p.status.as_str().into(),
+                            details: json!({"channel": p.channel}),
+                            ..Default::default()
+                        })
+                        .await;
                 }
-                Err(_) => self.unstored.push(ops, p),
+                Err(e) => {
+                    tracing::warn!(payment_id = %p.id, error = %e, "the store still refuses a create's result");
+                    self.unstored.push(ops);
+                }
             }
         }
     }

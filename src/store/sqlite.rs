@@ -101,10 +101,10 @@ const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 /// The layout [`MIGRATIONS`] build, stamped in the database's `user_version`.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// `PRAGMA application_id` of a paymux database ("pmux"): tells it from another SQLite file.
 /// The database's file in the data directory.
 pub const DB_FILE: &str = "paymux.db";
 
+/// `PRAGMA application_id` of a paymux database ("pmux"): tells it from another SQLite file.
 const APPLICATION_ID: i64 = 0x706d_7578;
 
 /// Creates the schema in a new database, or checks that an existing one has this build's
