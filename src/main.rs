@@ -42,7 +42,9 @@ enum Cmd {
         /// Worker threads per service (default: number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
-        /// Also run the provider sandbox in this process (the demo setup of `routes/`).
+        /// Also run the provider sandbox in this process (the demo setup of `routes/`): its
+        /// control API on 127.0.0.1:9100, the simulators on 9101-9103. For other ports, run
+        /// `paymux sandbox` beside paymux instead.
         #[arg(long)]
         with_sandbox: bool,
     },
@@ -62,7 +64,7 @@ enum Cmd {
         #[arg(long)]
         antom_tls_listen: Option<std::net::SocketAddr>,
     },
-    /// Verify or inspect the audit log.
+    /// Verify the audit log.
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,

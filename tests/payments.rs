@@ -266,6 +266,40 @@ async fn an_event_is_applied_only_on_its_own_channel_and_a_stray_one_does_not_ta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_does_not_use_up_the_request_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(1000).await;
+    let cfg = w.tmp.path().join("cfg");
+    let server = std::fs::read_to_string(cfg.join("server.yaml")).unwrap();
+    std::fs::write(cfg.join("server.yaml"), server.replace("request_deadline_ms: 10000", "request_deadline_ms: 2500"))
+        .unwrap();
+    let rl = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(rl.body["outcome"], "applied", "{}", rl.text);
+    // The body comes in three pieces over 3 s, longer than the deadline (each piece well
+    // within the read timeout): the deadline counts the work with providers, not the upload.
+    let body = card("o-slow-upload", 1500).to_string();
+    let (a, b) = body.split_at(body.len() / 3);
+    let (b, c) = b.split_at(b.len() / 2);
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: slow-upload\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    for (i, part) in [head.as_str(), a, b, c].into_iter().enumerate() {
+        if i > 1 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        s.write_all(part.as_bytes()).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await.expect("answered").unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(text.contains(r#""status":"succeeded""#), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_while_in_flight_is_409() {
     let w = world(3000).await;
     w.fault("stripe_primary", json!({"latency_ms": 1200, "ops": ["create"]})).await;
@@ -968,6 +1002,14 @@ async fn a_reload_that_moves_the_listener_says_restart_and_keeps_serving_where_i
     // And it stays on show after the reload's own answer.
     let config = get(&w.pm.admin, "/admin/config").await;
     assert_eq!(config.body["restart_required"], json!(["listen"]), "{}", config.text);
+    // A reload finding nothing new says so too (the watcher may have applied the edit first).
+    let again = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(
+        (&again.body["outcome"], &again.body["restart_required"]),
+        (&json!("unchanged"), &json!(["listen"])),
+        "{}",
+        again.text
+    );
     // Put back before any restart: nothing to restart for.
     std::fs::write(&server, &text).unwrap();
     let back = post(&w.pm.admin, "/admin/reload", None, json!({})).await;

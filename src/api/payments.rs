@@ -267,6 +267,7 @@ async fn create(
 ) -> Resp {
     let key = idempotency_key(s)?;
     let body = read_body(s, policy.server.max_body_bytes).await?;
+    let ctx = &ctx.from_now(policy.server.request_deadline);
     let obj = validate::parse_object(&body)?;
     let np = validate::create(&obj)?;
     // A field sent as null is the field left out (validation reads both alike), so a retry
@@ -403,6 +404,7 @@ async fn refund(
 ) -> Resp {
     let key = idempotency_key(s)?;
     let body = read_body(s, policy.server.max_body_bytes).await?;
+    let ctx = &ctx.from_now(policy.server.request_deadline);
     let nr = validate::refund(&body)?;
     let v = engine.view(payment_id).await.map_err(|e| engine_problem(&e))?;
     owned_by(&v, key_id)?;

@@ -132,6 +132,35 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     if t.channels.is_empty() {
         d.push(dir_diag("no file of kind `channels`"));
     }
+    // An attempt that times out is followed by a status query with the same timeout, before
+    // any backup: the request deadline must leave room for both, or the query is never sent.
+    if let Some(s) = &server {
+        let deadline = s.request_deadline.as_millis();
+        for (p, raw) in &t.channels {
+            for (i, c) in raw.channels.iter().enumerate() {
+                let attempt = c.timeouts.attempt_ms.unwrap_or(3000);
+                if deadline < 2 * u128::from(attempt) {
+                    let at = match c.timeouts.attempt_ms {
+                        Some(_) => format!("/channels/{i}/timeouts/attempt_ms"),
+                        None => format!("/channels/{i}/id"),
+                    };
+                    d.push(
+                        p.diag_value(
+                            &at,
+                            format!(
+                                "channel `{}`: an attempt of {attempt} ms and its status query do not fit in the request deadline ({deadline} ms)",
+                                c.id
+                            ),
+                        )
+                        .with_help(format!(
+                            "raise `limits.request_deadline_ms` to {} or more, or lower `timeouts.attempt_ms`",
+                            2 * u64::from(attempt)
+                        )),
+                    );
+                }
+            }
+        }
+    }
 
     // --- routing
     let mut rules: Vec<(Rule, &Parsed, String)> = Vec::new();

@@ -92,6 +92,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The same call with its deadline counted from now: once the request body is in, so
+    /// that the deadline bounds the work with providers, not the app's upload (which has
+    /// its own read timeout).
+    pub fn from_now(&self, budget: Duration) -> Ctx {
+        Ctx { deadline: Instant::now() + budget, ..self.clone() }
+    }
+
     /// Time left before the request deadline.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
