@@ -152,11 +152,11 @@ impl Engine {
     }
 
     /// Applies a refund callback received on `channel`; returns the refund's payment id and
-    /// whether the refund changed, or `None` for a refund unknown on that channel. Pending settles either way; a refund the
-    /// provider reports failed after all (Stripe's refund.failed) is reversed; a failure
-    /// paymux inferred (the provider showed no such refund) yields to the provider saying it
-    /// succeeded. Written against the status it read, re-read once if another writer got
-    /// there first.
+    /// whether the refund changed, or `None` for a refund unknown on that channel. Pending
+    /// settles either way; a refund the provider reports failed after all (Stripe's
+    /// refund.failed) is reversed; a failure paymux inferred (the provider showed no such
+    /// refund) yields to the provider saying it succeeded. Written against the status it
+    /// read, re-read once if another writer got there first.
     async fn apply_refund_event(
         &self,
         channel: &str,
