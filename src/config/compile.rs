@@ -627,6 +627,8 @@ fn build_rule(
         }
         (Some(a), Some(cs)) => {
             let mut ranges = Vec::new();
+            // Said once for the rule, not once per currency.
+            let mut inverted = false;
             for c in cs {
                 let mut bound = |s: &Option<String>, key: &str| -> Option<i64> {
                     let s = s.as_ref()?;
@@ -655,7 +657,8 @@ fn build_rule(
                 };
                 let (min, max) = (bound(&a.min, "min"), bound(&a.max, "max"));
                 if let (Some(lo), Some(hi)) = (min, max) {
-                    if lo > hi {
+                    if lo > hi && !inverted {
+                        inverted = true;
                         d.push(p.diag(
                             &format!("{base}/match/amount"),
                             format!("rule `{}` can never match: `min` is greater than `max`", r.name),
@@ -765,5 +768,22 @@ mod tests {
         let mut v = serde_json::json!({"a": 2.5, "b": [1.0, 3], "c": {"d": 1e3}});
         integral_numbers_as_integers(&mut v);
         assert_eq!(v, serde_json::json!({"a": 2.5, "b": [1, 3], "c": {"d": 1000}}));
+    }
+
+    #[test]
+    fn an_inverted_amount_range_is_reported_once_whatever_its_currencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for f in ["server.yaml", "channels.yaml", "routing.yaml"] {
+            let text = std::fs::read_to_string(root.join("routes").join(f)).unwrap();
+            let text = text.replace(
+                "      methods: [alipay_hk]\n",
+                "      methods: [alipay_hk]\n      currencies: [HKD, USD]\n      amount: {min: \"10\", max: \"1\"}\n",
+            );
+            std::fs::write(dir.path().join(f), text).unwrap();
+        }
+        let errs = crate::config::check_dir(dir.path()).expect_err("refused");
+        let inverted: Vec<_> = errs.iter().filter(|e| e.message.contains("`min` is greater than `max`")).collect();
+        assert_eq!(inverted.len(), 1, "{errs:?}");
     }
 }
