@@ -170,13 +170,18 @@ where
 }
 
 /// The id of the resource a stored 201 answer created, when that answer was not final: a
-/// payment `processing` or `requires_action`, a refund `pending`.
+/// payment `processing` or `requires_action`, or failed only by paymux's inference (the
+/// provider may still say otherwise); a refund `pending`.
 fn unsettled(status: u16, body: &[u8]) -> Option<String> {
     if status != 201 {
         return None;
     }
     let v: Value = serde_json::from_slice(body).ok()?;
-    let open = matches!(v.get("status")?.as_str()?, "processing" | "requires_action" | "pending");
+    let open = match v.get("status")?.as_str()? {
+        "processing" | "requires_action" | "pending" => true,
+        "failed" => v.pointer("/error/code").and_then(Value::as_str) == Some(crate::engine::INFERRED_FAILURE),
+        _ => false,
+    };
     open.then(|| v.get("id")?.as_str().map(String::from)).flatten()
 }
 
@@ -250,7 +255,8 @@ async fn recover_payment(
     match engine.recover_created(ctx, policy, &id, np).await {
         Ok(v) => {
             let p = &v.payment;
-            Ok(Some(Recovered { body: payment_json(&v), settled: p.status.is_final() }))
+            let settled = p.status.is_final() && !crate::engine::inferred_failure(p);
+            Ok(Some(Recovered { body: payment_json(&v), settled }))
         }
         Err(crate::engine::EngineError::NotFound) => Ok(None),
         Err(e) => Err(engine_problem(&e)),

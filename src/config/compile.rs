@@ -132,14 +132,14 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     if t.channels.is_empty() {
         d.push(dir_diag("no file of kind `channels`"));
     }
-    // An attempt that times out is followed by a status query with the same timeout, before
-    // any backup: the request deadline must leave room for both, or the query is never sent.
+    // An attempt that times out is followed by a status query before any backup: the request
+    // deadline must leave it at least a second, or it is never sent.
     if let Some(s) = &server {
         let deadline = s.request_deadline.as_millis();
         for (p, raw) in &t.channels {
             for (i, c) in raw.channels.iter().enumerate() {
                 let attempt = c.timeouts.attempt_ms.unwrap_or(3000);
-                if deadline < 2 * u128::from(attempt) {
+                if deadline < u128::from(attempt) + QUERY_ROOM_MS {
                     let at = match c.timeouts.attempt_ms {
                         Some(_) => format!("/channels/{i}/timeouts/attempt_ms"),
                         None => format!("/channels/{i}/id"),
@@ -152,10 +152,12 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
                                 c.id
                             ),
                         )
-                        .with_help(format!(
-                            "raise `limits.request_deadline_ms` to {} or more, or lower `timeouts.attempt_ms`",
-                            2 * u64::from(attempt)
-                        )),
+                        .with_help(match u128::from(attempt) + QUERY_ROOM_MS {
+                            need if need <= 120_000 => {
+                                format!("raise `limits.request_deadline_ms` to {need} or more, or lower `timeouts.attempt_ms`")
+                            }
+                            _ => "lower `timeouts.attempt_ms`".to_string(),
+                        }),
                     );
                 }
             }
@@ -272,6 +274,10 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
         restart_required: vec![],
     }))
 }
+
+/// How long, at least, the request deadline must leave for the status query after a channel's
+/// attempt timed out.
+const QUERY_ROOM_MS: u128 = 1000;
 
 fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mut Vec<Diagnostic>) -> ServerSettings {
     let rel = |s: &str| {

@@ -355,17 +355,27 @@ impl Connector for Stripe {
                 code: "rate_limited".into(),
                 message: error_message(resp.status, &v, "rate limited"),
             },
-            // Stripe's word that it did not refund: its error code, else its error type
-            // (`invalid_request_error` for bad credentials), never "unknown" (which would
-            // keep the refund in doubt).
-            400..=499 => RefundOutcome::NotProcessed {
-                code: v
-                    .as_ref()
-                    .and_then(|v| v.pointer("/error/code").or_else(|| v.pointer("/error/type")))
-                    .and_then(Value::as_str)
-                    .map_or_else(|| format!("stripe_{}", resp.status), String::from),
-                message: error_message(resp.status, &v, "refund refused"),
-            },
+            // Stripe's word that it did not refund, when the answer is a Stripe error object:
+            // its error code, else its error type (`invalid_request_error` for bad
+            // credentials). An idempotency error means another request holds the key (it may
+            // refund); a 4xx without Stripe's error object came from something in between,
+            // after which Stripe may have refunded: both in doubt.
+            400..=499 => {
+                let error = v.as_ref().and_then(|v| v.get("error"));
+                let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str);
+                let code = error.and_then(|e| e.get("code")).and_then(Value::as_str).or(kind);
+                match (kind, code) {
+                    (Some("idempotency_error"), _) => RefundOutcome::Ambiguous { code: "idempotency_error".into() },
+                    (Some(_), Some(code)) => RefundOutcome::NotProcessed {
+                        code: code.into(),
+                        message: error_message(resp.status, &v, "refund refused"),
+                    },
+                    _ => RefundOutcome::NotProcessed {
+                        code: format!("http_{}", resp.status),
+                        message: error_message(resp.status, &v, "refund refused"),
+                    },
+                }
+            }
             s => RefundOutcome::Ambiguous { code: format!("http_{s}") },
         }
     }
@@ -555,7 +565,8 @@ mod tests {
         assert!(matches!(c.parse_create(&w, &resp(200, "<html>")), CreateOutcome::Ambiguous { .. }));
         assert!(matches!(c.parse_create(&w, &resp(409, "{}")), CreateOutcome::Ambiguous { .. }));
         // A refund Stripe refuses names a code the engine takes as its word, even without
-        // `error.code` (a bad key: only `error.type`; a bare 404).
+        // `error.code` (a bad key: only `error.type`); a bare 404 (not Stripe's error object)
+        // keeps the HTTP status, which the engine holds in doubt.
         for (status, body, code) in [
             (
                 400,
@@ -563,13 +574,15 @@ mod tests {
                 "charge_already_refunded",
             ),
             (401, bad_key, "invalid_request_error"),
-            (404, "", "stripe_404"),
+            (404, "", "http_404"),
         ] {
             match c.parse_refund(&w, &resp(status, body)) {
                 RefundOutcome::NotProcessed { code: got, .. } => assert_eq!(got, code),
                 other => panic!("{other:?}"),
             }
         }
+        let held = r#"{"error":{"type":"idempotency_error","message":"in use"}}"#;
+        assert!(matches!(c.parse_refund(&w, &resp(400, held)), RefundOutcome::Ambiguous { .. }));
     }
 
     #[test]

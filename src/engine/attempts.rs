@@ -375,6 +375,7 @@ impl Engine {
     /// After an ambiguous send: ask the provider before doing anything else.
     async fn resolve_ambiguous(&self, ctx: &Ctx, ch: &Arc<Channel>, p: &PaymentRow, sent: Unanswered<'_>) -> Step {
         let Unanswered { create, attempt_ref, code, at, taken } = sent;
+        let prefix = if taken { TAKEN_UNNAMED } else { "" };
         let since = at.elapsed().as_millis() as u64;
         match self.ask(ctx, ch, p, attempt_ref, None, since).await {
             QueryOutcome::Found(mut pp) => {
@@ -398,8 +399,10 @@ impl Engine {
                 message: "the provider answered ambiguously and then showed no such payment".into(),
                 watch: true,
             },
-            QueryOutcome::NotFound { .. } => Step::Unknown { code: format!("{code}_status_pending") },
-            QueryOutcome::Unknown { code: qc } => Step::Unknown { code: format!("{code}_query_{qc}") },
+            // Left processing for the reconciler; one the provider said it took is marked so
+            // that its absence is never taken for a failure.
+            QueryOutcome::NotFound { .. } => Step::Unknown { code: format!("{prefix}{code}_status_pending") },
+            QueryOutcome::Unknown { code: qc } => Step::Unknown { code: format!("{prefix}{code}_query_{qc}") },
         }
     }
 

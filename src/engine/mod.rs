@@ -180,13 +180,25 @@ pub fn adopt(p: &mut PaymentRow, found: &crate::connector::ProviderPayment, now:
     apply_state(p, &found.state, now) || learned_ref
 }
 
+/// The error code of a failure paymux inferred (the provider showed no such payment): the one
+/// final status a provider's later word can still correct.
+pub const INFERRED_FAILURE: &str = "provider_did_not_process";
+
+/// The error-code prefix of a payment whose provider said it took it without naming it
+/// (`CreateOutcome::Unnamed`) and whose status query has not found it yet: never inferred
+/// failed for its absence.
+pub(crate) const TAKEN_UNNAMED: &str = "taken_unnamed_";
+
+/// Whether `p` failed only by paymux's inference.
+pub fn inferred_failure(p: &PaymentRow) -> bool {
+    p.status == PaymentStatus::Failed && p.error_code.as_deref() == Some(INFERRED_FAILURE)
+}
+
 /// Applies a provider state to a stored payment; final statuses never move backwards.
 pub fn apply_state(p: &mut PaymentRow, state: &ProviderState, now: i64) -> bool {
     // One exception to "final never changes": a failure paymux inferred (the provider showed
     // no such payment) yields to the provider later saying it succeeded.
-    let inferred_failure =
-        p.status == PaymentStatus::Failed && p.error_code.as_deref() == Some("provider_did_not_process");
-    if p.status.is_final() && !(inferred_failure && *state == ProviderState::Succeeded) {
+    if p.status.is_final() && !(inferred_failure(p) && *state == ProviderState::Succeeded) {
         return false;
     }
     let new = status_of(state);

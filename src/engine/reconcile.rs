@@ -110,9 +110,13 @@ impl Engine {
             }
             let (result, changed) = match outcome {
                 Some(QueryOutcome::Found(pp)) => ("found", adopt(&mut p, &pp, now_ms())),
-                Some(QueryOutcome::NotFound { authoritative: true }) if p.status == PaymentStatus::Processing => {
+                // Not a payment the provider said it took (its query may lag its create).
+                Some(QueryOutcome::NotFound { authoritative: true })
+                    if p.status == PaymentStatus::Processing
+                        && !p.error_code.as_deref().is_some_and(|c| c.starts_with(super::TAKEN_UNNAMED)) =>
+                {
                     p.status = PaymentStatus::Failed;
-                    p.error_code = Some("provider_did_not_process".into());
+                    p.error_code = Some(super::INFERRED_FAILURE.into());
                     p.error_message = Some("the provider has no record of the payment".into());
                     p.reconcile_at = None;
                     ("not_found", true)
