@@ -87,9 +87,8 @@ impl ServeHttp for AdminApp {
                         json(200, serde_json::to_vec(&json!({"outcome": "applied", "old_version": old, "version": new, "restart_required": restart_required})).unwrap_or_default(), &[])
                     }
                     // Settings changed by an earlier reload may still wait for a restart.
-                    ReloadOutcome::Unchanged { version } => {
-                        let waiting = self.policy.load().restart_required.clone();
-                        json(200, serde_json::to_vec(&json!({"outcome": "unchanged", "version": version, "restart_required": waiting})).unwrap_or_default(), &[])
+                    ReloadOutcome::Unchanged { version, restart_required } => {
+                        json(200, serde_json::to_vec(&json!({"outcome": "unchanged", "version": version, "restart_required": restart_required})).unwrap_or_default(), &[])
                     }
                     ReloadOutcome::Rejected { version, errors } => {
                         let mut p = Problem::new(422, "config_rejected", format!("the new config has {} error(s); version {version} keeps serving", errors.len()));

@@ -20,9 +20,20 @@ use std::time::Duration;
 /// What a reload did.
 #[derive(Debug)]
 pub enum ReloadOutcome {
-    Applied { old: String, new: String, restart_required: Vec<&'static str> },
-    Unchanged { version: String },
-    Rejected { version: String, errors: Vec<Diagnostic> },
+    Applied {
+        old: String,
+        new: String,
+        restart_required: Vec<&'static str>,
+    },
+    /// Nothing new; `restart_required` still names what an earlier reload changed.
+    Unchanged {
+        version: String,
+        restart_required: Vec<&'static str>,
+    },
+    Rejected {
+        version: String,
+        errors: Vec<Diagnostic>,
+    },
 }
 
 /// Reloads the policy from its directory.
@@ -153,7 +164,10 @@ impl Reloader {
         };
         let outcome = match loaded {
             Err(errors) => ReloadOutcome::Rejected { version: old.version.clone(), errors },
-            Ok(new) if new.version == old.version => ReloadOutcome::Unchanged { version: old.version.clone() },
+            Ok(new) if new.version == old.version => ReloadOutcome::Unchanged {
+                version: old.version.clone(),
+                restart_required: old.restart_required.clone(),
+            },
             Ok(mut new) => {
                 new.retire_from(&old);
                 let restart_required = self.keep_bound(&mut new);
@@ -175,7 +189,7 @@ impl Reloader {
                     json!({"trigger": trigger, "old_version": old, "new_version": new, "restart_required": restart_required}),
                 )
             }
-            ReloadOutcome::Unchanged { version } => {
+            ReloadOutcome::Unchanged { version, .. } => {
                 ("unchanged", json!({"trigger": trigger, "old_version": version, "new_version": version}))
             }
             ReloadOutcome::Rejected { version, errors } => {
