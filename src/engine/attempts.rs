@@ -203,20 +203,28 @@ impl Engine {
         // commit together.
         let view = PaymentView { payment: p, attempts };
         let body = (idem.render)(&view);
-        let mut ops = pending_insert;
-        if landed {
-            ops.extend(view.attempts.last().cloned().map(Write::UpdateAttempt));
-        }
-        ops.push(Write::UpdatePayment(view.payment.clone()));
-        ops.push(Write::CompleteIdempotency { api_key_id: api_key, key, status: 201, body: body.clone() });
+        let result = |mut ops: Vec<Write>| {
+            if landed {
+                ops.extend(view.attempts.last().cloned().map(Write::UpdateAttempt));
+            }
+            ops.push(Write::UpdatePayment(view.payment.clone()));
+            ops.push(Write::CompleteIdempotency {
+                api_key_id: api_key.clone(),
+                key: key.clone(),
+                status: 201,
+                body: body.clone(),
+            });
+            ops
+        };
         // Once a request went out (the payment and its first attempt are stored), a result
-        // the store refuses is written again in the background until it takes it.
-        let sent = ops.iter().all(|w| !matches!(w, Write::InsertPayment(_)));
-        let batch = ops.clone();
-        if let Err(e) = crate::store::call(&self.store, move |s| s.write_batch(batch)).await {
+        // the store refuses is written again in the background until it takes it (built
+        // again for that: no copy on the way of every payment).
+        let sent = pending_insert.is_empty();
+        let ops = result(pending_insert);
+        if let Err(e) = crate::store::call(&self.store, move |s| s.write_batch(ops)).await {
             if sent {
                 tracing::error!(payment_id = %view.payment.id, error = %e, "could not store a create's result; retrying in the background");
-                self.unstored.push(ops);
+                self.unstored.push(result(Vec::new()));
             }
             return Err(e.into());
         }

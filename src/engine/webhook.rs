@@ -75,15 +75,12 @@ impl Engine {
                 return Ok(WebhookResult::Retry);
             }
         }
-        // An event about no payment of ours is acknowledged but its id not kept: a forged or
-        // mistaken one must not take the id of the genuine event that may follow.
-        if matches!(ev.kind, WebhookKind::Payment { .. }) && target.is_none() {
-            self.metrics.webhooks.with_label_values(&[&ch.id, "unmatched"]).inc();
-            self.audit(ctx, "webhook", None, "unmatched", json!({"channel": ch.id, "event_id": ev.event_id})).await;
-            return Ok(WebhookResult::Ack { duplicate: false });
-        }
+        // An event about no payment of ours is acknowledged (as unmatched, below) but its id
+        // not kept: a forged or mistaken one must not take the id of the genuine event that
+        // may follow.
+        let stray = matches!(ev.kind, WebhookKind::Payment { .. }) && target.is_none();
         let (c, e) = (ch.id.clone(), ev.event_id.clone());
-        let duplicate = crate::store::call(&self.store, move |s| s.webhook_seen(&c, &e, now_ms())).await?;
+        let duplicate = !stray && crate::store::call(&self.store, move |s| s.webhook_seen(&c, &e, now_ms())).await?;
         if duplicate {
             self.metrics.webhooks.with_label_values(&[&ch.id, "duplicate"]).inc();
             return Ok(WebhookResult::Ack { duplicate: true });
