@@ -28,7 +28,9 @@ impl ServeHttp for AdminApp {
         let method = s.req_header().method.clone();
         let path = s.req_header().uri.path().to_string();
         let rid = crate::domain::new_id("req");
-        match (method.as_str(), path.as_str()) {
+        // HEAD is GET without the body (the session leaves the body out, RFC 9110 §9.3.2).
+        let verb = if method == http::Method::HEAD { "GET" } else { method.as_str() };
+        match (verb, path.as_str()) {
             ("GET", "/metrics") => {
                 let m = &self.engine.metrics;
                 m.store_journal_backlog.set(self.engine.store.journal_backlog() as i64);
@@ -98,7 +100,7 @@ impl ServeHttp for AdminApp {
                 }
             }
             (_, "/admin/reload" | "/admin/config" | "/metrics" | "/healthz" | "/readyz") => {
-                let allow = if path == "/admin/reload" { "POST" } else { "GET" };
+                let allow = if path == "/admin/reload" { "POST" } else { "GET, HEAD" };
                 let mut p = Problem::new(405, "method_not_allowed", format!("this endpoint accepts {allow} only"));
                 p.allow = Some(allow);
                 crate::api::http_util::problem(&p, &rid)

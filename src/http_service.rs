@@ -78,7 +78,8 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
             tracing::debug!(error = %e, "writing a response header failed");
             return None;
         }
-        if !body.is_empty() {
+        // A HEAD answer is the GET answer's header alone.
+        if !body.is_empty() && http.req_header().method != http::Method::HEAD {
             if let Err(e) = http.write_response_body(body.into(), true).await {
                 tracing::debug!(error = %e, "writing a response body failed");
                 return None;

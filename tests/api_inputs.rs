@@ -89,6 +89,19 @@ async fn bad_inputs_get_specific_problems_and_store_nothing() {
     assert_eq!(m.status, 405);
     assert_eq!(m.headers["allow"], "POST");
     assert_eq!(get(base, "/v1/payments/pay_doesnotexist").await.body["code"], "payment_not_found");
+    // HEAD is GET without the body, on the same kept-alive connection as the GET after it.
+    let paid = create(base, "head", card("o-head", 1000)).await;
+    let path = format!("/v1/payments/{}", paid.body["id"].as_str().unwrap());
+    let c = client();
+    let head = send(c.head(format!("{base}{path}")).bearer_auth(KEY)).await;
+    let full = send(c.get(format!("{base}{path}")).bearer_auth(KEY)).await;
+    assert_eq!((head.status, head.text.as_str()), (200, ""));
+    assert_eq!(head.headers["content-length"], full.text.len().to_string().as_str());
+    assert_eq!(full.body["id"], paid.body["id"]);
+    let m = send(client().delete(format!("{base}{path}")).bearer_auth(KEY)).await;
+    assert_eq!((m.status, m.headers["allow"].to_str().unwrap()), (405, "GET, HEAD"));
+    let metrics = send(client().head(format!("{}/metrics", w.pm.admin))).await;
+    assert_eq!((metrics.status, metrics.text.as_str()), (200, ""));
 }
 
 /// A card payment with `n` metadata keys.
@@ -496,6 +509,9 @@ async fn both_listeners_speak_http2_cleartext() {
     // The admin listener too.
     let health = h2.get(format!("{}/healthz", w.pm.admin)).send().await.unwrap();
     assert_eq!((health.version(), health.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    let head = h2.head(format!("{}/healthz", w.pm.admin)).send().await.unwrap();
+    assert_eq!((head.version(), head.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
 }
 
 #[tokio::test]

@@ -93,7 +93,10 @@ pub fn route(method: &http::Method, path: &str) -> Result<(Endpoint, Option<Stri
         // The path is not echoed: it is the caller's text, of any length and content.
         _ => return Err(Problem::new(404, "not_found", NO_SUCH_ENDPOINT)),
     };
-    if method.as_str() != allowed {
+    // HEAD is GET without the body (the session leaves the body out, RFC 9110 §9.3.2).
+    let head_of_get = allowed == "GET" && *method == http::Method::HEAD;
+    if method.as_str() != allowed && !head_of_get {
+        let allowed = if allowed == "GET" { "GET, HEAD" } else { allowed };
         let mut p = Problem::new(405, "method_not_allowed", format!("this endpoint accepts {allowed} only"));
         p.allow = Some(allowed);
         return Err(p);
