@@ -491,6 +491,16 @@ async fn a_payment_every_channel_refuses_says_why() {
     assert_eq!(small.body["status"], "failed", "{}", small.text);
     assert_eq!(small.body["error"]["code"], "http_400_amount_too_small", "{}", small.text);
     assert!(small.body["error"]["message"].as_str().unwrap().contains("at least 4.00 hkd"), "{}", small.text);
+    // A token the PSP does not know: its answer echoes the token, which paymux keeps nowhere.
+    let body = json!({"amount": 500, "currency": "HKD", "method": "visa", "order_id": "o-tok", "payment_method_data": {"token": "tok_nosuchtoken42"}});
+    let unknown = create(&w.pm.api, "unknown-token", body.clone()).await;
+    assert_eq!(unknown.body["status"], "failed", "{}", unknown.text);
+    assert!(unknown.body["error"]["message"].as_str().unwrap().contains("No such"), "{}", unknown.text);
+    let read = get(&w.pm.api, &format!("/v1/payments/{}", unknown.body["id"].as_str().unwrap())).await;
+    let replay = create(&w.pm.api, "unknown-token", body).await;
+    for r in [&unknown, &read, &replay] {
+        assert!(!r.text.contains("nosuchtoken"), "{}", r.text);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,13 +360,13 @@ impl Engine {
             },
             CreateOutcome::Declined { provider_ref, code, message } => Step::Landed {
                 outcome: "declined",
-                state: ProviderState::Failed { code: code.clone(), message },
+                state: ProviderState::Failed { code: code.clone(), message: without_tokens(message, np) },
                 provider_ref,
                 next_action: None,
                 error: Some(code),
             },
             CreateOutcome::NotProcessed { code, message } => {
-                Step::Next { outcome: "not_processed", code, message, watch: false }
+                Step::Next { outcome: "not_processed", code, message: without_tokens(message, np), watch: false }
             }
             CreateOutcome::Ambiguous { code } => {
                 let sent = Unanswered { create: &req, attempt_ref, code, at: sent_at, taken: false };
@@ -433,4 +433,17 @@ impl Engine {
             _ => None,
         }
     }
+}
+
+/// A provider's message with the payment's tokens taken out: a PSP echoes the token it could
+/// not use ("No such PaymentMethod: 'tok_…'"), and paymux keeps no token.
+fn without_tokens(message: String, np: &NewPayment) -> String {
+    let Some(serde_json::Value::Object(pmd)) = &np.payment_method_data else { return message };
+    pmd.values().filter_map(serde_json::Value::as_str).filter(|t| t.len() >= 4).fold(message, |m, t| {
+        if m.contains(t) {
+            m.replace(t, "[payment_method_data]")
+        } else {
+            m
+        }
+    })
 }
