@@ -54,7 +54,8 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
             // Closed (or idle) before a request arrived.
             Ok(false) => return None,
             Err(e) => {
-                tracing::debug!(error = %e, "unreadable request");
+                // Not the error's context: pingora puts the bytes read there (an API key with them).
+                tracing::debug!(kind = ?e.etype, cause = ?e.cause, "unreadable request");
                 if e.etype == ErrorType::InvalidHTTPHeader {
                     let status = answer_unreadable(&mut http, header_too_large(&e)).await;
                     if let Some(m) = &self.metrics {

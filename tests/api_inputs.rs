@@ -264,9 +264,18 @@ async fn raw_first_read(addr: &str, bytes: &[u8], within: std::time::Duration) -
 
 #[tokio::test]
 async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
-    let w = world();
+    // Logging at debug, which names why a request was unreadable but never repeats it.
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
+    write_config(&cfg, ports, &data, 1000);
+    let w = World {
+        pm: Paymux::start_env(&cfg, &data, ports, &[("PAYMUX_LOG", Some(std::path::Path::new("debug")))]),
+        _tmp: tmp,
+    };
     let addr = w.pm.api.trim_start_matches("http://").to_string();
     for head in [
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer pmx_test_demo_key\r\nX-Bad Header: 1\r\n\r\n",
         "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
         "POST /v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         "GET /v1/payments/pay_x HTTP/1.1\r\nHo st: x\r\n\r\n",
@@ -288,8 +297,11 @@ async fn a_request_that_is_not_valid_http_gets_a_problem_not_a_silent_close() {
     // The listener is unharmed.
     let r = get(&w.pm.api, "/v1/payments/pay_0000000000000000000000").await;
     assert_eq!((r.status, r.body["code"].as_str()), (404, Some("payment_not_found")), "{}", r.text);
+    let log = std::fs::read_to_string(&w.pm.log).unwrap();
+    assert!(log.contains("unreadable request"), "{log}");
+    assert!(!log.contains("pmx_test_demo_key") && !log.contains("Bad Header"), "{log}");
     let metrics = client().get(format!("{}/metrics", w.pm.admin)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"400\""), 4.0, "{metrics}");
+    assert_eq!(metric(&metrics, "paymux_http_requests_total", "status=\"400\""), 5.0, "{metrics}");
 
     // A valid request shorter than the HTTP/2 preface is served too, at once (it used to wait
     // for bytes that never come): its first bytes already say it is not HTTP/2.
