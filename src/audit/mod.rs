@@ -6,6 +6,7 @@
 //! a bounded channel and wait when it is full, so a record is never silently dropped.
 //! Records name actors by API key id and never carry secrets, card numbers or wallet tokens.
 
+mod tail;
 pub mod verify;
 
 use serde::Serialize;
@@ -83,45 +84,17 @@ impl AuditLog {
         let (mut seq, mut prev) = (0u64, GENESIS.to_string());
         let mut recovered = None;
         if path.exists() {
-            let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
-            // Find the last complete record. A torn tail (a crash or a full disk during a
-            // write) is cut off, and the cut is itself recorded, so the chain stays verifiable.
-            let mut good_end = 0usize;
-            let mut pos = 0usize;
-            for line in bytes.split_inclusive(|b| *b == b'\n') {
-                let start = pos;
-                pos += line.len();
-                let text = String::from_utf8_lossy(line);
-                if text.trim().is_empty() {
-                    good_end = pos;
-                    continue;
-                }
-                let complete = line.ends_with(b"\n");
-                match serde_json::from_str::<serde_json::Value>(text.trim()) {
-                    Ok(v) if complete => {
-                        seq = v.get("seq").and_then(|s| s.as_u64()).ok_or_else(|| err("a record has no seq".into()))?;
-                        prev = v
-                            .get("hash")
-                            .and_then(|s| s.as_str())
-                            .ok_or_else(|| err("a record has no hash".into()))?
-                            .to_string();
-                        good_end = pos;
-                    }
-                    _ if pos == bytes.len() => {
-                        recovered = Some(bytes.len() - start);
-                    }
-                    _ => {
-                        return Err(err(format!(
-                            "record ending at byte {pos} is unreadable; run `paymux audit verify`"
-                        )))
-                    }
-                }
-            }
-            if recovered.is_some() {
-                let f = OpenOptions::new().write(true).open(&path).map_err(|e| err(e.to_string()))?;
-                f.set_len(good_end as u64).map_err(|e| err(e.to_string()))?;
+            let mut f = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| err(e.to_string()))?;
+            let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
+            let last = tail::read(&mut f, len).map_err(err)?;
+            (seq, prev) = (last.seq, last.hash);
+            // A torn tail (a crash or a full disk during a write) is cut off, and the cut is
+            // itself recorded, so the chain stays verifiable.
+            if let Some(cut) = last.torn_from {
+                f.set_len(cut).map_err(|e| err(e.to_string()))?;
                 f.sync_all().map_err(|e| err(e.to_string()))?;
-                tracing::warn!(bytes = recovered, "audit log ended in a torn record; it was cut off");
+                recovered = Some(len - cut);
+                tracing::warn!(bytes = len - cut, "audit log ended in a torn record; it was cut off");
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| err(e.to_string()))?;
