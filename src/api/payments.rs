@@ -339,10 +339,14 @@ async fn create(
             }
             return Err(Problem::validation(errors));
         }
+        let (method, currency) = (np.method, np.money.currency());
         return Err(Problem::new(
             422,
             "no_route",
-            format!("no configured channel takes `{}` in {}", np.method, np.money.currency()),
+            match rule.as_str() {
+                "" => format!("no route takes `{method}` in {currency}: the policy has no default route"),
+                r => format!("route `{r}` matched, but none of its channels takes `{method}` in {currency}"),
+            },
         ));
     }
     let summary = json!({"method": np.method, "currency": np.money.currency().code(), "amount": np.money.minor()});

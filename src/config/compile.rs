@@ -715,6 +715,25 @@ fn build_rule(
     if d.len() > before {
         return None;
     }
+    // A rule naming no methods matches those its channels serve, and one naming no currencies
+    // those they accept (any, when one of them takes any): a payment none of its channels
+    // could take goes on to the next rule instead of being refused for want of a channel.
+    let (methods, currencies) = match &t {
+        Some(t) => {
+            let specs: Vec<&Spec> = t.channels().into_iter().map(|ci| &channels[ci]).collect();
+            let served = specs.iter().fold(MethodSet::EMPTY, |acc, s| acc.or(s.methods));
+            let methods = if m.methods.is_none() && m.categories.is_none() { served } else { methods };
+            let currencies = currencies.or_else(|| {
+                let mut all: Vec<Currency> =
+                    specs.iter().map(|s| s.currencies.clone()).collect::<Option<Vec<_>>>()?.concat();
+                all.sort();
+                all.dedup();
+                Some(all)
+            });
+            (methods, currencies)
+        }
+        None => (methods, currencies),
+    };
     let mut countries = m.customer_countries.clone();
     if let Some(c) = countries.as_mut() {
         c.sort();
@@ -791,5 +810,48 @@ mod tests {
         let errs = crate::config::check_dir(dir.path()).expect_err("refused");
         let inverted: Vec<_> = errs.iter().filter(|e| e.message.contains("`min` is greater than `max`")).collect();
         assert_eq!(inverted.len(), 1, "{errs:?}");
+    }
+
+    /// `routes/` with `routing.yaml`'s rules replaced by `rules`, compiled for serving.
+    fn example_with_rules(rules: &str) -> Policy {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tmp.path().join("routes");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(root.join("sandbox"), tmp.path().join("sandbox")).unwrap();
+        for f in ["server.yaml", "channels.yaml"] {
+            std::fs::copy(root.join("routes").join(f), dir.join(f)).unwrap();
+        }
+        let routing =
+            format!("kind: routing\nrules:\n{rules}default:\n  channels: [stripe_primary, stripe_backup, antom_hk]\n");
+        std::fs::write(dir.join("routing.yaml"), routing).unwrap();
+        crate::config::load_dir(&dir, &Overrides::default()).expect("valid")
+    }
+
+    #[test]
+    fn a_rule_naming_no_methods_or_currencies_matches_what_its_channels_take() {
+        let p = example_with_rules(
+            "  - {name: hk-wallet, match: {customer_countries: [HK]}, route: {channels: [antom_hk]}}\n  \
+             - {name: cards, match: {methods: [visa]}, route: {channels: [stripe_backup]}}\n",
+        );
+        let md = std::collections::BTreeMap::new();
+        let rule = |method: &str, currency: &str| {
+            let f = crate::policy::routing::Facts {
+                method: Method::parse(method).unwrap(),
+                currency: Currency::parse(currency).unwrap(),
+                amount_minor: 1000,
+                country: Some("HK"),
+                metadata: &md,
+                customer_id: None,
+                order_id: "o",
+            };
+            p.router.evaluate(&f).unwrap().rule.to_string()
+        };
+        assert_eq!(rule("alipay_hk", "HKD"), "hk-wallet");
+        // antom_hk takes neither visa nor USD: on to the next rule.
+        assert_eq!(rule("visa", "HKD"), "cards");
+        assert_eq!(rule("alipay_hk", "USD"), "default");
+        // stripe_backup takes HKD, USD and CNY only.
+        assert_eq!(rule("visa", "EUR"), "default");
     }
 }
