@@ -13,7 +13,7 @@ use crate::domain::{Currency, Method};
 use crate::policy::routing::{AmountRange, MethodSet, Router, Rule, Target};
 use crate::policy::{ApiKey, Channel, Policy, ServerSettings, SourceFile};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -275,6 +275,26 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     }))
 }
 
+/// `path` as the file system resolves it now: its existing part with symlinks and `..`
+/// resolved, the rest (not created yet) appended.
+fn physical(path: &Path) -> PathBuf {
+    let abs = std::env::current_dir().map(|cwd| cwd.join(path)).unwrap_or_else(|_| path.to_path_buf());
+    let (mut existing, mut rest) = (abs.as_path(), Vec::new());
+    loop {
+        if let Ok(mut out) = existing.canonicalize() {
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
 /// How long, at least, the request deadline must leave for the status query after a channel's
 /// attempt timed out.
 const QUERY_ROOM_MS: u128 = 1000;
@@ -332,11 +352,26 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
         );
     }
     let retention_hours = r.idempotency.retention_hours.unwrap_or(24);
+    // Where the store is, as the file system resolves it now: a config directory's symlink
+    // flipped later does not move a running paymux's store, and a reload sees the move.
+    let data_dir = physical(&ov.data_dir.clone().unwrap_or_else(|| r.data_dir.as_deref().map_or("data".into(), rel)));
+    if data_dir.starts_with(physical(dir)) {
+        let msg = format!(
+            "data directory {} is inside the config directory: a deploy that replaces the directory or flips its \
+             symlink would leave the payments store behind, and paymux would start with an empty one (where a retried \
+             payment is charged again); put it outside, e.g. `../data`",
+            data_dir.display()
+        );
+        match (&ov.data_dir, &r.data_dir) {
+            (None, Some(_)) => d.push(p.diag_value("/data_dir", msg)),
+            _ => d.push(Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message: msg, help: None }),
+        }
+    }
     ServerSettings {
         listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
         admin_listen: ov.admin_listen.clone().unwrap_or_else(|| r.admin_listen.clone()),
         public_base_url: ov.public_base_url.as_deref().unwrap_or(&r.public_base_url).trim_end_matches('/').to_string(),
-        data_dir: ov.data_dir.clone().unwrap_or_else(|| rel(r.data_dir.as_deref().unwrap_or("data"))),
+        data_dir,
         tls,
         max_body_bytes: r.limits.max_body_bytes.unwrap_or(65536) as usize,
         request_deadline: Duration::from_millis(u64::from(r.limits.request_deadline_ms.unwrap_or(10_000))),
@@ -812,20 +847,45 @@ mod tests {
         assert_eq!(inverted.len(), 1, "{errs:?}");
     }
 
+    /// A copy of `routes/` in `tmp/routes` (beside a link to the sandbox's keys) with
+    /// `server.yaml` and `routing.yaml` edited.
+    fn example_in(tmp: &Path, server: impl Fn(String) -> String, routing: impl Fn(String) -> String) -> PathBuf {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tmp.join("routes");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(root.join("sandbox"), tmp.join("sandbox")).unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.join("routes").join(f)).unwrap();
+        std::fs::write(dir.join("server.yaml"), server(read("server.yaml"))).unwrap();
+        std::fs::copy(root.join("routes/channels.yaml"), dir.join("channels.yaml")).unwrap();
+        std::fs::write(dir.join("routing.yaml"), routing(read("routing.yaml"))).unwrap();
+        dir
+    }
+
     /// `routes/` with `routing.yaml`'s rules replaced by `rules`, compiled for serving.
     fn example_with_rules(rules: &str) -> Policy {
         let tmp = tempfile::tempdir().unwrap();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = tmp.path().join("routes");
-        std::fs::create_dir(&dir).unwrap();
-        std::os::unix::fs::symlink(root.join("sandbox"), tmp.path().join("sandbox")).unwrap();
-        for f in ["server.yaml", "channels.yaml"] {
-            std::fs::copy(root.join("routes").join(f), dir.join(f)).unwrap();
-        }
         let routing =
             format!("kind: routing\nrules:\n{rules}default:\n  channels: [stripe_primary, stripe_backup, antom_hk]\n");
-        std::fs::write(dir.join("routing.yaml"), routing).unwrap();
+        let dir = example_in(tmp.path(), |s| s, |_| routing.clone());
         crate::config::load_dir(&dir, &Overrides::default()).expect("valid")
+    }
+
+    #[test]
+    fn the_data_directory_must_lie_outside_the_config_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inside = |s: String| s.replace("data_dir: ../data", "data_dir: ./state/../data");
+        let dir = example_in(tmp.path(), inside, |s| s);
+        let errs = crate::config::load_dir(&dir, &Overrides::default()).err().expect("refused");
+        assert_eq!((errs.len(), errs[0].line, errs[0].col), (1, 7, 11), "{errs:?}");
+        assert!(errs[0].file.ends_with("server.yaml") && errs[0].message.contains("inside the config directory"));
+        let ov = Overrides { data_dir: Some(dir.join("x")), ..Overrides::default() };
+        let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
+        assert!(errs[0].message.contains("inside the config directory"), "{errs:?}");
+        // Outside, through a symlink to the config directory: resolved where it is now.
+        std::os::unix::fs::symlink(&dir, tmp.path().join("current")).unwrap();
+        let ov = Overrides { data_dir: Some(tmp.path().join("current/../data")), ..Overrides::default() };
+        let p = crate::config::load_dir(&tmp.path().join("current"), &ov).expect("valid");
+        assert_eq!(p.server.data_dir, tmp.path().canonicalize().unwrap().join("data"));
     }
 
     #[test]
