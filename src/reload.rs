@@ -50,11 +50,12 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<()>,
 }
 
-/// Listeners, data directory and TLS material, as they run.
+/// Listeners, data directory, the store's durability and TLS material, as they run.
 struct Bound {
     listen: String,
     admin_listen: String,
     data_dir: PathBuf,
+    synchronous_full: bool,
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -69,7 +70,13 @@ impl Reloader {
         store: Arc<dyn Store>,
     ) -> Self {
         let s = policy.load().server.clone();
-        let bound = Bound { listen: s.listen, admin_listen: s.admin_listen, data_dir: s.data_dir, tls: s.tls };
+        let bound = Bound {
+            listen: s.listen,
+            admin_listen: s.admin_listen,
+            data_dir: s.data_dir,
+            synchronous_full: s.synchronous_full,
+            tls: s.tls,
+        };
         Reloader { dir, overrides, policy, metrics, audit, store, bound, lock: tokio::sync::Mutex::new(()) }
     }
 
@@ -94,6 +101,7 @@ impl Reloader {
         keep("listen", &mut s.listen, &b.listen, &mut changed);
         keep("admin_listen", &mut s.admin_listen, &b.admin_listen, &mut changed);
         keep("data_dir", &mut s.data_dir, &b.data_dir, &mut changed);
+        keep("store.synchronous", &mut s.synchronous_full, &b.synchronous_full, &mut changed);
         keep("tls", &mut s.tls, &b.tls, &mut changed);
         new.restart_required.clone_from(&changed);
         changed

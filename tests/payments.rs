@@ -1002,21 +1002,27 @@ async fn a_reload_that_moves_the_listener_says_restart_and_keeps_serving_where_i
     let text = std::fs::read_to_string(&server).unwrap();
     let running = format!("127.0.0.1:{}", w.ports.api);
     assert!(text.contains(&running), "{text}");
-    std::fs::write(&server, text.replace(&running, &format!("127.0.0.1:{}", free_port()))).unwrap();
+    // The store's durability is set when it opens, too.
+    assert!(text.contains("synchronous: normal"), "{text}");
+    let edited = text
+        .replace(&running, &format!("127.0.0.1:{}", free_port()))
+        .replace("synchronous: normal", "synchronous: full");
+    std::fs::write(&server, edited).unwrap();
     let moved = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
     assert_eq!(moved.status, 200, "{}", moved.text);
-    assert_eq!(moved.body["restart_required"], json!(["listen"]), "{}", moved.text);
+    let waiting = json!(["listen", "store.synchronous"]);
+    assert_eq!(moved.body["restart_required"], waiting, "{}", moved.text);
     // Still ready: the probe looks where the payments listener runs, not where it will.
     let ready = get(&w.pm.admin, "/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.text);
     // And it stays on show after the reload's own answer.
     let config = get(&w.pm.admin, "/admin/config").await;
-    assert_eq!(config.body["restart_required"], json!(["listen"]), "{}", config.text);
+    assert_eq!(config.body["restart_required"], waiting, "{}", config.text);
     // A reload finding nothing new says so too (the watcher may have applied the edit first).
     let again = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
     assert_eq!(
         (&again.body["outcome"], &again.body["restart_required"]),
-        (&json!("unchanged"), &json!(["listen"])),
+        (&json!("unchanged"), &waiting),
         "{}",
         again.text
     );

@@ -275,6 +275,24 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     }))
 }
 
+/// Why the TLS listener could not serve with this certificate chain and private key (PEM
+/// files), if it could not: found now, not by the listener's thread at start.
+fn unusable_tls(cert: &Path, key: &Path) -> Option<String> {
+    let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
+    match pingora::tls::load_certs_and_key_files(&c, &k) {
+        Err(e) => Some(format!("cannot load the certificate or key: {e}")),
+        Ok(None) => Some(format!(
+            "`{c}` must hold a PEM certificate (BEGIN CERTIFICATE) and `{k}` a PEM private key (BEGIN PRIVATE KEY, \
+             RSA PRIVATE KEY or EC PRIVATE KEY)"
+        )),
+        Ok(Some((certs, key))) => {
+            pingora::tls::install_default_crypto_provider();
+            let config = pingora::tls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key);
+            config.err().map(|e| format!("the private key `{k}` does not serve the certificate `{c}`: {e}"))
+        }
+    }
+}
+
 /// `path` as the file system resolves it now: its existing part with symlinks and `..`
 /// resolved, the rest (not created yet) appended.
 fn physical(path: &Path) -> PathBuf {
@@ -327,6 +345,11 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
         for (f, ptr) in [(c, "/tls/cert_file"), (k, "/tls/key_file")] {
             if !f.is_file() {
                 d.push(p.diag_value(ptr, format!("file `{}` does not exist", f.display())));
+            }
+        }
+        if c.is_file() && k.is_file() {
+            if let Some(e) = unusable_tls(c, k) {
+                d.push(p.diag_value("/tls/cert_file", e));
             }
         }
     }
@@ -456,7 +479,21 @@ fn build_channel(
     let conn: Option<Arc<dyn Connector>> = match c.connector.as_str() {
         "stripe" => {
             let s = c.stripe.as_ref()?;
-            let key = secret(&format!("{base}/stripe/api_key"), &s.api_key, d);
+            let key = secret(&format!("{base}/stripe/api_key"), &s.api_key, d).filter(|k| {
+                // Sent as `Authorization: Bearer <key>`: a key no header can carry would fail
+                // every call as if the provider were unreachable.
+                let sendable = k.expose().bytes().all(|b| b.is_ascii_graphic());
+                if !sendable {
+                    d.push(p.diag_value(
+                        &format!("{base}/stripe/api_key"),
+                        format!(
+                            "the secret `{}` holds a space, a line break or another character no HTTP header can carry",
+                            s.api_key
+                        ),
+                    ));
+                }
+                sendable
+            });
             let wh = secret(&format!("{base}/stripe/webhook_secret"), &s.webhook_secret, d);
             match (key, wh) {
                 (Some(k), Some(w)) => Some(Arc::new(Stripe::new(
@@ -868,6 +905,44 @@ mod tests {
             format!("kind: routing\nrules:\n{rules}default:\n  channels: [stripe_primary, stripe_backup, antom_hk]\n");
         let dir = example_in(tmp.path(), |s| s, |_| routing.clone());
         crate::config::load_dir(&dir, &Overrides::default()).expect("valid")
+    }
+
+    #[test]
+    fn a_tls_certificate_and_key_that_cannot_serve_are_refused_before_start() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let with_tls = |cert: &str, key: &str| {
+            let tmp = tempfile::tempdir().unwrap();
+            let (cert, key) = (root.join(cert), root.join(key));
+            let tls = format!("tls:\n  cert_file: {}\n  key_file: {}\nlimits:", cert.display(), key.display());
+            let dir = example_in(tmp.path(), |s| s.replace("limits:", &tls), |s| s);
+            crate::config::check_dir(&dir).err().map(|e| e[0].message.clone())
+        };
+        assert_eq!(with_tls("sandbox/tls/server.pem", "sandbox/tls/server.key"), None);
+        let text = with_tls("README.md", "sandbox/tls/server.key").expect("refused");
+        assert!(text.contains("must hold a PEM certificate"), "{text}");
+        // An RSA key of another party: well-formed, but not the certificate's.
+        let other = with_tls("sandbox/tls/server.pem", "sandbox/keys/antom_merchant_private.pem").expect("refused");
+        assert!(other.contains("does not serve the certificate"), "{other}");
+    }
+
+    #[test]
+    fn an_api_key_no_header_can_carry_is_refused_and_a_final_line_break_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = example_in(tmp.path(), |s| s, |s| s);
+        let channels = std::fs::read_to_string(dir.join("channels.yaml")).unwrap();
+        std::fs::write(
+            dir.join("channels.yaml"),
+            channels
+                .replace("file:../sandbox/keys/stripe_primary_api_key", "file:bad_key")
+                .replace("file:../sandbox/keys/stripe_backup_api_key", "file:good_key"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("bad_key"), "sk_test_1\r\nX-Injected: 1\n").unwrap();
+        std::fs::write(dir.join("good_key"), "sk_test_2\r\n").unwrap();
+        let errs = crate::config::load_dir(&dir, &Overrides::default()).err().expect("refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("the secret `file:bad_key` holds"), "{errs:?}");
+        assert!(!errs[0].message.contains("sk_test"), "{errs:?}");
     }
 
     #[test]

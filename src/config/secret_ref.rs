@@ -7,16 +7,16 @@ use std::path::Path;
 /// Resolves a reference; the error names the reference, never a value. An empty secret is
 /// refused: an HMAC key of no bytes would let anyone sign a webhook.
 pub fn resolve(reference: &str, dir: &Path) -> Result<Secret<String>, String> {
+    // A final line break is the file's (or the variable's, filled from a file), not the key's.
     let value = if let Some(name) = reference.strip_prefix("env:") {
         std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?
     } else if let Some(p) = reference.strip_prefix("file:") {
         let path = dir.join(p);
-        std::fs::read_to_string(&path)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?
     } else {
         return Err("must be `env:NAME` or `file:PATH`".into());
     };
+    let value = value.trim_end_matches(['\n', '\r']).to_string();
     if value.trim().is_empty() {
         return Err(format!("the secret `{reference}` is empty"));
     }
