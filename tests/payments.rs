@@ -150,6 +150,32 @@ async fn a_refund_answered_by_a_bare_http_status_stays_pending_until_antom_settl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_lost_behind_a_full_page_of_refunds_is_found_absent_and_sent_again() {
+    let w = world(1000).await;
+    let paid = create(&w.pm.api, "many", card("o-many", 100_000)).await;
+    let id = paid.body["id"].as_str().unwrap().to_string();
+    // More refunds than Stripe lists on one page.
+    for i in 0..101 {
+        let r =
+            post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some(&format!("many-{i}")), json!({"amount": 10}))
+                .await;
+        assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    }
+    // A 500 that Stripe answered without refunding: the refund is in doubt, and Stripe's
+    // listing must be read to its end to learn it was never made.
+    w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 500, "ops": ["refund"], "times": 1})).await;
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("lost"), json!({"amount": 500})).await;
+    assert_eq!(rf.body["status"], "pending", "{}", rf.text);
+    let rid = rf.body["id"].as_str().unwrap().to_string();
+    let settled = eventually(Duration::from_secs(20), || async {
+        get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.body["status"] == "succeeded"
+    })
+    .await;
+    assert!(settled, "{}", get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.text);
+    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["amount_refunded"], 1510);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_an_unchanged_payment_leaves_no_audit_record_per_poll() {
     let w = world(3000).await;
     let body = json!({"amount": 900, "currency": "HKD", "method": "alipay_hk", "order_id": "o-wait", "return_url": "https://s/r"});

@@ -170,6 +170,8 @@ pub struct RefundQuery<'a> {
     pub provider_refund_ref: Option<&'a str>,
     /// The payment's id at the provider.
     pub provider_ref: &'a str,
+    /// Where a provider's listing goes on: the last item of the page before (`NextPage`).
+    pub after: Option<&'a str>,
 }
 
 /// Outcome of a refund status query.
@@ -181,6 +183,10 @@ pub enum RefundQueryOutcome {
     },
     /// The provider has no such refund.
     NotFound,
+    /// Not on this page of the provider's listing; more follow after `after`.
+    NextPage {
+        after: String,
+    },
     Unknown {
         code: String,
     },

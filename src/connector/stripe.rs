@@ -384,7 +384,12 @@ impl Connector for Stripe {
         let enc = |x: &str| percent_encoding::utf8_percent_encode(x, percent_encoding::NON_ALPHANUMERIC).to_string();
         let path = match q.provider_refund_ref {
             Some(id) => format!("/v1/refunds/{}", enc(id)),
-            None => format!("/v1/refunds?payment_intent={}&limit=100", enc(q.provider_ref)),
+            None => match q.after {
+                None => format!("/v1/refunds?payment_intent={}&limit=100", enc(q.provider_ref)),
+                Some(a) => {
+                    format!("/v1/refunds?payment_intent={}&limit=100&starting_after={}", enc(q.provider_ref), enc(a))
+                }
+            },
         };
         Ok(self.request(http::Method::GET, path, None, None))
     }
@@ -403,8 +408,11 @@ impl Connector for Stripe {
                     .find(|r| r.pointer("/metadata/paymux_refund").and_then(Value::as_str) == Some(q.refund_id))
                 {
                     Some(r) => found(r),
-                    None if v.get("has_more").and_then(Value::as_bool) == Some(false) => RefundQueryOutcome::NotFound,
-                    None => RefundQueryOutcome::Unknown { code: "refund_list_truncated".into() },
+                    None => match (v.get("has_more").and_then(Value::as_bool), data.last().and_then(|r| r.get("id"))) {
+                        (Some(false), _) => RefundQueryOutcome::NotFound,
+                        (Some(true), Some(Value::String(last))) => RefundQueryOutcome::NextPage { after: last.clone() },
+                        _ => RefundQueryOutcome::Unknown { code: "refund_list_truncated".into() },
+                    },
                 }
             }
             (200, Some(v)) => found(&v),

@@ -12,6 +12,9 @@ use serde_json::json;
 const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
 /// Watched attempts examined per pass.
 const WATCH_PAGE: usize = 50;
+/// Pages of a payment's refunds asked for at most in one refund query (10,000 refunds at
+/// Stripe's 100 a page): past that, the refund stays pending rather than be concluded absent.
+const MAX_REFUND_PAGES: usize = 100;
 
 /// When the reconciler may next query a watched attempt or a pending refund: exponential
 /// backoff per item (the reconciler's initial backoff, doubling, capped at its maximum), so a
@@ -185,25 +188,41 @@ impl Engine {
             };
             let (rid, rref, pref) =
                 (r.id.clone(), r.provider_refund_ref.clone(), p.provider_ref.clone().unwrap_or_default());
-            let (rid2, rref2, pref2) = (rid.clone(), rref.clone(), pref.clone());
-            let Ok(req) = self
-                .build(&ch, move |c| {
-                    c.build_refund_query(&RefundQuery {
-                        refund_id: &rid2,
-                        provider_refund_ref: rref2.as_deref(),
-                        provider_ref: &pref2,
+            // A provider that lists a payment's refunds page by page is asked page after page.
+            let (mut after, mut pages) = (None::<String>, 0);
+            let out = loop {
+                let (rid2, rref2, pref2, after2) = (rid.clone(), rref.clone(), pref.clone(), after.clone());
+                let Ok(req) = self
+                    .build(&ch, move |c| {
+                        c.build_refund_query(&RefundQuery {
+                            refund_id: &rid2,
+                            provider_refund_ref: rref2.as_deref(),
+                            provider_ref: &pref2,
+                            after: after2.as_deref(),
+                        })
                     })
-                })
-                .await
-            else {
-                continue;
+                    .await
+                else {
+                    break None;
+                };
+                let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
+                let q = RefundQuery {
+                    refund_id: &rid,
+                    provider_refund_ref: rref.as_deref(),
+                    provider_ref: &pref,
+                    after: after.as_deref(),
+                };
+                pages += 1;
+                match res.map(|resp| ch.connector.parse_refund_query(&q, &req, &resp)) {
+                    Ok(RefundQueryOutcome::NextPage { after: next }) if pages < MAX_REFUND_PAGES => after = Some(next),
+                    Ok(RefundQueryOutcome::NextPage { .. }) => {
+                        break Some(RefundQueryOutcome::Unknown { code: "refund_list_too_long".into() })
+                    }
+                    Ok(out) => break Some(out),
+                    Err(e) => break Some(RefundQueryOutcome::Unknown { code: e.code().into() }),
+                }
             };
-            let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
-            let q = RefundQuery { refund_id: &rid, provider_refund_ref: rref.as_deref(), provider_ref: &pref };
-            let out = match res {
-                Ok(resp) => ch.connector.parse_refund_query(&q, &req, &resp),
-                Err(e) => RefundQueryOutcome::Unknown { code: e.code().into() },
-            };
+            let Some(out) = out else { continue };
             let result = match out {
                 RefundQueryOutcome::Found { provider_refund_ref, state } => {
                     r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
@@ -231,7 +250,7 @@ impl Engine {
                     }
                     RefundOutcome::NotProcessed { .. } | RefundOutcome::Ambiguous { .. } => "unknown",
                 },
-                RefundQueryOutcome::Unknown { .. } => "unknown",
+                RefundQueryOutcome::Unknown { .. } | RefundQueryOutcome::NextPage { .. } => "unknown",
             };
             if result == "unknown" || r.status == "pending" {
                 self.retry.again(&r.id, now_ms(), initial, max);
