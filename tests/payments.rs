@@ -176,6 +176,30 @@ async fn a_refund_lost_behind_a_full_page_of_refunds_is_found_absent_and_sent_ag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_refused_after_its_callback_said_made_is_answered_as_made() {
+    let w = world(3000).await;
+    let paid = create(&w.pm.api, "raced", card("o-raced", 100_000)).await;
+    let id = paid.body["id"].as_str().unwrap().to_string();
+    // Stripe makes each refund, signs its callback, then answers a 400: whichever reaches
+    // paymux first, the app's answer must agree with what paymux keeps.
+    let mut made = 0;
+    for i in 0..12 {
+        w.fault("stripe_primary", json!({"error_rate_pct": 100, "error_status": 400, "process_before_error": true, "ops": ["refund"], "times": 1})).await;
+        let r =
+            post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some(&format!("raced-{i}")), json!({"amount": 100}))
+                .await;
+        match (r.status, r.body["status"].as_str(), r.body["code"].as_str()) {
+            (201, Some("succeeded"), _) => made += 1,
+            (409, _, Some("provider_refused")) => {}
+            _ => panic!("{}", r.text),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(p.body["amount_refunded"], 100 * made, "{made} answered made: {}", p.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_an_unchanged_payment_leaves_no_audit_record_per_poll() {
     let w = world(3000).await;
     let body = json!({"amount": 900, "currency": "HKD", "method": "alipay_hk", "order_id": "o-wait", "return_url": "https://s/r"});

@@ -265,7 +265,12 @@ impl Engine {
             json!({"refund_id": r.id, "amount": r.amount, "channel": ch.id, "error_code": r.error_code}),
         )
         .await;
-        result.map(|_| r)
+        // The refusal answers only if it is what was stored: a callback that settled the
+        // refund first (the provider made it after all) is the answer.
+        match result {
+            Err(e) if r.status == "failed" => Err(e),
+            _ => Ok(r),
+        }
     }
 
     /// Builds and sends refund `r` of payment `p` to `ch`, under the refund's own id as the
