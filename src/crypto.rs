@@ -12,8 +12,10 @@ pub enum KeyError {
     Encoding,
     #[error("not an RSA private key in PKCS#8 or PKCS#1 form")]
     PrivateKey,
-    #[error("not an RSA public key in SubjectPublicKeyInfo or PKCS#1 form")]
+    #[error("not an RSA public key (2048 to 8192 bits) in SubjectPublicKeyInfo or PKCS#1 form")]
     PublicKey,
+    #[error("a private key, where the provider's public key belongs")]
+    PrivateForPublic,
 }
 
 /// Lower-case hex SHA-256.
@@ -117,6 +119,9 @@ impl RsaVerifier {
     /// From PEM (`PUBLIC KEY` / `RSA PUBLIC KEY`) or bare base64 SPKI / PKCS#1 DER.
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
         let (label, der) = decode_key_text(text)?;
+        if label.as_deref().is_some_and(|l| l.ends_with("PRIVATE KEY")) {
+            return Err(KeyError::PrivateForPublic);
+        }
         if label.as_deref() == Some("RSA PUBLIC KEY") {
             return Self::from_pkcs1(der);
         }
@@ -135,14 +140,21 @@ impl RsaVerifier {
 
     /// From PKCS#1 `RSAPublicKey` DER.
     pub fn from_pkcs1(der: Vec<u8>) -> Result<Self, KeyError> {
-        // Check the key parses by verifying a dummy signature: ring parses lazily, so a
-        // structurally broken key would otherwise only show up on the first notify.
-        let probe = signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &der);
-        let _ = probe.verify(b"", &[0u8; 256]);
-        if der.first() != Some(&0x30) {
-            return Err(KeyError::PublicKey);
+        // Parsed here, as ring parses only when it verifies: a key that is not one (another
+        // DER structure, a private key) would otherwise show only on the first answer or
+        // notify, each then refused as badly signed.
+        use spki::der::{asn1::UintRef, Decode, Reader, SliceReader};
+        let parsed = SliceReader::new(&der).and_then(|mut r| {
+            let (n, e) = r.sequence(|s| Ok((UintRef::decode(s)?, UintRef::decode(s)?)))?;
+            r.finish((n.as_bytes().len(), e.as_bytes().to_vec()))
+        });
+        // What ring verifies with: a 2048- to 8192-bit modulus, an odd exponent above 1.
+        match parsed {
+            Ok((n, e)) if (256..=1024).contains(&n) && e.last().is_some_and(|b| b & 1 == 1) && e != [1] => {
+                Ok(RsaVerifier { pkcs1: der })
+            }
+            _ => Err(KeyError::PublicKey),
         }
-        Ok(RsaVerifier { pkcs1: der })
     }
 
     /// Verifies SHA256withRSA `sig` over `msg`.
@@ -181,6 +193,17 @@ mod tests {
         assert!(RsaVerifier::from_text(&bare).unwrap().verify(b"hello", &sig));
         assert!(RsaVerifier::from_pkcs1(s.public_pkcs1()).unwrap().verify(b"hello", &sig));
         assert_eq!(RsaSigner::from_text("bm90IGEga2V5").unwrap_err(), KeyError::PrivateKey);
+    }
+
+    #[test]
+    fn a_public_key_that_is_not_one_is_refused_when_loaded() {
+        assert!(matches!(RsaVerifier::from_text(PRIV), Err(KeyError::PrivateForPublic)));
+        // A private key's DER given bare, any DER SEQUENCE, a PKCS#1 key too short for ring.
+        let (_, der) = decode_key_text(PRIV).unwrap();
+        assert!(matches!(RsaVerifier::from_text(&B64.encode(&der)), Err(KeyError::PublicKey)));
+        assert!(matches!(RsaVerifier::from_pkcs1(vec![0x30, 0x03, 0x02, 0x01, 0x05]), Err(KeyError::PublicKey)));
+        let short = [&[0x30, 0x0a, 0x02, 0x05, 0x00, 0xc1][..], &[0x11; 3], &[0x02, 0x01, 0x03]].concat();
+        assert!(matches!(RsaVerifier::from_pkcs1(short), Err(KeyError::PublicKey)));
     }
 
     #[test]

@@ -522,7 +522,10 @@ fn build_channel(
                 ) {
                     Ok(x) => Some(Arc::new(x)),
                     Err(e) => {
-                        let ptr = if matches!(e, crate::crypto::KeyError::PublicKey) {
+                        let ptr = if matches!(
+                            e,
+                            crate::crypto::KeyError::PublicKey | crate::crypto::KeyError::PrivateForPublic
+                        ) {
                             "provider_public_key"
                         } else {
                             "private_key"
@@ -943,6 +946,19 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].message.contains("the secret `file:bad_key` holds"), "{errs:?}");
         assert!(!errs[0].message.contains("sk_test"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_private_key_given_as_antom_public_key_is_refused_where_it_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = example_in(tmp.path(), |s| s, |s| s);
+        let channels = std::fs::read_to_string(dir.join("channels.yaml")).unwrap();
+        let swapped = channels.replace("keys/antom_provider_public.pem", "keys/antom_merchant_private.pem");
+        std::fs::write(dir.join("channels.yaml"), swapped).unwrap();
+        let errs = crate::config::load_dir(&dir, &Overrides::default()).err().expect("refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 35, "{errs:?}");
+        assert!(errs[0].message.contains("a private key, where the provider's public key belongs"), "{errs:?}");
     }
 
     #[test]
