@@ -207,21 +207,19 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     }
 
     // Shadowed rules: an earlier rule that matches everything a later one matches.
-    for j in 0..rules.len() {
-        if let Some(i) = (0..j).find(|&i| rules[i].0.covers(&rules[j].0)) {
-            let (rj, pj, bj) = &rules[j];
-            let (ri, _, _) = &rules[i];
-            d.push(
-                pj.diag_value(
-                    &format!("{bj}/name"),
-                    format!(
-                        "rule `{}` is shadowed by earlier rule `{}`: every payment it matches is matched first by `{}`",
-                        rj.name, ri.name, ri.name
-                    ),
-                )
-                .with_help(format!("move `{}` above `{}`, or narrow `{}`", rj.name, ri.name, ri.name)),
-            );
-        }
+    let compiled: Vec<&Rule> = rules.iter().map(|(r, _, _)| r).collect();
+    for (j, i) in crate::policy::routing::shadowed(&compiled) {
+        let ((rj, pj, bj), (ri, _, _)) = (&rules[j], &rules[i]);
+        d.push(
+            pj.diag_value(
+                &format!("{bj}/name"),
+                format!(
+                    "rule `{}` is shadowed by earlier rule `{}`: every payment it matches is matched first by `{}`",
+                    rj.name, ri.name, ri.name
+                ),
+            )
+            .with_help(format!("move `{}` above `{}`, or narrow `{}`", rj.name, ri.name, ri.name)),
+        );
     }
 
     if !d.is_empty() {

@@ -217,12 +217,14 @@ impl Rule {
 
     /// Every payment `other` matches, `self` matches too (so `other`, if later, is dead).
     pub fn covers(&self, other: &Rule) -> bool {
-        if !self.methods.covers(other.methods) {
-            return false;
-        }
-        if !subset(&self.currencies, &other.currencies) || !subset(&self.countries, &other.countries) {
-            return false;
-        }
+        self.methods.covers(other.methods)
+            && subset(&self.currencies, &other.currencies)
+            && subset(&self.countries, &other.countries)
+            && self.covers_rest(other)
+    }
+
+    /// [`Rule::covers`] but for methods, currencies and countries.
+    fn covers_rest(&self, other: &Rule) -> bool {
         match (&self.amount, &other.amount) {
             (None, _) => {}
             (Some(_), None) => return false,
@@ -252,6 +254,56 @@ impl Rule {
         }
         self.rollout_percent.is_none_or(|p| p >= 100)
     }
+}
+
+/// For each rule an earlier one shadows (matches every payment it matches), its index and
+/// the first such earlier rule's. Every pair is compared, but by a few word operations
+/// (bitsets over the currencies and countries the rules name), so 10,000 rules naming dozens
+/// of each take well under a second.
+pub fn shadowed(rules: &[&Rule]) -> Vec<(usize, usize)> {
+    fn bitsets<'a, T: Eq + std::hash::Hash + 'a>(
+        sets: impl Iterator<Item = Option<&'a [T]>> + Clone,
+    ) -> Vec<Option<Vec<u64>>> {
+        let mut index: HashMap<&T, usize> = HashMap::new();
+        for x in sets.clone().flatten().flatten() {
+            let next = index.len();
+            index.entry(x).or_insert(next);
+        }
+        let words = index.len().div_ceil(64);
+        sets.map(|set| {
+            set.map(|xs| {
+                let mut b = vec![0u64; words];
+                for x in xs {
+                    let i = index[x];
+                    b[i / 64] |= 1 << (i % 64);
+                }
+                b
+            })
+        })
+        .collect()
+    }
+    // None = any, which contains everything.
+    let within = |mine: &Option<Vec<u64>>, theirs: &Option<Vec<u64>>| match (mine, theirs) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a.iter().zip(b).all(|(x, y)| y & !x == 0),
+    };
+    let currencies = bitsets(rules.iter().map(|r| r.currencies.as_deref()));
+    let countries = bitsets(rules.iter().map(|r| r.countries.as_deref()));
+    let can_cover: Vec<bool> = rules.iter().map(|r| r.rollout_percent.is_none_or(|p| p >= 100)).collect();
+    (0..rules.len())
+        .filter_map(|j| {
+            (0..j)
+                .find(|&i| {
+                    can_cover[i]
+                        && rules[i].methods.covers(rules[j].methods)
+                        && within(&currencies[i], &currencies[j])
+                        && within(&countries[i], &countries[j])
+                        && rules[i].covers_rest(rules[j])
+                })
+                .map(|i| (j, i))
+        })
+        .collect()
 }
 
 /// `mine` (None = everything) contains every element of `theirs`.
@@ -359,6 +411,51 @@ mod tests {
         assert_eq!(r.evaluate(&facts(Method::Visa, usd, 200_000, &md)).unwrap().channels, vec![0, 1]);
         let d = r.evaluate(&facts(Method::AlipayHk, hkd(), 1, &md)).unwrap();
         assert_eq!((d.rule, d.channels), ("default", vec![2]));
+    }
+
+    #[test]
+    fn shadowed_agrees_with_covers_pair_by_pair() {
+        // A deterministic mix of overlapping sets; rules whose currencies, countries,
+        // amounts, metadata and rollouts nest or do not.
+        let cur: Vec<Currency> = ["HKD", "USD", "CNY", "EUR"].iter().map(|c| Currency::parse(c).unwrap()).collect();
+        let countries = ["HK", "CN", "US", "GB", "JP"];
+        let mut x: u64 = 7;
+        let mut next = |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut rules = Vec::new();
+        for k in 0..300 {
+            let ms: Vec<Method> = (0..=next(2)).map(|_| Method::ALL[next(3) as usize]).collect();
+            let cs = (next(3) > 0).then(|| {
+                let mut v: Vec<Currency> = (0..=next(3)).map(|_| cur[next(4) as usize]).collect();
+                v.sort();
+                v.dedup();
+                v
+            });
+            let mut r = rule(&format!("r{k}"), &ms, cs.clone(), vec![0]);
+            r.countries =
+                (next(3) > 0).then(|| (0..=next(4)).map(|_| countries[next(5) as usize].to_string()).collect());
+            if let (Some(cs), 0) = (&cs, next(4)) {
+                r.amount = Some(
+                    cs.iter()
+                        .map(|c| AmountRange { currency: *c, min: Some(next(3) as i64 * 100), max: None })
+                        .collect(),
+                );
+            }
+            if next(5) == 0 {
+                r.metadata = vec![("k".into(), format!("{}", next(2)))];
+            }
+            if next(6) == 0 {
+                r.rollout_percent = Some(if next(2) == 0 { 50 } else { 100 });
+            }
+            rules.push(r);
+        }
+        let refs: Vec<&Rule> = rules.iter().collect();
+        let naive: Vec<(usize, usize)> =
+            (0..rules.len()).filter_map(|j| (0..j).find(|&i| rules[i].covers(&rules[j])).map(|i| (j, i))).collect();
+        assert!(naive.len() > 20 && naive.len() < 280, "a mix: {}", naive.len());
+        assert_eq!(shadowed(&refs), naive);
     }
 
     #[test]
