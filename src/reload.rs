@@ -107,36 +107,47 @@ impl Reloader {
         changed
     }
 
-    /// Errors for channels the new policy drops while they still hold unsettled work: their
-    /// callbacks would be refused and their payments could no longer be synced, canceled or
-    /// refunded.
+    /// Errors for channels the new policy drops, or gives to another connector, while they
+    /// still hold unsettled work: their callbacks would be refused and their payments could no
+    /// longer be synced, canceled or refunded.
     async fn removed_channels_in_use(&self, old: &Policy, new: &Policy) -> Vec<Diagnostic> {
-        let removed: Vec<String> =
-            old.channels.iter().map(|c| c.id.clone()).filter(|id| new.channel(id).is_none()).collect();
-        if removed.is_empty() {
+        // Removed, or made another provider's under the same id (its payments' callbacks and
+        // queries would then be read as that provider's).
+        let gone: Vec<(String, &str)> = old
+            .channels
+            .iter()
+            .filter_map(|c| match new.channel(&c.id) {
+                None => Some((c.id.clone(), "removed")),
+                Some(n) if n.kind != c.kind => Some((c.id.clone(), "changed to another connector")),
+                Some(_) => None,
+            })
+            .collect();
+        if gone.is_empty() {
             return vec![];
         }
-        let at = |message: String| Diagnostic {
+        let at = |message: String| {
+            Diagnostic {
             file: self.dir.display().to_string(),
             line: 1,
             col: 1,
             message,
             help: Some(
-                "remove the channel from routing first; remove it from the channels file once its payments are final"
+                "take the channel out of routing first; remove or change it once its payments are final (or give the new provider a new channel id)"
                     .into(),
             ),
+        }
         };
         match crate::store::call(&self.store, |s| s.open_work_by_channel()).await {
             Ok(open) => open
                 .into_iter()
-                .filter(|(c, _)| removed.contains(c))
-                .map(|(c, n)| {
-                    at(format!(
-                        "channel `{c}` is removed but still holds {n} unsettled payment(s), refund(s) or watched attempt(s)"
-                    ))
+                .filter_map(|(c, n)| {
+                    let (_, how) = gone.iter().find(|(id, _)| *id == c)?;
+                    Some(at(format!(
+                        "channel `{c}` is {how} but still holds {n} unsettled payment(s), refund(s) or watched attempt(s)"
+                    )))
                 })
                 .collect(),
-            Err(e) => vec![at(format!("could not check whether removed channels still hold payments: {e}"))],
+            Err(e) => vec![at(format!("could not check whether removed or changed channels still hold payments: {e}"))],
         }
     }
 

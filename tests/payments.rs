@@ -517,6 +517,15 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
     // Still served on its channel.
     let id = r.body["id"].as_str().unwrap();
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["channel"], "antom_hk");
+    // Nor may it become another provider's channel under the same id.
+    let stripe = &channels[channels.find("  - id: stripe_backup").unwrap()..];
+    let restyled = format!("{channels}{}", stripe.replacen("id: stripe_backup", "id: antom_hk", 1));
+    std::fs::write(cfg.join("channels.yaml"), &restyled).unwrap();
+    let rej = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(rej.status, 422, "{}", rej.text);
+    assert!(rej.text.contains("channel `antom_hk` is changed to another connector but still holds 1"), "{}", rej.text);
+    assert_eq!(get(&w.pm.admin, "/admin/config").await.body["version"], version);
+    std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
 
     // Stopped and started with the channel gone, paymux serves, and says which channel holds
     // work it cannot reach: in its log, its start audit record and /admin/config.
