@@ -38,7 +38,10 @@ impl ServeHttp for AdminApp {
             }
             ("GET", "/healthz") => json(200, br#"{"status":"ok"}"#.to_vec(), &[]),
             ("GET", "/readyz") => {
-                let store_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();
+                let read_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();
+                let data_dir = self.policy.load().server.data_dir.clone();
+                let room = tokio::task::spawn_blocking(move || can_write(&data_dir)).await.unwrap_or(false);
+                let store_ok = read_ok && room;
                 let p = self.policy.load_full();
                 // The payments listener must be accepting, not just this admin one.
                 let api_ok = tokio::time::timeout(
@@ -51,7 +54,11 @@ impl ServeHttp for AdminApp {
                 let body = serde_json::to_vec(&json!({
                     "ready": ready,
                     "policy_version": p.version,
-                    "store": if store_ok { "ok" } else { "unavailable" },
+                    "store": match (read_ok, room) {
+                        (true, true) => "ok",
+                        (true, false) => "no room to write",
+                        _ => "unavailable",
+                    },
                     "payments_listener": if api_ok { "ok" } else { "not accepting" },
                 }))
                 .unwrap_or_default();
@@ -114,5 +121,35 @@ impl ServeHttp for AdminApp {
                 &rid,
             ),
         }
+    }
+}
+
+/// Bytes the readiness probe writes: more than a payment's write batch, so a data directory
+/// too full to take the next payment is not ready.
+const PROBE_BYTES: usize = 64 * 1024;
+
+/// Whether the data directory takes a write (synced, then removed): a full disk or a mount
+/// gone read-only fails every payment while reads still work.
+fn can_write(dir: &std::path::Path) -> bool {
+    use std::io::Write;
+    let path = dir.join(".readyz-probe");
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    written.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_write_probe_needs_a_writable_directory_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(super::can_write(dir.path()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Not a directory anyone can write in, root included.
+        assert!(!super::can_write(std::path::Path::new("/proc")));
+        assert!(!super::can_write(&dir.path().join("gone")));
     }
 }

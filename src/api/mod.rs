@@ -222,11 +222,15 @@ pub fn engine_problem(e: &crate::engine::EngineError) -> Problem {
         E::ProviderUnavailable(c) => {
             Problem::new(502, "provider_unavailable", format!("no usable answer from the provider ({c})"))
         }
-        E::Store(_) => Problem::new(
+        E::Store(e) => {
+            // The operator's to know (the app is told only to retry): a full disk, a lost mount.
+            tracing::error!(error = %e, "the payment store failed; the request was answered 503");
+            Problem::new(
             503,
             "store_unavailable",
             "the payment store is unavailable; retry with the same Idempotency-Key",
-        ),
+        )
+        }
     }
 }
 
