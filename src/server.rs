@@ -91,7 +91,33 @@ struct Housekeeping {
 
 #[async_trait]
 impl BackgroundService for Housekeeping {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        // Three loops: payments due a status query, watched attempts and pending refunds, and
+        // the store's upkeep; none waits on another's providers (up to a channel's attempt
+        // timeout per query).
+        tokio::join!(
+            self.every_interval(shutdown.clone(), || self.engine.reconcile_once(&self.policy)),
+            self.every_interval(shutdown.clone(), || self.engine.reconcile_others_once(&self.policy)),
+            self.upkeep(shutdown)
+        );
+    }
+}
+
+impl Housekeeping {
+    /// Runs `pass` every reconciler interval (after the last one ended) until shutdown.
+    async fn every_interval<F: std::future::Future>(&self, mut shutdown: ShutdownWatch, pass: impl Fn() -> F) {
+        loop {
+            let interval = self.policy.load().server.reconcile_interval;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            pass().await;
+        }
+    }
+
+    /// Idle provider connections, the store's checkpoint, idempotency expiry, DNS refresh.
+    async fn upkeep(&self, mut shutdown: ShutdownWatch) {
         let mut last_expiry = tokio::time::Instant::now();
         let mut last_dns = tokio::time::Instant::now();
         loop {
@@ -100,7 +126,6 @@ impl BackgroundService for Housekeeping {
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep(interval) => {}
             }
-            self.engine.reconcile_once(&self.policy).await;
             crate::connector::transport::purge_idle();
             let store = self.engine.store.clone();
             match tokio::task::spawn_blocking(move || store.checkpoint()).await {

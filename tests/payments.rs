@@ -200,6 +200,42 @@ async fn a_refund_refused_after_its_callback_said_made_is_answered_as_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_never_answers_its_queries_does_not_hold_up_another_providers_refund() {
+    let w = world(3000).await;
+    let body = json!({"amount": 5000, "currency": "HKD", "method": "alipay_hk", "order_id": "o-aside", "return_url": "https://s/r"});
+    let id = create(&w.pm.api, "aside", body).await.body["id"].as_str().unwrap().to_string();
+    approve_only_antom_payment_and_wait(&w, &id).await;
+    // Card payments left processing on stripe_primary, whose status queries then go
+    // unanswered: each costs the reconciler a 3 s attempt timeout.
+    let stuck = json!({"error_rate_pct": 100, "error_status": 500, "process_before_error": true, "ops": ["create", "query"], "callbacks": {"drop": true}});
+    w.fault("stripe_primary", stuck).await;
+    for i in 0..12 {
+        let r = create(&w.pm.api, &format!("stuck-{i}"), card(&format!("o-stuck-{i}"), 1000)).await;
+        assert_eq!(r.body["status"], "processing", "{}", r.text);
+    }
+    w.fault("stripe_primary", json!({"blackhole": true, "ops": ["query"], "callbacks": {"drop": true}})).await;
+    // An Antom refund that Antom never got, its callback dropped: only the reconciler can
+    // find it absent and send it again (after 2 attempt timeouts + 1 s).
+    w.fault(
+        "antom_hk",
+        json!({"error_rate_pct": 100, "error_status": 500, "ops": ["refund"], "times": 1, "callbacks": {"drop": true}}),
+    )
+    .await;
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("aside-r"), json!({"amount": 1000})).await;
+    assert_eq!(rf.body["status"], "pending", "{}", rf.text);
+    let rid = rf.body["id"].as_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    let settled = eventually(Duration::from_secs(30), || async {
+        get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.body["status"] == "succeeded"
+    })
+    .await;
+    assert!(settled, "{}", get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.text);
+    // 7 s of trusting absence and the passes' pace (8.5 s measured); the card payments'
+    // 12 queries of 3 s, one after another, held it up past 30 s.
+    assert!(t.elapsed() < Duration::from_secs(20), "settled after {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_an_unchanged_payment_leaves_no_audit_record_per_poll() {
     let w = world(3000).await;
     let body = json!({"amount": 900, "currency": "HKD", "method": "alipay_hk", "order_id": "o-wait", "return_url": "https://s/r"});

@@ -12,6 +12,8 @@ use serde_json::json;
 const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
 /// Watched attempts examined per pass.
 const WATCH_PAGE: usize = 50;
+/// Payments the reconciler queries at once.
+const DUE_IN_FLIGHT: usize = 16;
 /// Pages of a payment's refunds asked for at most in one refund query (10,000 refunds at
 /// Stripe's 100 a page): past that, the refund stays pending rather than be concluded absent.
 const MAX_REFUND_PAGES: usize = 100;
@@ -96,64 +98,88 @@ impl Engine {
         let now = now_ms();
         let due = crate::store::call(&self.store, move |s| s.payments_due(now, 100)).await.unwrap_or_default();
         let n = due.len();
-        for mut p in due {
-            let ctx = Ctx {
-                request_id: crate::domain::new_id("rec"),
-                actor: "system".into(),
-                deadline: Instant::now() + pol.server.request_deadline,
-            };
-            let channel = p.channel.clone().unwrap_or_default();
-            let outcome = self.query_state(&ctx, &pol, &p).await;
-            // Re-read: a webhook may have settled the payment while the query ran.
-            let pid = p.id.clone();
-            match crate::store::call(&self.store, move |s| s.get_payment(&pid)).await {
-                Ok(Some(fresh)) if fresh.status.is_final() => continue,
-                Ok(Some(fresh)) => p = fresh,
-                _ => continue,
-            }
-            let (result, changed) = match outcome {
-                Some(QueryOutcome::Found(pp)) => ("found", adopt(&mut p, &pp, now_ms())),
-                // Not a payment the provider said it took (its query may lag its create).
-                Some(QueryOutcome::NotFound { authoritative: true })
-                    if p.status == PaymentStatus::Processing
-                        && !p.error_code.as_deref().is_some_and(|c| c.starts_with(super::TAKEN_UNNAMED)) =>
-                {
-                    p.status = PaymentStatus::Failed;
-                    p.error_code = Some(super::INFERRED_FAILURE.into());
-                    p.error_message = Some("the provider has no record of the payment".into());
-                    p.reconcile_at = None;
-                    ("not_found", true)
-                }
-                _ => ("unknown", false),
-            };
-            if !p.status.is_final() {
-                let next = (p.reconcile_backoff_ms.max(1) * 2).min(pol.server.reconcile_max_backoff.as_millis() as i64);
-                p.reconcile_backoff_ms = next;
-                p.reconcile_at = Some(now_ms() + next);
-            }
-            p.updated_at = now_ms();
-            self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
-            // Audited when it changed something: a payer who never approves would otherwise
-            // leave a record per poll for as long as the payment stays open.
-            let answered = match result {
-                "found" => Some("accepted_after_query"),
-                "not_found" => Some("not_found_after_query"),
-                _ => None,
-            };
-            if matches!(self.save_payment(&p, answered).await, Ok(true)) && changed {
-                self.audit(
-                    &ctx,
-                    "reconcile",
-                    Some(&p.id),
-                    p.status.as_str(),
-                    json!({"channel": channel, "result": result}),
-                )
-                .await;
+        // Side by side, a few at a time: a provider that does not answer costs a pass its
+        // attempt timeout once, not once per payment it holds.
+        let slots = Arc::new(tokio::sync::Semaphore::new(DUE_IN_FLIGHT));
+        let mut queries = tokio::task::JoinSet::new();
+        for p in due {
+            let (engine, pol, slots) = (self.clone(), pol.clone(), slots.clone());
+            queries.spawn(async move {
+                let _slot = slots.acquire().await;
+                engine.settle_due(&pol, p).await;
+            });
+        }
+        while let Some(done) = queries.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a reconciler query failed");
             }
         }
+        n
+    }
+
+    /// Watched attempts and pending refunds: asked about on their own loop, so that payments
+    /// waiting on a provider that does not answer hold up neither.
+    pub async fn reconcile_others_once(&self, policy: &Arc<ArcSwap<Policy>>) {
+        let pol = policy.load_full();
         self.check_watched(&pol).await;
         self.check_refunds(&pol).await;
-        n
+    }
+
+    /// Asks a payment's channel about a payment not settled in time and adopts the answer.
+    async fn settle_due(&self, pol: &Policy, mut p: PaymentRow) {
+        let ctx = Ctx {
+            request_id: crate::domain::new_id("rec"),
+            actor: "system".into(),
+            deadline: Instant::now() + pol.server.request_deadline,
+        };
+        let channel = p.channel.clone().unwrap_or_default();
+        let outcome = self.query_state(&ctx, pol, &p).await;
+        // Re-read: a webhook may have settled the payment while the query ran.
+        let pid = p.id.clone();
+        match crate::store::call(&self.store, move |s| s.get_payment(&pid)).await {
+            Ok(Some(fresh)) if fresh.status.is_final() => return,
+            Ok(Some(fresh)) => p = fresh,
+            _ => return,
+        }
+        let (result, changed) = match outcome {
+            Some(QueryOutcome::Found(pp)) => ("found", adopt(&mut p, &pp, now_ms())),
+            // Not a payment the provider said it took (its query may lag its create).
+            Some(QueryOutcome::NotFound { authoritative: true })
+                if p.status == PaymentStatus::Processing
+                    && !p.error_code.as_deref().is_some_and(|c| c.starts_with(super::TAKEN_UNNAMED)) =>
+            {
+                p.status = PaymentStatus::Failed;
+                p.error_code = Some(super::INFERRED_FAILURE.into());
+                p.error_message = Some("the provider has no record of the payment".into());
+                p.reconcile_at = None;
+                ("not_found", true)
+            }
+            _ => ("unknown", false),
+        };
+        if !p.status.is_final() {
+            let next = (p.reconcile_backoff_ms.max(1) * 2).min(pol.server.reconcile_max_backoff.as_millis() as i64);
+            p.reconcile_backoff_ms = next;
+            p.reconcile_at = Some(now_ms() + next);
+        }
+        p.updated_at = now_ms();
+        self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();
+        // Audited when it changed something: a payer who never approves would otherwise
+        // leave a record per poll for as long as the payment stays open.
+        let answered = match result {
+            "found" => Some("accepted_after_query"),
+            "not_found" => Some("not_found_after_query"),
+            _ => None,
+        };
+        if matches!(self.save_payment(&p, answered).await, Ok(true)) && changed {
+            self.audit(
+                &ctx,
+                "reconcile",
+                Some(&p.id),
+                p.status.as_str(),
+                json!({"channel": channel, "result": result}),
+            )
+            .await;
+        }
     }
 
     /// Refunds whose answer never came (ambiguous send, lost callback): ask the provider.
