@@ -91,7 +91,7 @@ impl ServeHttp for AdminApp {
                         details: json!({}),
                     })
                     .await;
-                match self.reloader.reload("admin").await {
+                match self.reloader.reload("admin", Some(&rid)).await {
                     ReloadOutcome::Applied { old, new, restart_required } => {
                         json(200, serde_json::to_vec(&json!({"outcome": "applied", "old_version": old, "version": new, "restart_required": restart_required})).unwrap_or_default(), &[])
                     }

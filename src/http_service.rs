@@ -36,8 +36,9 @@ pub struct HttpService<SV> {
     pub app: SV,
     pub options: HttpServerOptions,
     /// Where an unreadable request is counted (`paymux_http_requests_total`, endpoint
-    /// `other`); the admin listener's are not.
+    /// `other`) and audited (`api.call`, like every other call); the admin listener's are not.
     pub metrics: Option<Arc<Metrics>>,
+    pub audit: Option<crate::audit::AuditLog>,
     /// The live policy, for its header timeout.
     pub policy: Arc<ArcSwap<Policy>>,
 }
@@ -57,9 +58,21 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
                 // Not the error's context: pingora puts the bytes read there (an API key with them).
                 tracing::debug!(kind = ?e.etype, cause = ?e.cause, "unreadable request");
                 if e.etype == ErrorType::InvalidHTTPHeader {
-                    let status = answer_unreadable(&mut http, header_too_large(&e)).await;
+                    let (p, request_id) = answer_unreadable(&mut http, header_too_large(&e)).await;
+                    let status = if p.status == 431 { "431" } else { "400" };
                     if let Some(m) = &self.metrics {
                         m.http_requests.with_label_values(&["other", status]).inc();
+                    }
+                    if let Some(a) = &self.audit {
+                        a.record(crate::audit::Event {
+                            request_id: Some(request_id),
+                            actor: "anonymous".into(),
+                            action: "api.call",
+                            payment_id: None,
+                            outcome: status.into(),
+                            details: serde_json::json!({"endpoint": "other", "method": null, "code": p.code}),
+                        })
+                        .await;
                     }
                     linger(http).await;
                 }
@@ -151,8 +164,8 @@ fn header_too_large(e: &pingora::Error) -> bool {
 }
 
 /// Answers a request whose header cannot be read: 431 when it is too large, else 400; the
-/// status sent, for the metrics.
-async fn answer_unreadable(http: &mut ServerSession, too_large: bool) -> &'static str {
+/// problem sent and its request id, for the metrics and the audit log.
+async fn answer_unreadable(http: &mut ServerSession, too_large: bool) -> (Problem, String) {
     let request_id = crate::domain::new_id("req");
     let p = if too_large {
         Problem::new(
@@ -173,11 +186,7 @@ async fn answer_unreadable(http: &mut ServerSession, too_large: bool) -> &'stati
     if let Err(e) = http.write_error_response(header, body.into()).await {
         tracing::debug!(error = %e, "answering an unreadable request failed");
     }
-    if too_large {
-        "431"
-    } else {
-        "400"
-    }
+    (p, request_id)
 }
 
 /// Closes a connection after an answer while the client may still be sending (the rest of a

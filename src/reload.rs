@@ -157,7 +157,7 @@ impl Reloader {
     }
 
     /// Loads, validates, compiles and (if valid and different) publishes the policy.
-    pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
+    pub async fn reload(&self, trigger: &str, request_id: Option<&str>) -> ReloadOutcome {
         let _serial = self.lock.lock().await;
         let old = self.policy.load_full();
         let (dir, ov) = (self.dir.clone(), self.overrides.clone());
@@ -222,7 +222,8 @@ impl Reloader {
         self.metrics.config_reloads.with_label_values(&[label]).inc();
         self.audit
             .record(Event {
-                request_id: None,
+                // An admin request's id, so its record and this one are found together.
+                request_id: request_id.map(String::from),
                 actor: format!("system:{trigger}"),
                 action: "config.reload",
                 payment_id: None,
@@ -302,10 +303,10 @@ impl BackgroundService for ReloadService {
                             }
                         }
                     }
-                    self.reloader.reload("watch").await;
+                    self.reloader.reload("watch", None).await;
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.reloader.reload("sighup").await;
+                    self.reloader.reload("sighup", None).await;
                 }
             }
         }

@@ -288,6 +288,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
             app: ApiApp { state: state.clone() },
             options: options(h2c),
             metrics: Some(metrics.clone()),
+            audit: Some(engine.audit.clone()),
             policy: policy.clone(),
         })
     };
@@ -309,6 +310,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
             app: AdminApp { policy: policy.clone(), engine: engine.clone(), reloader: reloader.clone() },
             options: options(h2c),
             metrics: None,
+            audit: None,
             policy: policy.clone(),
         })
     };

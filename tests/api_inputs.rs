@@ -567,6 +567,14 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
     let r = send(client().get(format!("{}/v1/payments/{junk}", w.pm.api))).await;
     assert_eq!(r.status, 401, "{}", r.text);
     create(&w.pm.api, "aud", card("o-aud", 1000)).await;
+    // A request that is not HTTP, and one no channel takes, are calls too.
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    raw_until_closed(&addr, b"GET /v1/payments/x HTTP/1.1\r\nHo st: x\r\n\r\n").await.expect("answered");
+    let unrouted = json!({"amount": 1000, "currency": "EUR", "method": "visa", "order_id": "o-eur", "payment_method_data": {"token": "pm_card_visa"}});
+    assert_eq!(create(&w.pm.api, "aud-eur", unrouted).await.body["code"], "no_route");
+    // An admin reload's two records share its request id.
+    let reload = send(client().post(format!("{}/admin/reload", w.pm.admin))).await;
+    assert_eq!(reload.status, 200, "{}", reload.text);
     let cfg = w.pm.config.clone();
     let routing = std::fs::read_to_string(cfg.join("routing.yaml")).unwrap();
     // Stop the watcher from seeing this write first: SIGHUP must work on its own too.
@@ -592,6 +600,13 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
     assert!(calls.iter().any(|c| c["outcome"] == "401" && c["actor"] == "anonymous"));
     assert!(calls.iter().any(|c| c["outcome"] == "201" && c["payment_id"].as_str().unwrap_or("").starts_with("pay_")));
     assert!(!text.contains(KEY));
+    assert!(calls.iter().any(|c| c["outcome"] == "400" && c["details"]["code"] == "malformed_http"), "{text}");
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.iter().any(|r| r["action"] == "route.decision" && r["outcome"] == "no_route"), "{text}");
+    let admin = records.iter().find(|r| r["action"] == "admin.reload").expect("admin.reload");
+    let by_admin =
+        records.iter().find(|r| r["action"] == "config.reload" && r["actor"] == "system:admin").expect("reload");
+    assert!(admin["request_id"].is_string() && admin["request_id"] == by_admin["request_id"], "{text}");
     let cfgv = get(&w.pm.admin, "/admin/config").await;
     assert_eq!(cfgv.status, 200);
     assert!(cfgv.body["sources"].as_array().unwrap().len() == 3);

@@ -173,6 +173,16 @@ async fn a_refund_lost_behind_a_full_page_of_refunds_is_found_absent_and_sent_ag
     .await;
     assert!(settled, "{}", get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.text);
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["amount_refunded"], 1510);
+    // A refund's read is audited under its payment.
+    let audit = w.pm.data.join("audit.jsonl");
+    let named = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(r#""endpoint":"get_refund""#) && l.contains(&format!(r#""payment_id":"{id}""#)))
+    })
+    .await;
+    assert!(named, "no get_refund record names {id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,6 +683,17 @@ async fn a_webhook_about_an_attempt_in_flight_is_deferred_unrecorded_then_applie
     let m = w.metrics().await;
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"deferred\"") >= 1.0, "{m}");
     assert_eq!(metric(&m, "paymux_webhooks_total", "outcome=\"duplicate\""), 1.0, "{m}");
+    // And the audit log: the duplicate has its webhook record, naming the payment.
+    let pid = created.body["id"].as_str().unwrap().to_string();
+    let audit = w.pm.data.join("audit.jsonl");
+    let found = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(r#""action":"webhook""#) && l.contains(r#""outcome":"duplicate""#) && l.contains(&pid))
+    })
+    .await;
+    assert!(found, "{}", std::fs::read_to_string(&audit).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,8 @@ pub async fn handle(
             if v.payment.api_key_id != key_id {
                 return Err(Problem::new(404, "refund_not_found", "no refund with this id"));
             }
+            // The read's audit record names the payment (the refund is in its answer).
+            *subject = Some(r.payment_id.clone());
             Ok(json(200, refund_json(&r), &[]))
         }
         Endpoint::Webhook | Endpoint::Other => Err(Problem::new(404, "not_found", "no such endpoint")),
@@ -340,6 +342,8 @@ async fn create(
             return Err(Problem::validation(errors));
         }
         let (method, currency) = (np.method, np.money.currency());
+        let decision = json!({"rule": rule, "channels": [], "policy_version": policy.version, "method": method, "currency": currency.code()});
+        engine.audit(ctx, "route.decision", None, "no_route", decision).await;
         return Err(Problem::new(
             422,
             "no_route",

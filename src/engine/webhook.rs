@@ -83,6 +83,8 @@ impl Engine {
         let duplicate = !stray && crate::store::call(&self.store, move |s| s.webhook_seen(&c, &e, now_ms())).await?;
         if duplicate {
             self.metrics.webhooks.with_label_values(&[&ch.id, "duplicate"]).inc();
+            let pid = target.as_ref().map(|(_, p)| p.id.as_str());
+            self.audit(ctx, "webhook", pid, "duplicate", json!({"channel": ch.id, "event_id": ev.event_id})).await;
             return Ok(WebhookResult::Ack { duplicate: true });
         }
         let mut payment_id = None;
