@@ -398,12 +398,7 @@ pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {
                 e.add("metadata", "must have at most 50 keys");
             }
             for (k, v) in o {
-                if k.is_empty()
-                    || k.chars().count() > 40
-                    || k.starts_with("paymux_")
-                    || k.contains(['[', ']'])
-                    || k.chars().any(char::is_control)
-                {
+                if !crate::domain::is_metadata_key(k) {
                     e.add(
                         format!("metadata.{k}"),
                         "keys must be 1-40 characters, without brackets or control characters, and must not start with `paymux_`",

@@ -357,8 +357,15 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
             d.push(p.diag_value(ptr, format!("`{}` needs a port between 1 and 65535", &ptr[1..])));
         }
     }
-    if r.listen == r.admin_listen {
+    let (listen, admin) =
+        (ov.listen.as_ref().unwrap_or(&r.listen), ov.admin_listen.as_ref().unwrap_or(&r.admin_listen));
+    if listen == admin && ov.listen.is_none() && ov.admin_listen.is_none() {
         d.push(p.diag_value("/admin_listen", "`admin_listen` must differ from `listen`"));
+    } else if listen == admin {
+        let message = format!(
+            "the payments API and the admin listener would both listen on {listen} (--listen / --admin-listen)"
+        );
+        d.push(Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message, help: None });
     }
     let (initial, max) =
         (r.reconciler.initial_backoff_ms.unwrap_or(500), r.reconciler.max_backoff_ms.unwrap_or(60_000));
@@ -785,6 +792,16 @@ fn build_rule(
             }
         }
     }
+    for k in m.metadata.iter().flat_map(|md| md.keys()).filter(|k| !crate::domain::is_metadata_key(k)) {
+        d.push(p.diag(
+            &format!("{base}/match/metadata"),
+            format!(
+                "rule `{}` can never match: the API refuses metadata key `{k}` (keys are 1-40 characters, without \
+                 brackets or control characters, and do not start with `paymux_`)",
+                r.name
+            ),
+        ));
+    }
     if d.len() > before {
         return None;
     }
@@ -957,6 +974,23 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 35, "{errs:?}");
         assert!(errs[0].message.contains("a private key, where the provider's public key belongs"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_rule_on_a_metadata_key_the_api_refuses_and_a_listener_clash_by_flags_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bad_key = |s: String| {
+            s.replace("methods: [alipay_hk]\n", "methods: [alipay_hk]\n      metadata: {paymux_src: web}\n")
+        };
+        let dir = example_in(tmp.path(), |s| s, bad_key);
+        let errs = crate::config::check_dir(&dir).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("can never match: the API refuses metadata key `paymux_src`"), "{errs:?}");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = example_in(tmp.path(), |s| s, |s| s);
+        let ov = Overrides { listen: Some("127.0.0.1:9090".into()), ..Overrides::default() };
+        let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
+        assert!(errs[0].message.contains("would both listen on 127.0.0.1:9090"), "{errs:?}");
     }
 
     #[test]

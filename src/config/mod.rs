@@ -188,6 +188,10 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
         return Err(vec![at(1, 1, format!("file is larger than {MAX_FILE_BYTES} bytes"))]);
     }
     let text = std::fs::read_to_string(path).map_err(|e| vec![at(1, 1, format!("cannot read file: {e}"))])?;
+    // A byte order mark (editors on Windows write one) is not content: YAML allows it only
+    // before a document's start, and the YAML reader took one straight before a key as a
+    // second document.
+    let text = text.strip_prefix('\u{feff}').map(String::from).unwrap_or(text);
     let syntax = |e: serde_yaml::Error| {
         let msg = e.to_string();
         // serde_yaml appends " at line L column C"; the prefix already says where.
@@ -290,5 +294,23 @@ mod tests {
         std::fs::create_dir(d.join("old.yaml")).unwrap();
         std::os::unix::fs::symlink("old.yaml", d.join("older.yaml")).unwrap();
         assert_eq!(super::config_files(d).unwrap(), vec![d.join("routing.yaml")]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_content_and_a_route_mixing_forms_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for f in ["server.yaml", "channels.yaml", "routing.yaml"] {
+            let text = std::fs::read_to_string(root.join("routes").join(f)).unwrap();
+            // The schema comment line dropped: the mark sits right before the first key.
+            let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+            std::fs::write(dir.path().join(f), format!("\u{feff}{body}")).unwrap();
+        }
+        assert!(super::check_dir(dir.path()).is_ok(), "{:?}", super::check_dir(dir.path()));
+        let routing = std::fs::read_to_string(dir.path().join("routing.yaml")).unwrap();
+        let mixed = routing.replace("channels: [antom_hk]", "channels: [antom_hk]\n      backups: [stripe_backup]");
+        std::fs::write(dir.path().join("routing.yaml"), mixed).unwrap();
+        let errs = super::check_dir(dir.path()).unwrap_err();
+        assert!(errs[0].message.contains("`backups` goes with `split` only"), "{errs:?}");
     }
 }

@@ -145,9 +145,17 @@ pub fn validate(kind: &str, doc: &Value, spans: &SpanMap, file: &str) -> Vec<Dia
                 (ptr.clone(), format!("`{field}` must have at least {limit} field(s)"), None)
             }
             ValidationErrorKind::UniqueItems => (ptr.clone(), format!("`{field}` has duplicate items"), None),
-            ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::OneOfMultipleValid { .. } => (
+            ValidationErrorKind::OneOfMultipleValid { .. } => (
                 ptr.clone(),
                 format!("`{field}` must have either `channels` or `split` (with optional `backups`), not both"),
+                None,
+            ),
+            ValidationErrorKind::OneOfNotValid { .. } => (
+                ptr.clone(),
+                format!(
+                    "`{field}` needs `channels` ([primary, backups…]) or `split` ([{{channel, weight}}…], with optional \
+                     `backups`); `backups` goes with `split` only, and the two do not mix"
+                ),
                 None,
             ),
             ValidationErrorKind::Not { .. } => (

@@ -63,6 +63,16 @@ impl PaymentStatus {
     }
 }
 
+/// Whether an app may use `k` as a metadata key: 1-40 characters, no brackets (the form
+/// encoding PSPs take nests on them), no control characters, and not `paymux_`'s own.
+pub fn is_metadata_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars().count() <= 40
+        && !k.starts_with("paymux_")
+        && !k.contains(['[', ']'])
+        && !k.chars().any(char::is_control)
+}
+
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Whether `s` has the shape of an id [`new_id`] makes with `prefix` (nothing longer or
