@@ -291,24 +291,37 @@ fn unusable_tls(cert: &Path, key: &Path) -> Option<String> {
     }
 }
 
-/// `path` as the file system resolves it now: its existing part with symlinks and `..`
-/// resolved, the rest (not created yet) appended.
+/// `path` as the file system resolves it now: component by component, symlinks and `..`
+/// resolved as the kernel would while they exist, and the rest (not created yet) read
+/// lexically (`..` there takes off the component before it).
 fn physical(path: &Path) -> PathBuf {
+    use std::path::Component;
     let abs = std::env::current_dir().map(|cwd| cwd.join(path)).unwrap_or_else(|_| path.to_path_buf());
-    let (mut existing, mut rest) = (abs.as_path(), Vec::new());
-    loop {
-        if let Ok(mut out) = existing.canonicalize() {
-            out.extend(rest.iter().rev());
-            return out;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name);
-                existing = parent;
+    let (mut out, mut exists) = (PathBuf::from("/"), true);
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            // `out` has no symlinks while it exists, so its parent is the kernel's `..`; past a
+            // part not created yet (created, it will be a plain directory), maybe back to
+            // one that exists.
+            Component::ParentDir => {
+                out.pop();
+                if let (false, Ok(real)) = (exists, out.canonicalize()) {
+                    (out, exists) = (real, true);
+                }
             }
-            _ => return abs,
+            Component::Normal(name) => {
+                out.push(name);
+                if exists {
+                    match out.canonicalize() {
+                        Ok(real) => out = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
         }
     }
+    out
 }
 
 /// How long, at least, the request deadline must leave for the status query after a channel's
@@ -383,7 +396,18 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
     // Where the store is, as the file system resolves it now: a config directory's symlink
     // flipped later does not move a running paymux's store, and a reload sees the move.
     let data_dir = physical(&ov.data_dir.clone().unwrap_or_else(|| r.data_dir.as_deref().map_or("data".into(), rel)));
-    if data_dir.starts_with(physical(dir)) {
+    // The default was `data` in the config directory: a store left there must not be passed
+    // over for an empty one (where a retried payment is charged again).
+    let earlier = dir.join("data");
+    if ov.data_dir.is_none() && r.data_dir.is_none() && earlier.join("paymux.db").exists() {
+        let message = format!(
+            "{} holds paymux's store (the default data directory of earlier versions, inside the config directory); \
+             the default is now `data` in the working directory: move it outside the config directory and set \
+             `data_dir` (or --data-dir) to where it is",
+            earlier.display()
+        );
+        d.push(Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message, help: None });
+    } else if data_dir.starts_with(physical(dir)) {
         let msg = format!(
             "data directory {} is inside the config directory: a deploy that replaces the directory or flips its \
              symlink would leave the payments store behind, and paymux would start with an empty one (where a retried \
@@ -1004,6 +1028,20 @@ mod tests {
         let ov = Overrides { data_dir: Some(dir.join("x")), ..Overrides::default() };
         let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
         assert!(errs[0].message.contains("inside the config directory"), "{errs:?}");
+        // A store where the default used to be is not passed over.
+        let unset = |s: String| s.replace("data_dir: ../data\n", "");
+        let tmp2 = tempfile::tempdir().unwrap();
+        let dir2 = example_in(tmp2.path(), unset, |s| s);
+        assert!(crate::config::load_dir(&dir2, &Overrides::default()).is_ok());
+        std::fs::create_dir(dir2.join("data")).unwrap();
+        std::fs::write(dir2.join("data/paymux.db"), "").unwrap();
+        let errs = crate::config::load_dir(&dir2, &Overrides::default()).err().expect("refused");
+        assert!(errs[0].message.contains("holds paymux's store"), "{errs:?}");
+        // `..` in the part not created yet counts too, either way.
+        let ov = Overrides { data_dir: Some(tmp.path().join("nowhere/../routes/data")), ..Overrides::default() };
+        assert!(crate::config::load_dir(&dir, &ov).is_err());
+        let ov = Overrides { data_dir: Some(dir.join("state/../../data")), ..Overrides::default() };
+        assert!(crate::config::load_dir(&dir, &ov).is_ok());
         // Outside, through a symlink to the config directory: resolved where it is now.
         std::os::unix::fs::symlink(&dir, tmp.path().join("current")).unwrap();
         let ov = Overrides { data_dir: Some(tmp.path().join("current/../data")), ..Overrides::default() };
