@@ -37,6 +37,7 @@ fn rules(n: usize) -> Router {
             metadata: if i % 3 == 0 { vec![("channel".into(), "web".into())] } else { vec![] },
             rollout_percent: if i % 5 == 0 { Some(50) } else { None },
             target: Target::Ordered(vec![i % 7, (i + 1) % 7]),
+            takes: vec![],
         });
     }
     Router::new(v, Some(Target::Ordered(vec![0])))
@@ -92,6 +93,7 @@ fn wide_rules(n: usize) -> Vec<Rule> {
             metadata: vec![],
             rollout_percent: None,
             target: Target::Ordered(vec![0]),
+            takes: vec![],
         })
         .collect()
 }

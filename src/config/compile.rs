@@ -832,6 +832,8 @@ fn build_rule(
     // A rule naming no methods matches those its channels serve, and one naming no currencies
     // those they accept (any, when one of them takes any): a payment none of its channels
     // could take goes on to the next rule instead of being refused for want of a channel.
+    let takes: Vec<(MethodSet, Option<Vec<Currency>>)> =
+        t.iter().flat_map(|t| t.channels()).map(|ci| (channels[ci].methods, channels[ci].currencies.clone())).collect();
     let (methods, currencies) = match &t {
         Some(t) => {
             let specs: Vec<&Spec> = t.channels().into_iter().map(|ci| &channels[ci]).collect();
@@ -861,6 +863,7 @@ fn build_rule(
         metadata: m.metadata.clone().unwrap_or_default().into_iter().collect(),
         rollout_percent: m.rollout_percent,
         target: t?,
+        takes,
     })
 }
 
@@ -1074,5 +1077,24 @@ mod tests {
         assert_eq!(rule("alipay_hk", "USD"), "default");
         // stripe_backup takes HKD, USD and CNY only.
         assert_eq!(rule("visa", "EUR"), "default");
+        // Channels of different kinds in one rule: what one of them takes, in its currencies.
+        let p = example_with_rules(
+            "  - {name: mixed, match: {customer_countries: [HK]}, route: {channels: [antom_hk, stripe_backup]}}\n",
+        );
+        let mixed = |method: &str, currency: &str| {
+            let f = crate::policy::routing::Facts {
+                method: Method::parse(method).unwrap(),
+                currency: Currency::parse(currency).unwrap(),
+                amount_minor: 1000,
+                country: Some("HK"),
+                metadata: &md,
+                customer_id: None,
+                order_id: "o",
+            };
+            p.router.evaluate(&f).unwrap().rule.to_string()
+        };
+        assert_eq!((mixed("alipay_hk", "HKD"), mixed("visa", "USD")), ("mixed".into(), "mixed".into()));
+        // Both methods and both currencies are the rule's, but no channel takes AlipayHK in USD.
+        assert_eq!(mixed("alipay_hk", "USD"), "default");
     }
 }

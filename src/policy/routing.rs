@@ -83,6 +83,9 @@ pub struct Rule {
     /// 0..=100; `None` means everyone.
     pub rollout_percent: Option<u8>,
     pub target: Target,
+    /// What its channels take, each a set of methods in its currencies (`None`: any); a
+    /// payment none of them takes goes on to the next rule. Empty: no such limit.
+    pub takes: Vec<(MethodSet, Option<Vec<Currency>>)>,
 }
 
 /// What the engine knows about a payment when routing it.
@@ -167,7 +170,7 @@ impl Router {
         let candidates = self.by_method_currency.get(&(m as u8, f.currency)).unwrap_or(&self.by_method_any[m]);
         for &i in candidates {
             let r = &self.rules[i as usize];
-            if r.matches_rest(f) {
+            if r.matches_rest(f) && r.takes(f) {
                 return Some(Decision { rule: &r.name, channels: r.target.order(f.order_id) });
             }
         }
@@ -182,6 +185,16 @@ impl Rule {
         self.methods.contains(f.method)
             && self.currencies.as_ref().is_none_or(|c| c.binary_search(&f.currency).is_ok())
             && self.matches_rest(f)
+            && self.takes(f)
+    }
+
+    /// Whether one of its channels takes the payment's method in its currency.
+    fn takes(&self, f: &Facts<'_>) -> bool {
+        self.takes.is_empty()
+            || self
+                .takes
+                .iter()
+                .any(|(ms, cs)| ms.contains(f.method) && cs.as_ref().is_none_or(|c| c.contains(&f.currency)))
     }
 
     /// Everything but method and currency, which the index already checked.
@@ -381,6 +394,7 @@ mod tests {
             metadata: vec![],
             rollout_percent: None,
             target: Target::Ordered(target),
+            takes: vec![],
         }
     }
 
