@@ -20,6 +20,8 @@ pub struct AdminApp {
     pub policy: Arc<ArcSwap<Policy>>,
     pub engine: Engine,
     pub reloader: Arc<Reloader>,
+    /// The last write probe's time and result (see `room_to_write`).
+    pub write_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
 
 #[async_trait]
@@ -39,8 +41,7 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => json(200, br#"{"status":"ok"}"#.to_vec(), &[]),
             ("GET", "/readyz") => {
                 let read_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();
-                let data_dir = self.policy.load().server.data_dir.clone();
-                let room = tokio::task::spawn_blocking(move || can_write(&data_dir)).await.unwrap_or(false);
+                let room = self.room_to_write().await;
                 let store_ok = read_ok && room;
                 let p = self.policy.load_full();
                 // The payments listener must be accepting, not just this admin one.
@@ -121,6 +122,25 @@ impl ServeHttp for AdminApp {
                 &rid,
             ),
         }
+    }
+}
+
+impl AdminApp {
+    /// Whether the data directory takes a write: one probe at a time (probers arriving
+    /// meanwhile wait and take its result), at most one a second, and a disk that does not
+    /// answer within 2 s counts as no room.
+    async fn room_to_write(&self) -> bool {
+        let mut last = self.write_probe.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return ok;
+            }
+        }
+        let data_dir = self.policy.load().server.data_dir.clone();
+        let probe = tokio::task::spawn_blocking(move || can_write(&data_dir));
+        let ok = matches!(tokio::time::timeout(std::time::Duration::from_secs(2), probe).await, Ok(Ok(true)));
+        *last = Some((std::time::Instant::now(), ok));
+        ok
     }
 }
 

@@ -107,18 +107,26 @@ impl Reloader {
         changed
     }
 
-    /// Errors for channels the new policy drops, or gives to another connector, while they
-    /// still hold unsettled work: their callbacks would be refused and their payments could no
+    /// Errors for channels the new policy drops, or gives to another connector, endpoint or
+    /// account, while they still hold unsettled work: their callbacks would be refused and their payments could no
     /// longer be synced, canceled or refunded.
     async fn removed_channels_in_use(&self, old: &Policy, new: &Policy) -> Vec<Diagnostic> {
-        // Removed, or made another provider's under the same id (its payments' callbacks and
-        // queries would then be read as that provider's).
+        // Removed, or made another provider's, endpoint's or account's under the same id: its
+        // payments' callbacks and queries would go to, or be read as, a party that does not
+        // hold them (and a status query answered "no such payment" fails a charged payment).
+        // A new key for the same account (a rotation) is no such change.
         let gone: Vec<(String, &str)> = old
             .channels
             .iter()
             .filter_map(|c| match new.channel(&c.id) {
                 None => Some((c.id.clone(), "removed")),
                 Some(n) if n.kind != c.kind => Some((c.id.clone(), "changed to another connector")),
+                Some(n) if n.transport.endpoint() != c.transport.endpoint() => {
+                    Some((c.id.clone(), "moved to another base_url"))
+                }
+                Some(n) if n.connector.account() != c.connector.account() => {
+                    Some((c.id.clone(), "moved to another account"))
+                }
                 Some(_) => None,
             })
             .collect();

@@ -305,9 +305,16 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     }
     server.add_service(api);
 
+    // One for both admin services (h2c and HTTP/1.1), so probes of either share it.
+    let write_probe = Arc::new(tokio::sync::Mutex::new(None));
     let admin_app = |h2c| {
         Arc::new(HttpService {
-            app: AdminApp { policy: policy.clone(), engine: engine.clone(), reloader: reloader.clone() },
+            app: AdminApp {
+                policy: policy.clone(),
+                engine: engine.clone(),
+                reloader: reloader.clone(),
+                write_probe: write_probe.clone(),
+            },
             options: options(h2c),
             metrics: None,
             audit: None,

@@ -224,7 +224,13 @@ pub fn engine_problem(e: &crate::engine::EngineError) -> Problem {
         }
         E::Store(e) => {
             // The operator's to know (the app is told only to retry): a full disk, a lost mount.
-            tracing::error!(error = %e, "the payment store failed; the request was answered 503");
+            // Once a second at most: on a full disk every request fails, and the log may be
+            // on that disk.
+            static LAST_LOGGED_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+            let now_s = crate::store::now_ms() / 1000;
+            if LAST_LOGGED_S.swap(now_s, std::sync::atomic::Ordering::Relaxed) != now_s {
+                tracing::error!(error = %e, "the payment store failed; requests are answered 503 store_unavailable");
+            }
             Problem::new(
             503,
             "store_unavailable",

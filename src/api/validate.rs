@@ -23,11 +23,16 @@ impl Errs {
     /// A field named by the caller is echoed, unless the name holds a card number: then with
     /// its digits starred (an error body never carries one).
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        let mut field = field.into();
-        if holds_card_number(&field) {
-            field = field.chars().map(|c| if decimal_digit(c).is_some() { '*' } else { c }).collect();
-        }
-        self.0.push(FieldError::new(field, message));
+        self.0.push(FieldError::new(starred(&field.into()), message));
+    }
+}
+
+/// `name` as it may be echoed: with its digits starred when it holds a card number.
+fn starred(name: &str) -> String {
+    if holds_card_number(name) {
+        name.chars().map(|c| if decimal_digit(c).is_some() { '*' } else { c }).collect()
+    } else {
+        name.to_string()
     }
 }
 
@@ -100,7 +105,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         while let Some(k) = a.next_key::<String>()? {
             let Strict(v) = a.next_value()?;
             if m.insert(k.clone(), v).is_some() {
-                return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+                return Err(serde::de::Error::custom(format!("duplicate key `{}`", starred(&k))));
             }
         }
         Ok(Value::Object(m))
@@ -187,10 +192,11 @@ fn email(s: &str) -> bool {
 }
 
 /// Whether `s` holds a card number: 13 to 19 digits in a row, as a scheme issues them (the
-/// first digit 2–6: Mastercard, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay), that
-/// pass the Luhn check. Digits may be full-width or from another script, grouped by up to
-/// three punctuation or space characters ("4242 4242-4242.4242"), and run on into more
-/// digits (an expiry date or a CVV typed after the number). A PSP token never holds one:
+/// first digit 1–6: UATP, Mastercard, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay),
+/// that pass the Luhn check. Digits may be full-width or from another script, grouped by up
+/// to eight punctuation or space characters ("4242 4242-4242.4242"), and run on into more
+/// digits (an expiry date or a CVV typed after the number); a whole run of 13–19 digits that
+/// passes the check counts whatever its first digit. A PSP token never holds one:
 /// letters break a run, and its digits are too few or fail the check. (A random number of
 /// 16 digits or more that starts a group with 2–6 reads as one about a third of the time:
 /// fine for a token field, too often for an order id or a phone number.)
@@ -207,10 +213,12 @@ pub(crate) fn holds_card_number(s: &str) -> bool {
             }
             run.push(d);
             gap = 0;
-        } else if !c.is_alphanumeric() && !run.is_empty() && gap < 3 {
+        } else if !c.is_alphanumeric() && !run.is_empty() && gap < MAX_GAP {
             gap += 1;
         } else {
-            if starts.iter().any(|&i| card_number_at(&run[i..])) {
+            // Or the whole run, whatever it starts with (a stray leading digit).
+            let whole = (13..=19).contains(&run.len()) && luhn(&run);
+            if whole || starts.iter().any(|&i| card_number_at(&run[i..])) {
                 return true;
             }
             (run, starts, gap) = (Vec::new(), vec![0], 0);
@@ -219,20 +227,33 @@ pub(crate) fn holds_card_number(s: &str) -> bool {
     false
 }
 
-/// The value of a decimal digit of any script (ASCII, full-width, Arabic-Indic, …).
+/// Characters between two groups of digits (spaces, dashes, dots…) that still join them.
+const MAX_GAP: usize = 8;
+
+/// The zeros of Unicode's decimal digits (general category Nd), each the first of ten.
+const DIGIT_ZEROS: [u32; 67] = [
+    0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66, 0x0DE6, 0x0E50,
+    0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50,
+    0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136,
+    0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0,
+    0x11F50, 0x16A60, 0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E4F0,
+    0x1E950, 0x1FBF0,
+];
+
+/// The value of a decimal digit of any script (ASCII, full-width, Arabic-Indic, Tamil, the
+/// mathematical alphabets' …).
 fn decimal_digit(c: char) -> Option<u8> {
     if let Some(d) = c.to_digit(10) {
         return Some(d as u8);
     }
-    // Unicode's decimal digits come in blocks of ten starting at these zeros.
-    const ZEROS: [u32; 8] = [0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0E50, 0xFF10, 0x1D7CE];
     let c = c as u32;
-    ZEROS.iter().find(|&&z| (z..z + 10).contains(&c)).map(|z| (c - z) as u8)
+    DIGIT_ZEROS.iter().find(|&&z| (z..z + 10).contains(&c)).map(|z| (c - z) as u8)
 }
 
-/// Whether the first 13–19 of `digits` read as a card number.
+/// Whether the first 13–19 of `digits` read as a card number (schemes issue them starting
+/// with 1, UATP, to 6).
 fn card_number_at(digits: &[u8]) -> bool {
-    digits.first().is_some_and(|d| (2..=6).contains(d)) && (13..=digits.len().min(19)).any(|len| luhn(&digits[..len]))
+    digits.first().is_some_and(|d| (1..=6).contains(d)) && (13..=digits.len().min(19)).any(|len| luhn(&digits[..len]))
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -477,6 +498,20 @@ mod tests {
     }
 
     #[test]
+    fn every_digit_block_is_ten_numeric_characters() {
+        for z in DIGIT_ZEROS {
+            for d in 0..10 {
+                let c = char::from_u32(z + d).unwrap();
+                assert!(c.is_numeric() && c.is_alphanumeric(), "{:x}", z + d);
+                assert_eq!(decimal_digit(c), Some(d as u8));
+            }
+        }
+        // A duplicate key holding a card number is not echoed either.
+        let e = parse_object(br#"{"4242424242424242":1,"4242424242424242":2}"#).unwrap_err();
+        assert!(!e.detail.contains("4242"), "{}", e.detail);
+    }
+
+    #[test]
     fn accepts_a_card_payment() {
         let ok = r#"{"amount":1999,"currency":"HKD","method":"visa","order_id":"o1","payment_method_data":{"token":"pm_card_visa"},"metadata":{"a":"b"}}"#;
         assert!(fields(ok).is_empty());
@@ -499,6 +534,11 @@ mod tests {
             "\u{ff14}\u{ff12}\u{ff14}\u{ff12}\u{ff14}\u{ff12}\u{ff14}\u{ff12}\u{ff14}\u{ff12}\u{ff14}\u{ff12}\u{ff14}\u{ff12}\u{ff14}\u{ff12}",
             "378282246310005",
             "6200000000000005",
+            "04242424242424242",
+            "4242    4242 -- 4242    4242",
+            "135412345678911",
+            "\u{0bec}\u{0be8}\u{0bec}\u{0be8}\u{0bec}\u{0be8}\u{0bec}\u{0be8}\u{0bec}\u{0be8}\u{0bec}\u{0be8}\u{0bec}\u{0be8}\u{0bec}\u{0be8}",
+            "\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}\u{1d7fa}\u{1d7f8}",
         ] {
             assert!(holds_card_number(pan), "{pan}");
             let body = format!(

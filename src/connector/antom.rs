@@ -183,6 +183,10 @@ impl Connector for Antom {
         "antom"
     }
 
+    fn account(&self) -> Option<&str> {
+        Some(&self.client_id)
+    }
+
     fn expensive_signing(&self) -> bool {
         true
     }

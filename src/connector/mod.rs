@@ -253,6 +253,11 @@ pub struct BuildError {
 pub trait Connector: Send + Sync + 'static {
     /// The connector kind as written in `channels.yaml` (`"stripe"`).
     fn kind(&self) -> &'static str;
+    /// The merchant account it acts for, when the config names one (Antom's client id); a
+    /// channel's open payments belong to it. `None` when only a secret says (Stripe's key).
+    fn account(&self) -> Option<&str> {
+        None
+    }
     /// Whether an RSA-class signature makes `build_*` cost hundreds of microseconds, so the
     /// engine runs it on the blocking pool instead of an async worker.
     fn expensive_signing(&self) -> bool {

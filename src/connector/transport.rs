@@ -271,6 +271,11 @@ impl Transport {
         })
     }
 
+    /// Where it sends (scheme, authority, path prefix): another endpoint is another party.
+    pub fn endpoint(&self) -> String {
+        format!("{}://{}{}", if self.tls { "https" } else { "http" }, self.authority, self.prefix)
+    }
+
     /// The per-attempt timeout.
     pub fn attempt_timeout(&self) -> Duration {
         self.attempt_timeout

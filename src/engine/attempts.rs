@@ -353,7 +353,12 @@ impl Engine {
         let step = match outcome {
             CreateOutcome::Accepted(pp) => Step::Landed {
                 outcome: "accepted",
-                state: pp.state,
+                state: match pp.state {
+                    ProviderState::Failed { code, message } => {
+                        ProviderState::Failed { code, message: without_tokens(message, np) }
+                    }
+                    state => state,
+                },
                 provider_ref: Some(pp.provider_ref),
                 next_action: pp.next_action,
                 error: None,

@@ -231,7 +231,8 @@ impl Engine {
                 else {
                     break None;
                 };
-                let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
+                // Each page its own time: pages share no request's deadline.
+                let (res, _) = self.send(&ch, &req, Some(pol.server.request_deadline)).await;
                 let q = RefundQuery {
                     refund_id: &rid,
                     provider_refund_ref: rref.as_deref(),
