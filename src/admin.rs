@@ -20,8 +20,8 @@ pub struct AdminApp {
     pub policy: Arc<ArcSwap<Policy>>,
     pub engine: Engine,
     pub reloader: Arc<Reloader>,
-    /// The last write probe's time and result (see `room_to_write`).
-    pub write_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
+    /// The disk write probe's state (see `room_to_write`).
+    pub write_probe: Arc<tokio::sync::Mutex<WriteProbe>>,
 }
 
 #[async_trait]
@@ -40,7 +40,8 @@ impl ServeHttp for AdminApp {
             }
             ("GET", "/healthz") => json(200, br#"{"status":"ok"}"#.to_vec(), &[]),
             ("GET", "/readyz") => {
-                let read_ok = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe")).await.is_ok();
+                let read = crate::store::call(&self.engine.store, |s| s.get_payment("readyz-probe"));
+                let read_ok = matches!(tokio::time::timeout(std::time::Duration::from_secs(2), read).await, Ok(Ok(_)));
                 let room = self.room_to_write().await;
                 let store_ok = read_ok && room;
                 let p = self.policy.load_full();
@@ -126,22 +127,45 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
-    /// Whether the data directory takes a write: one probe at a time (probers arriving
-    /// meanwhile wait and take its result), at most one a second, and a disk that does not
-    /// answer within 2 s counts as no room.
+    /// Whether the data directory takes a write: one probe at a time, at most one a second,
+    /// and a disk that does not answer within 2 s counts as no room. A probe still stuck on a
+    /// hung disk is waited for, never started again beside it (each would hold a thread of the
+    /// pool the store's calls use).
     async fn room_to_write(&self) -> bool {
-        let mut last = self.write_probe.lock().await;
-        if let Some((at, ok)) = *last {
+        let mut probe = self.write_probe.lock().await;
+        if let Some(running) = probe.running.as_mut() {
+            if !running.is_finished() {
+                return false;
+            }
+            let ok = matches!(running.await, Ok(true));
+            (probe.running, probe.last) = (None, Some((std::time::Instant::now(), ok)));
+        }
+        if let Some((at, ok)) = probe.last {
             if at.elapsed() < std::time::Duration::from_secs(1) {
                 return ok;
             }
         }
         let data_dir = self.policy.load().server.data_dir.clone();
-        let probe = tokio::task::spawn_blocking(move || can_write(&data_dir));
-        let ok = matches!(tokio::time::timeout(std::time::Duration::from_secs(2), probe).await, Ok(Ok(true)));
-        *last = Some((std::time::Instant::now(), ok));
-        ok
+        let mut running = tokio::task::spawn_blocking(move || can_write(&data_dir));
+        match tokio::time::timeout(std::time::Duration::from_secs(2), &mut running).await {
+            Ok(done) => {
+                let ok = matches!(done, Ok(true));
+                probe.last = Some((std::time::Instant::now(), ok));
+                ok
+            }
+            Err(_) => {
+                probe.running = Some(running);
+                false
+            }
+        }
     }
+}
+
+/// The readiness probe's write test: the last result, and one still running.
+#[derive(Default)]
+pub struct WriteProbe {
+    last: Option<(std::time::Instant, bool)>,
+    running: Option<tokio::task::JoinHandle<bool>>,
 }
 
 /// Bytes the readiness probe writes: more than a payment's write batch, so a data directory

@@ -306,7 +306,7 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     server.add_service(api);
 
     // One for both admin services (h2c and HTTP/1.1), so probes of either share it.
-    let write_probe = Arc::new(tokio::sync::Mutex::new(None));
+    let write_probe = Arc::new(tokio::sync::Mutex::new(crate::admin::WriteProbe::default()));
     let admin_app = |h2c| {
         Arc::new(HttpService {
             app: AdminApp {

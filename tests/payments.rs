@@ -589,6 +589,18 @@ async fn a_reload_may_not_remove_a_channel_that_holds_unsettled_payments() {
         assert_eq!(rej.status, 422, "{how}: {}", rej.text);
         assert!(rej.text.contains(&format!("channel `antom_hk` is {how} but still holds 1")), "{}", rej.text);
     }
+    // A key rotated for the same account applies (the key file moved; the same key here).
+    let keys = root().join("sandbox/keys");
+    let copy = w.tmp.path().join("rotated-provider-public.pem");
+    std::fs::copy(keys.join("antom_provider_public.pem"), &copy).unwrap();
+    let rotated =
+        original.replace(&keys.join("antom_provider_public.pem").display().to_string(), &copy.display().to_string());
+    assert_ne!(rotated, original);
+    std::fs::write(cfg.join("channels.yaml"), &rotated).unwrap();
+    std::fs::write(cfg.join("routing.yaml"), &original_routing).unwrap();
+    let applied = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(applied.status, 200, "{}", applied.text);
+    assert_ne!(get(&w.pm.admin, "/admin/config").await.body["version"], version, "{}", applied.text);
     std::fs::write(cfg.join("routing.yaml"), &routing).unwrap();
     std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
 

@@ -296,7 +296,8 @@ fn unusable_tls(cert: &Path, key: &Path) -> Option<String> {
 /// lexically (`..` there takes off the component before it).
 fn physical(path: &Path) -> PathBuf {
     use std::path::Component;
-    let abs = std::env::current_dir().map(|cwd| cwd.join(path)).unwrap_or_else(|_| path.to_path_buf());
+    // Without a working directory (removed under the process), a relative path stays as it is.
+    let Ok(abs) = std::env::current_dir().map(|cwd| cwd.join(path)) else { return path.to_path_buf() };
     let (mut out, mut exists) = (PathBuf::from("/"), true);
     for c in abs.components() {
         match c {
@@ -399,7 +400,8 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
     // The default was `data` in the config directory: a store left there must not be passed
     // over for an empty one (where a retried payment is charged again).
     let earlier = dir.join("data");
-    if ov.data_dir.is_none() && r.data_dir.is_none() && earlier.join("paymux.db").exists() {
+    let moved = physical(&earlier) != data_dir;
+    if ov.data_dir.is_none() && r.data_dir.is_none() && moved && earlier.join("paymux.db").exists() {
         let message = format!(
             "{} holds paymux's store (the default data directory of earlier versions, inside the config directory); \
              the default is now `data` in the working directory: move it outside the config directory and set \
@@ -1096,5 +1098,27 @@ mod tests {
         assert_eq!((mixed("alipay_hk", "HKD"), mixed("visa", "USD")), ("mixed".into(), "mixed".into()));
         // Both methods and both currencies are the rule's, but no channel takes AlipayHK in USD.
         assert_eq!(mixed("alipay_hk", "USD"), "default");
+        // So a later rule to a channel that does take it is not shadowed: it gets them.
+        let tmp = tempfile::tempdir().unwrap();
+        let rules = "kind: routing\nrules:\n  - {name: mixed, match: {customer_countries: [HK]}, route: {channels: [antom_hk, stripe_backup]}}\n  \
+                     - {name: usd-wallet, match: {customer_countries: [HK]}, route: {channels: [antom_us]}}\n\
+                     default:\n  channels: [stripe_primary]\n";
+        let dir = example_in(tmp.path(), |s| s, |_| rules.to_string());
+        let channels = std::fs::read_to_string(dir.join("channels.yaml")).unwrap();
+        let antom = &channels[channels.find("  - id: antom_hk").unwrap()..];
+        let us =
+            antom.replacen("id: antom_hk", "id: antom_us", 1).replacen("currencies: [HKD]", "currencies: [USD]", 1);
+        std::fs::write(dir.join("channels.yaml"), format!("{channels}{us}")).unwrap();
+        let p = crate::config::load_dir(&dir, &Overrides::default()).expect("valid: usd-wallet is reachable");
+        let f = crate::policy::routing::Facts {
+            method: Method::AlipayHk,
+            currency: Currency::parse("USD").unwrap(),
+            amount_minor: 1000,
+            country: Some("HK"),
+            metadata: &md,
+            customer_id: None,
+            order_id: "o",
+        };
+        assert_eq!(p.router.evaluate(&f).unwrap().rule, "usd-wallet");
     }
 }

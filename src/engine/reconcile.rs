@@ -207,11 +207,6 @@ impl Engine {
             // A refund's call is one send, over within the channel's attempt timeout of its
             // reservation; a provider with no record of it well after that never got it.
             let trust_absence_after = 2 * ch.transport.attempt_timeout().as_millis() as i64 + 1000;
-            let ctx = Ctx {
-                request_id: crate::domain::new_id("rec"),
-                actor: "system".into(),
-                deadline: Instant::now() + pol.server.request_deadline,
-            };
             let (rid, rref, pref) =
                 (r.id.clone(), r.provider_refund_ref.clone(), p.provider_ref.clone().unwrap_or_default());
             // A provider that lists a payment's refunds page by page is asked page after page.
@@ -250,6 +245,12 @@ impl Engine {
                 }
             };
             let Some(out) = out else { continue };
+            // Counted from here: however long the listing took, a refund sent again gets its time.
+            let ctx = Ctx {
+                request_id: crate::domain::new_id("rec"),
+                actor: "system".into(),
+                deadline: Instant::now() + pol.server.request_deadline,
+            };
             let result = match out {
                 RefundQueryOutcome::Found { provider_refund_ref, state } => {
                     r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);

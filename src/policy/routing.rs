@@ -230,10 +230,32 @@ impl Rule {
 
     /// Every payment `other` matches, `self` matches too (so `other`, if later, is dead).
     pub fn covers(&self, other: &Rule) -> bool {
-        self.methods.covers(other.methods)
-            && subset(&self.currencies, &other.currencies)
+        Method::ALL.into_iter().all(|m| subset(&self.currencies_for(m), &other.currencies_for(m)))
             && subset(&self.countries, &other.countries)
             && self.covers_rest(other)
+    }
+
+    /// The currencies it matches a payment of method `m` in, its channels' capabilities
+    /// (`takes`) included: `None` any, an empty list none (it does not match `m`).
+    pub fn currencies_for(&self, m: Method) -> Option<Vec<Currency>> {
+        if !self.methods.contains(m) {
+            return Some(vec![]);
+        }
+        let taken = if self.takes.is_empty() {
+            None
+        } else {
+            let of_m: Vec<&Option<Vec<Currency>>> =
+                self.takes.iter().filter(|(ms, _)| ms.contains(m)).map(|(_, cs)| cs).collect();
+            if of_m.is_empty() {
+                return Some(vec![]);
+            }
+            of_m.iter().copied().cloned().collect::<Option<Vec<Vec<Currency>>>>().map(|v| v.concat())
+        };
+        match (&self.currencies, taken) {
+            (None, taken) => taken,
+            (Some(mine), None) => Some(mine.clone()),
+            (Some(mine), Some(taken)) => Some(mine.iter().filter(|c| taken.contains(c)).copied().collect()),
+        }
     }
 
     /// [`Rule::covers`] but for methods, currencies and countries.
@@ -269,10 +291,10 @@ impl Rule {
     }
 }
 
-/// For each rule an earlier one shadows (matches every payment it matches), its index and
-/// the first such earlier rule's. Every pair is compared, but by a few word operations
-/// (bitsets over the currencies and countries the rules name), so 10,000 rules naming dozens
-/// of each take well under a second.
+/// For each rule an earlier one shadows (matches every payment it matches, what their
+/// channels take included), its index and the first such earlier rule's. Every pair is
+/// compared, but by a few word operations per method (bitsets over the currencies and
+/// countries the rules name), so 10,000 rules naming dozens of each take well under a second.
 pub fn shadowed(rules: &[&Rule]) -> Vec<(usize, usize)> {
     fn bitsets<'a, T: Eq + std::hash::Hash + 'a>(
         sets: impl Iterator<Item = Option<&'a [T]>> + Clone,
@@ -301,16 +323,35 @@ pub fn shadowed(rules: &[&Rule]) -> Vec<(usize, usize)> {
         (Some(_), None) => false,
         (Some(a), Some(b)) => a.iter().zip(b).all(|(x, y)| y & !x == 0),
     };
-    let currencies = bitsets(rules.iter().map(|r| r.currencies.as_deref()));
+    // Per rule and method, the currencies it matches that method in (what its channels take
+    // included), at `r * 14 + m`; and the methods it matches at all.
+    let per_method: Vec<Option<Vec<Currency>>> =
+        rules.iter().flat_map(|r| Method::ALL.into_iter().map(|m| r.currencies_for(m))).collect();
+    let matched: Vec<MethodSet> = rules
+        .iter()
+        .enumerate()
+        .map(|(r, _)| {
+            let n = Method::ALL.len();
+            MethodSet::of(
+                Method::ALL
+                    .into_iter()
+                    .filter(|m| per_method[r * n + m.index()].as_ref().is_none_or(|c| !c.is_empty())),
+            )
+        })
+        .collect();
+    let currencies = bitsets(per_method.iter().map(|c| c.as_deref()));
     let countries = bitsets(rules.iter().map(|r| r.countries.as_deref()));
     let can_cover: Vec<bool> = rules.iter().map(|r| r.rollout_percent.is_none_or(|p| p >= 100)).collect();
+    let n = Method::ALL.len();
     (0..rules.len())
         .filter_map(|j| {
             (0..j)
                 .find(|&i| {
                     can_cover[i]
-                        && rules[i].methods.covers(rules[j].methods)
-                        && within(&currencies[i], &currencies[j])
+                        && matched[i].covers(matched[j])
+                        && matched[j]
+                            .iter()
+                            .all(|m| within(&currencies[i * n + m.index()], &currencies[j * n + m.index()]))
                         && within(&countries[i], &countries[j])
                         && rules[i].covers_rest(rules[j])
                 })
@@ -462,6 +503,14 @@ mod tests {
             }
             if next(6) == 0 {
                 r.rollout_percent = Some(if next(2) == 0 { 50 } else { 100 });
+            }
+            // Channels of different kinds: what each takes.
+            if next(3) == 0 {
+                for _ in 0..=next(2) {
+                    let m = MethodSet::of([Method::ALL[next(3) as usize]]);
+                    let cs = if next(2) == 0 { None } else { Some(vec![cur[next(4) as usize]]) };
+                    r.takes.push((m, cs));
+                }
             }
             rules.push(r);
         }
