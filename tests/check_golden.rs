@@ -120,3 +120,28 @@ fn key_hash_takes_exactly_one_key() {
     assert_eq!(hash(""), (false, String::new()));
     assert_eq!(hash("a\nb\n"), (false, String::new()));
 }
+
+#[test]
+fn the_default_data_directory_is_judged_where_serve_runs_not_by_check() {
+    // A config without `data_dir`, checked and served from inside its own directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = tmp.path().join("routes");
+    std::fs::create_dir(&cfg).unwrap();
+    std::os::unix::fs::symlink(root.join("sandbox"), tmp.path().join("sandbox")).unwrap();
+    for f in ["server.yaml", "channels.yaml", "routing.yaml"] {
+        let text = std::fs::read_to_string(root.join("routes").join(f)).unwrap();
+        std::fs::write(cfg.join(f), text.replace("data_dir: ../data\n", "")).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_paymux")).args(args).current_dir(&cfg).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let (code, text) = run(&["check", "."]);
+    assert_eq!(code, 0, "{text}");
+    // `serve` here would put the store inside the config directory: refused, saying why.
+    let (code, text) = run(&["serve", "--config", "."]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("(the default, `data` in the working directory) is inside the config directory"), "{text}");
+}

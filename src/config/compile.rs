@@ -97,7 +97,7 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
     for (p, _) in t.server.iter().skip(1) {
         d.push(p.diag("/kind", format!("a second `server` file; the first is {}", t.server[0].0.file)));
     }
-    let server = t.server.first().map(|(p, r)| server_settings(p, r, dir, ov, &mut d));
+    let server = t.server.first().map(|(p, r)| server_settings(p, r, dir, ov, mode, &mut d));
 
     // --- channels
     let public_base = server.as_ref().map(|s| s.public_base_url.clone()).unwrap_or_default();
@@ -249,6 +249,18 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
         h.push_str(dg);
         h.push('\n');
     }
+    // The settings bound at start, as resolved now: the same files reached through a flipped
+    // symlink can put the store elsewhere, which a reload must report (restart_required),
+    // not take for "unchanged".
+    let tls = server.tls.as_ref().map(|(c, k)| format!("{}\0{}", physical(c).display(), physical(k).display()));
+    h.push_str(&format!(
+        "{}\0{}\0{}\0{}\0{}\n",
+        server.listen,
+        server.admin_listen,
+        server.data_dir.display(),
+        server.synchronous_full,
+        tls.unwrap_or_default()
+    ));
     let version = crate::crypto::sha256_hex(h.as_bytes())[..16].to_string();
     let api_keys = t.server[0]
         .1
@@ -329,7 +341,14 @@ fn physical(path: &Path) -> PathBuf {
 /// attempt timed out.
 const QUERY_ROOM_MS: u128 = 1000;
 
-fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mut Vec<Diagnostic>) -> ServerSettings {
+fn server_settings(
+    p: &Parsed,
+    r: &RawServer,
+    dir: &Path,
+    ov: &Overrides,
+    mode: Mode,
+    d: &mut Vec<Diagnostic>,
+) -> ServerSettings {
     let rel = |s: &str| {
         let pb = Path::new(s);
         if pb.is_absolute() {
@@ -409,11 +428,20 @@ fn server_settings(p: &Parsed, r: &RawServer, dir: &Path, ov: &Overrides, d: &mu
             earlier.display()
         );
         d.push(Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message, help: None });
-    } else if data_dir.starts_with(physical(dir)) {
+    } else if data_dir.starts_with(physical(dir))
+        && (mode == Mode::Serve || ov.data_dir.is_some() || r.data_dir.is_some())
+    {
+        // (The default's place depends on the working directory `serve` runs in, which a
+        // check does not know.)
+        let whose = if ov.data_dir.is_none() && r.data_dir.is_none() {
+            " (the default, `data` in the working directory)"
+        } else {
+            ""
+        };
         let msg = format!(
-            "data directory {} is inside the config directory: a deploy that replaces the directory or flips its \
-             symlink would leave the payments store behind, and paymux would start with an empty one (where a retried \
-             payment is charged again); put it outside, e.g. `../data`",
+            "data directory {}{whose} is inside the config directory: a deploy that replaces the directory or flips \
+             its symlink would leave the payments store behind, and paymux would start with an empty one (where a \
+             retried payment is charged again); set `data_dir` (or --data-dir) outside it, e.g. `../data`",
             data_dir.display()
         );
         match (&ov.data_dir, &r.data_dir) {
@@ -1020,6 +1048,27 @@ mod tests {
         let ov = Overrides { listen: Some("127.0.0.1:9090".into()), ..Overrides::default() };
         let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
         assert!(errs[0].message.contains("would both listen on 127.0.0.1:9090"), "{errs:?}");
+    }
+
+    #[test]
+    fn the_same_files_reached_where_the_store_resolves_elsewhere_are_another_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("deep/b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (ra, rb) = (example_in(&a, |s| s, |s| s), example_in(&b, |s| s, |s| s));
+        let current = tmp.path().join("current");
+        let load = |target: &Path| {
+            let _ = std::fs::remove_file(&current);
+            std::os::unix::fs::symlink(target, &current).unwrap();
+            let p = crate::config::load_dir(&current, &Overrides::default()).expect("valid");
+            (p.version.clone(), p.server.data_dir.clone())
+        };
+        let (va, da) = load(&ra);
+        let (vb, db) = load(&rb);
+        assert_ne!(da, db);
+        assert_ne!(va, vb, "identical files, but the store would move: a reload must see a change");
+        assert_eq!(load(&ra), (va, da));
     }
 
     #[test]
