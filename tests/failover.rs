@@ -180,6 +180,19 @@ async fn slow_primary_that_processes_late_is_reversed() {
     assert!(reversed, "late charge on the primary was not reversed; metrics:\n{m}");
     assert!(counted, "the reversal was not counted; metrics:\n{m}");
     assert_eq!(metric(&m, "paymux_orphan_reversals_total", "result=\"reversed\""), 1.0);
+    // A late (or repeated) callback about the reversed charge does not queue it again.
+    let pi = w.sim_payments("stripe_primary").await[0]["id"].as_str().unwrap().to_string();
+    let aref = format!("{}-a1", r.body["id"].as_str().unwrap());
+    let ev = json!({"id": "evt_late_orphan", "object": "event", "type": "payment_intent.succeeded", "created": 1,
+        "data": {"object": {"id": pi, "object": "payment_intent", "status": "succeeded", "amount": 4200,
+        "currency": "hkd", "metadata": {"paymux_attempt": aref}}}});
+    let late = send(stripe_event(&format!("{}/v1/webhooks/stripe_primary", w.pm.api), &ev.to_string())).await;
+    assert_eq!(late.status, 200, "{}", late.text);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = w.metrics().await;
+    assert_eq!(metric(&m, "paymux_orphan_reversals_total", "result=\"reversed\""), 1.0, "reversed again:\n{m}");
+    let attempts = get(&w.pm.api, &format!("/v1/payments/{}", r.body["id"].as_str().unwrap())).await;
+    assert_eq!(attempts.body["attempts"][0]["outcome"], "reversed", "{}", attempts.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

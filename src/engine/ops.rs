@@ -332,8 +332,14 @@ impl Engine {
 
     /// Recomputes a payment's refunded total and status from its refunds.
     pub(crate) async fn settle_refund_totals(&self, payment_id: &str) -> Result<(), EngineError> {
+        // One settlement at a time: each reads the payment and its refunds, then writes the
+        // total, so two side by side (callbacks for two refunds of one payment) could write
+        // the older total last and lose a refund from it. The last to run reads every refund
+        // settled before it.
+        static SETTLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let id = payment_id.to_string();
         let changed = crate::store::call(&self.store, move |s| {
+            let _one = SETTLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(mut p) = s.get_payment(&id)? else { return Ok(None) };
             let done: i64 = s.refunds(&id)?.iter().filter(|r| r.status == "succeeded").map(|r| r.amount).sum();
             if done != p.refunded {

@@ -12,6 +12,8 @@ use serde_json::json;
 const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
 /// Watched attempts examined per pass.
 const WATCH_PAGE: usize = 50;
+/// The outcome of an attempt whose charge, made after paymux had moved on, was reversed.
+pub(crate) const REVERSED: &str = "reversed";
 /// Payments the reconciler queries at once.
 const DUE_IN_FLIGHT: usize = 16;
 /// Pages of a payment's refunds asked for at most in one refund query (10,000 refunds at
@@ -350,7 +352,14 @@ impl Engine {
             let keep_watching = match found {
                 QueryOutcome::Found(pp) => match pp.state {
                     ProviderState::Failed { .. } | ProviderState::Canceled => false,
-                    state => !self.reverse(&ctx, &ch, &a, &pp.provider_ref, &state).await,
+                    state => {
+                        let reversed = self.reverse(&ctx, &ch, &a, &pp.provider_ref, &state).await;
+                        if reversed {
+                            // Kept on the attempt: a late callback must not queue it again.
+                            a.outcome = REVERSED.into();
+                        }
+                        !reversed
+                    }
                 },
                 QueryOutcome::NotFound { authoritative: true } => now_ms() - a.started_at < WATCH_WINDOW_MS,
                 _ => true,

@@ -128,8 +128,12 @@ impl Engine {
     ) -> Result<&'static str, EngineError> {
         if p.attempt_ref.as_deref() != Some(a.attempt_ref.as_str()) {
             // The event is about an attempt paymux moved on from. If it completed, the payer
-            // would be charged twice: the reconciler reverses watched attempts.
-            if matches!(state, ProviderState::Succeeded | ProviderState::Processing | ProviderState::RequiresAction) {
+            // would be charged twice: the reconciler reverses watched attempts (once: an
+            // attempt already reversed is not queued again by a late or repeated callback).
+            let reversed = a.outcome == super::reconcile::REVERSED;
+            if !reversed
+                && matches!(state, ProviderState::Succeeded | ProviderState::Processing | ProviderState::RequiresAction)
+            {
                 let mut a = a;
                 a.watch = true;
                 a.provider_ref = Some(provider_ref.to_string());
