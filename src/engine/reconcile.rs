@@ -139,7 +139,8 @@ impl Engine {
         // Re-read: a webhook may have settled the payment while the query ran.
         let pid = p.id.clone();
         match crate::store::call(&self.store, move |s| s.get_payment(&pid)).await {
-            Ok(Some(fresh)) if fresh.status.is_final() => return,
+            // A failure paymux only inferred stays under watch for a charge landing late.
+            Ok(Some(fresh)) if fresh.status.is_final() && !super::inferred_failure(&fresh) => return,
             Ok(Some(fresh)) => p = fresh,
             _ => return,
         }
@@ -158,10 +159,16 @@ impl Engine {
             }
             _ => ("unknown", false),
         };
-        if !p.status.is_final() {
+        // Queried again later: a payment not settled; and one failed only because its provider
+        // showed nothing, for as long as a late charge could still land (the provider's
+        // callback for it may be lost), so that it is corrected to succeeded.
+        let watch_inferred = super::inferred_failure(&p) && now_ms() - p.created_at < WATCH_WINDOW_MS;
+        if !p.status.is_final() || watch_inferred {
             let next = (p.reconcile_backoff_ms.max(1) * 2).min(pol.server.reconcile_max_backoff.as_millis() as i64);
             p.reconcile_backoff_ms = next;
             p.reconcile_at = Some(now_ms() + next);
+        } else {
+            p.reconcile_at = None;
         }
         p.updated_at = now_ms();
         self.metrics.reconciliations.with_label_values(&[&channel, result]).inc();

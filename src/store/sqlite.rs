@@ -613,13 +613,16 @@ fn update_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
 /// True when the row was written.
 fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<bool> {
     // A final status never moves back to a non-final one, whichever writer (engine,
-    // webhook, reconciler, status sync) comes last; and a payer action once known stays
+    // webhook, reconciler, status sync) comes last, and money taken is never made `failed`
+    // (a writer holding the row from before the correction of an inferred failure must not
+    // undo it); and a payer action once known stays
     // while the payment still waits on the payer (a writer that read the row before the
     // action was learnt does not erase it).
     c.prepare_cached(
             "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5,
                     next_action=CASE WHEN ?2 = 'requires_action' THEN COALESCE(?6, next_action) ELSE ?6 END, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
-             WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))",
+             WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))
+               AND NOT (status IN ('succeeded','refunded','partially_refunded') AND ?2 = 'failed')",
         )?
         .execute(params![
                 p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
@@ -1625,6 +1628,9 @@ mod tests {
         let s = SqliteStore::open(dir.path(), false).unwrap();
         s.insert_payment(&payment("p1", PaymentStatus::Succeeded)).unwrap();
         assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Processing)).unwrap(), None, "refused");
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Succeeded);
+        // Money taken is never made failed (a stale writer after an inferred failure's correction).
+        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Failed)).unwrap(), None, "refused");
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Succeeded);
         // A write reports the status it replaced.
         assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Refunded)).unwrap(), Some(PaymentStatus::Succeeded));
