@@ -859,27 +859,11 @@ fn build_rule(
     if d.len() > before {
         return None;
     }
-    // A rule naming no methods matches those its channels serve, and one naming no currencies
-    // those they accept (any, when one of them takes any): a payment none of its channels
-    // could take goes on to the next rule instead of being refused for want of a channel.
+    // What its channels take: a payment none of them takes goes on to the next rule (so a
+    // rule naming no methods or currencies matches only those its channels serve), instead of
+    // being refused for want of a channel.
     let takes: Vec<(MethodSet, Option<Vec<Currency>>)> =
         t.iter().flat_map(|t| t.channels()).map(|ci| (channels[ci].methods, channels[ci].currencies.clone())).collect();
-    let (methods, currencies) = match &t {
-        Some(t) => {
-            let specs: Vec<&Spec> = t.channels().into_iter().map(|ci| &channels[ci]).collect();
-            let served = specs.iter().fold(MethodSet::EMPTY, |acc, s| acc.or(s.methods));
-            let methods = if m.methods.is_none() && m.categories.is_none() { served } else { methods };
-            let currencies = currencies.or_else(|| {
-                let mut all: Vec<Currency> =
-                    specs.iter().map(|s| s.currencies.clone()).collect::<Option<Vec<_>>>()?.concat();
-                all.sort();
-                all.dedup();
-                Some(all)
-            });
-            (methods, currencies)
-        }
-        None => (methods, currencies),
-    };
     let mut countries = m.customer_countries.clone();
     if let Some(c) = countries.as_mut() {
         c.sort();
@@ -971,6 +955,21 @@ mod tests {
         std::fs::copy(root.join("routes/channels.yaml"), dir.join("channels.yaml")).unwrap();
         std::fs::write(dir.join("routing.yaml"), routing(read("routing.yaml"))).unwrap();
         dir
+    }
+
+    /// The rule `p` routes a 10.00 payment of `method` in `currency` from an HK customer by.
+    fn rule_for(p: &Policy, method: &str, currency: &str) -> String {
+        let md = std::collections::BTreeMap::new();
+        let f = crate::policy::routing::Facts {
+            method: Method::parse(method).unwrap(),
+            currency: Currency::parse(currency).unwrap(),
+            amount_minor: 1000,
+            country: Some("HK"),
+            metadata: &md,
+            customer_id: None,
+            order_id: "o",
+        };
+        p.router.evaluate(&f).unwrap().rule.to_string()
     }
 
     /// `routes/` with `routing.yaml`'s rules replaced by `rules`, compiled for serving.
@@ -1109,19 +1108,7 @@ mod tests {
             "  - {name: hk-wallet, match: {customer_countries: [HK]}, route: {channels: [antom_hk]}}\n  \
              - {name: cards, match: {methods: [visa]}, route: {channels: [stripe_backup]}}\n",
         );
-        let md = std::collections::BTreeMap::new();
-        let rule = |method: &str, currency: &str| {
-            let f = crate::policy::routing::Facts {
-                method: Method::parse(method).unwrap(),
-                currency: Currency::parse(currency).unwrap(),
-                amount_minor: 1000,
-                country: Some("HK"),
-                metadata: &md,
-                customer_id: None,
-                order_id: "o",
-            };
-            p.router.evaluate(&f).unwrap().rule.to_string()
-        };
+        let rule = |method: &str, currency: &str| rule_for(&p, method, currency);
         assert_eq!(rule("alipay_hk", "HKD"), "hk-wallet");
         // antom_hk takes neither visa nor USD: on to the next rule.
         assert_eq!(rule("visa", "HKD"), "cards");
@@ -1132,18 +1119,7 @@ mod tests {
         let p = example_with_rules(
             "  - {name: mixed, match: {customer_countries: [HK]}, route: {channels: [antom_hk, stripe_backup]}}\n",
         );
-        let mixed = |method: &str, currency: &str| {
-            let f = crate::policy::routing::Facts {
-                method: Method::parse(method).unwrap(),
-                currency: Currency::parse(currency).unwrap(),
-                amount_minor: 1000,
-                country: Some("HK"),
-                metadata: &md,
-                customer_id: None,
-                order_id: "o",
-            };
-            p.router.evaluate(&f).unwrap().rule.to_string()
-        };
+        let mixed = |method: &str, currency: &str| rule_for(&p, method, currency);
         assert_eq!((mixed("alipay_hk", "HKD"), mixed("visa", "USD")), ("mixed".into(), "mixed".into()));
         // Both methods and both currencies are the rule's, but no channel takes AlipayHK in USD.
         assert_eq!(mixed("alipay_hk", "USD"), "default");
@@ -1159,15 +1135,6 @@ mod tests {
             antom.replacen("id: antom_hk", "id: antom_us", 1).replacen("currencies: [HKD]", "currencies: [USD]", 1);
         std::fs::write(dir.join("channels.yaml"), format!("{channels}{us}")).unwrap();
         let p = crate::config::load_dir(&dir, &Overrides::default()).expect("valid: usd-wallet is reachable");
-        let f = crate::policy::routing::Facts {
-            method: Method::AlipayHk,
-            currency: Currency::parse("USD").unwrap(),
-            amount_minor: 1000,
-            country: Some("HK"),
-            metadata: &md,
-            customer_id: None,
-            order_id: "o",
-        };
-        assert_eq!(p.router.evaluate(&f).unwrap().rule, "usd-wallet");
+        assert_eq!(rule_for(&p, "alipay_hk", "USD"), "usd-wallet");
     }
 }

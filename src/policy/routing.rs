@@ -32,10 +32,6 @@ impl MethodSet {
     pub fn and(&self, o: MethodSet) -> MethodSet {
         MethodSet(self.0 & o.0)
     }
-    /// Union.
-    pub fn or(&self, o: MethodSet) -> MethodSet {
-        MethodSet(self.0 | o.0)
-    }
     /// `self ⊇ o`.
     pub fn covers(&self, o: MethodSet) -> bool {
         self.0 & o.0 == o.0
