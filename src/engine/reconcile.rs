@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::connector::{CancelOutcome, QueryOutcome, RefundOutcome, RefundQuery, RefundQueryOutcome};
-use crate::store::now_ms;
+use crate::store::{now_ms, RefundRow};
 use arc_swap::ArcSwap;
 use serde_json::json;
 
@@ -14,8 +14,8 @@ const WATCH_WINDOW_MS: i64 = 15 * 60 * 1000;
 const WATCH_PAGE: usize = 50;
 /// The outcome of an attempt whose charge, made after paymux had moved on, was reversed.
 pub(crate) const REVERSED: &str = "reversed";
-/// Payments the reconciler queries at once.
-const DUE_IN_FLIGHT: usize = 16;
+/// Items (payments, refunds, watched attempts) the reconciler asks providers about at once.
+const IN_FLIGHT: usize = 16;
 /// Pages of a payment's refunds asked for at most in one refund query (10,000 refunds at
 /// Stripe's 100 a page): past that, the refund stays pending rather than be concluded absent.
 const MAX_REFUND_PAGES: usize = 100;
@@ -100,22 +100,11 @@ impl Engine {
         let now = now_ms();
         let due = crate::store::call(&self.store, move |s| s.payments_due(now, 100)).await.unwrap_or_default();
         let n = due.len();
-        // Side by side, a few at a time: a provider that does not answer costs a pass its
-        // attempt timeout once, not once per payment it holds.
-        let slots = Arc::new(tokio::sync::Semaphore::new(DUE_IN_FLIGHT));
-        let mut queries = tokio::task::JoinSet::new();
-        for p in due {
-            let (engine, pol, slots) = (self.clone(), pol.clone(), slots.clone());
-            queries.spawn(async move {
-                let _slot = slots.acquire().await;
-                engine.settle_due(&pol, p).await;
-            });
-        }
-        while let Some(done) = queries.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "a reconciler query failed");
-            }
-        }
+        side_by_side(due, |p| {
+            let (engine, pol) = (self.clone(), pol.clone());
+            async move { engine.settle_due(&pol, p).await }
+        })
+        .await;
         n
     }
 
@@ -123,8 +112,7 @@ impl Engine {
     /// waiting on a provider that does not answer hold up neither.
     pub async fn reconcile_others_once(&self, policy: &Arc<ArcSwap<Policy>>) {
         let pol = policy.load_full();
-        self.check_watched(&pol).await;
-        self.check_refunds(&pol).await;
+        tokio::join!(self.check_watched(&pol), self.check_refunds(&pol));
     }
 
     /// Asks a payment's channel about a payment not settled in time and adopts the answer.
@@ -192,7 +180,7 @@ impl Engine {
     }
 
     /// Refunds whose answer never came (ambiguous send, lost callback): ask the provider.
-    async fn check_refunds(&self, pol: &Policy) {
+    async fn check_refunds(&self, pol: &Arc<Policy>) {
         let before = now_ms() - pol.server.reconcile_initial_backoff.as_millis() as i64;
         // More than a pass takes, so refunds still backing off do not hide the due ones.
         let pending =
@@ -208,119 +196,126 @@ impl Engine {
             pol.server.reconcile_initial_backoff.as_millis() as i64,
             pol.server.reconcile_max_backoff.as_millis() as i64,
         );
-        for mut r in pending {
-            let before = (r.status.clone(), r.provider_refund_ref.clone());
-            let pid = r.payment_id.clone();
-            let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
-            let Some(ch) = holding_channel(pol, &p) else { continue };
-            // A refund's call is one send, over within the channel's attempt timeout of its
-            // reservation; a provider with no record of it well after that never got it.
-            let trust_absence_after = 2 * ch.transport.attempt_timeout().as_millis() as i64 + 1000;
-            let (rid, rref, pref) =
-                (r.id.clone(), r.provider_refund_ref.clone(), p.provider_ref.clone().unwrap_or_default());
-            // A provider that lists a payment's refunds page by page is asked page after page.
-            let (mut after, mut pages) = (None::<String>, 0);
-            let out = loop {
-                let (rid2, rref2, pref2, after2) = (rid.clone(), rref.clone(), pref.clone(), after.clone());
-                let Ok(req) = self
-                    .build(&ch, move |c| {
-                        c.build_refund_query(&RefundQuery {
-                            refund_id: &rid2,
-                            provider_refund_ref: rref2.as_deref(),
-                            provider_ref: &pref2,
-                            after: after2.as_deref(),
-                        })
+        side_by_side(pending, |r| {
+            let (engine, pol) = (self.clone(), pol.clone());
+            async move { engine.check_refund(&pol, r, initial, max).await }
+        })
+        .await;
+    }
+
+    /// Asks a pending refund's channel about it and adopts the answer (or sends it again).
+    async fn check_refund(&self, pol: &Policy, mut r: RefundRow, initial: i64, max: i64) {
+        let before = (r.status.clone(), r.provider_refund_ref.clone());
+        let pid = r.payment_id.clone();
+        let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { return };
+        let Some(ch) = holding_channel(pol, &p) else { return };
+        // A refund's call is one send, over within the channel's attempt timeout of its
+        // reservation; a provider with no record of it well after that never got it.
+        let trust_absence_after = 2 * ch.transport.attempt_timeout().as_millis() as i64 + 1000;
+        let (rid, rref, pref) =
+            (r.id.clone(), r.provider_refund_ref.clone(), p.provider_ref.clone().unwrap_or_default());
+        // A provider that lists a payment's refunds page by page is asked page after page.
+        let (mut after, mut pages) = (None::<String>, 0);
+        let out = loop {
+            let (rid2, rref2, pref2, after2) = (rid.clone(), rref.clone(), pref.clone(), after.clone());
+            let Ok(req) = self
+                .build(&ch, move |c| {
+                    c.build_refund_query(&RefundQuery {
+                        refund_id: &rid2,
+                        provider_refund_ref: rref2.as_deref(),
+                        provider_ref: &pref2,
+                        after: after2.as_deref(),
                     })
-                    .await
-                else {
-                    break None;
-                };
-                // Each page its own time: pages share no request's deadline.
-                let (res, _) = self.send(&ch, &req, Some(pol.server.request_deadline)).await;
-                let q = RefundQuery {
-                    refund_id: &rid,
-                    provider_refund_ref: rref.as_deref(),
-                    provider_ref: &pref,
-                    after: after.as_deref(),
-                };
-                pages += 1;
-                match res.map(|resp| ch.connector.parse_refund_query(&q, &req, &resp)) {
-                    Ok(RefundQueryOutcome::NextPage { after: next }) if pages < MAX_REFUND_PAGES => after = Some(next),
-                    Ok(RefundQueryOutcome::NextPage { .. }) => {
-                        break Some(RefundQueryOutcome::Unknown { code: "refund_list_too_long".into() })
-                    }
-                    Ok(out) => break Some(out),
-                    Err(e) => break Some(RefundQueryOutcome::Unknown { code: e.code().into() }),
+                })
+                .await
+            else {
+                break None;
+            };
+            // Each page its own time: pages share no request's deadline.
+            let (res, _) = self.send(&ch, &req, Some(pol.server.request_deadline)).await;
+            let q = RefundQuery {
+                refund_id: &rid,
+                provider_refund_ref: rref.as_deref(),
+                provider_ref: &pref,
+                after: after.as_deref(),
+            };
+            pages += 1;
+            match res.map(|resp| ch.connector.parse_refund_query(&q, &req, &resp)) {
+                Ok(RefundQueryOutcome::NextPage { after: next }) if pages < MAX_REFUND_PAGES => after = Some(next),
+                Ok(RefundQueryOutcome::NextPage { .. }) => {
+                    break Some(RefundQueryOutcome::Unknown { code: "refund_list_too_long".into() })
                 }
-            };
-            let Some(out) = out else { continue };
-            // Counted from here: however long the listing took, a refund sent again gets its time.
-            let ctx = Ctx {
-                request_id: crate::domain::new_id("rec"),
-                actor: "system".into(),
-                deadline: Instant::now() + pol.server.request_deadline,
-            };
-            let result = match out {
-                RefundQueryOutcome::Found { provider_refund_ref, state } => {
+                Ok(out) => break Some(out),
+                Err(e) => break Some(RefundQueryOutcome::Unknown { code: e.code().into() }),
+            }
+        };
+        let Some(out) = out else { return };
+        // Counted from here: however long the listing took, a refund sent again gets its time.
+        let ctx = Ctx {
+            request_id: crate::domain::new_id("rec"),
+            actor: "system".into(),
+            deadline: Instant::now() + pol.server.request_deadline,
+        };
+        let result = match out {
+            RefundQueryOutcome::Found { provider_refund_ref, state } => {
+                r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
+                super::ops::apply_refund_state(&mut r, &state);
+                "found"
+            }
+            // Not yet: a request still on its way (or just timed out) may land.
+            RefundQueryOutcome::NotFound if now_ms() - r.created_at < trust_absence_after => "unknown",
+            // No record well after the send: send it again under the same reference. The
+            // provider answers with the refund if it has it after all (or says it is still
+            // at work on it), or makes it now: the refund the app asked for, never a
+            // second one. The amount stays reserved until the provider has said which;
+            // concluding "never got it" from absence alone released it while a late
+            // execution could still land, and a retry then refunded twice.
+            RefundQueryOutcome::NotFound => match self.send_refund(&ch, &p, &r, &ctx).await {
+                RefundOutcome::Accepted { provider_refund_ref, state } => {
                     r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
                     super::ops::apply_refund_state(&mut r, &state);
-                    "found"
+                    "resent"
                 }
-                // Not yet: a request still on its way (or just timed out) may land.
-                RefundQueryOutcome::NotFound if now_ms() - r.created_at < trust_absence_after => "unknown",
-                // No record well after the send: send it again under the same reference. The
-                // provider answers with the refund if it has it after all (or says it is still
-                // at work on it), or makes it now: the refund the app asked for, never a
-                // second one. The amount stays reserved until the provider has said which;
-                // concluding "never got it" from absence alone released it while a late
-                // execution could still land, and a retry then refunded twice.
-                RefundQueryOutcome::NotFound => match self.send_refund(&ch, &p, &r, &ctx).await {
-                    RefundOutcome::Accepted { provider_refund_ref, state } => {
-                        r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref);
-                        super::ops::apply_refund_state(&mut r, &state);
-                        "resent"
-                    }
-                    RefundOutcome::NotProcessed { code, .. } if super::ops::refusal_settles(&code) => {
-                        r.status = "failed".into();
-                        r.error_code = Some(code);
-                        "resent"
-                    }
-                    RefundOutcome::NotProcessed { .. } | RefundOutcome::Ambiguous { .. } => "unknown",
-                },
-                RefundQueryOutcome::Unknown { .. } | RefundQueryOutcome::NextPage { .. } => "unknown",
-            };
-            if result == "unknown" || r.status == "pending" {
-                self.retry.again(&r.id, now_ms(), initial, max);
-            } else {
-                self.retry.done(&r.id);
-            }
-            r.updated_at = now_ms();
-            let row = r.clone();
-            // Only over the pending refund it queried: a callback that settled it meanwhile wins.
-            let written = crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await;
-            if !matches!(written, Ok(true)) {
-                continue;
-            }
-            if result != "unknown" {
-                self.metrics.reconciliations.with_label_values(&[ch.id.as_str(), "refund"]).inc();
-            }
-            // Audited when it changed something, not on every poll of a refund still pending.
-            if before != (r.status.clone(), r.provider_refund_ref.clone()) {
-                let _ = self.settle_refund_totals(&r.payment_id).await;
-                self.audit(
-                    &ctx,
-                    "refund.reconcile",
-                    Some(&r.payment_id),
-                    &r.status,
-                    json!({"refund_id": r.id, "channel": ch.id, "result": result}),
-                )
-                .await;
-            }
+                RefundOutcome::NotProcessed { code, .. } if super::ops::refusal_settles(&code) => {
+                    r.status = "failed".into();
+                    r.error_code = Some(code);
+                    "resent"
+                }
+                RefundOutcome::NotProcessed { .. } | RefundOutcome::Ambiguous { .. } => "unknown",
+            },
+            RefundQueryOutcome::Unknown { .. } | RefundQueryOutcome::NextPage { .. } => "unknown",
+        };
+        if result == "unknown" || r.status == "pending" {
+            self.retry.again(&r.id, now_ms(), initial, max);
+        } else {
+            self.retry.done(&r.id);
+        }
+        r.updated_at = now_ms();
+        let row = r.clone();
+        // Only over the pending refund it queried: a callback that settled it meanwhile wins.
+        let written = crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await;
+        if !matches!(written, Ok(true)) {
+            return;
+        }
+        if result != "unknown" {
+            self.metrics.reconciliations.with_label_values(&[ch.id.as_str(), "refund"]).inc();
+        }
+        // Audited when it changed something, not on every poll of a refund still pending.
+        if before != (r.status.clone(), r.provider_refund_ref.clone()) {
+            let _ = self.settle_refund_totals(&r.payment_id).await;
+            self.audit(
+                &ctx,
+                "refund.reconcile",
+                Some(&r.payment_id),
+                &r.status,
+                json!({"refund_id": r.id, "channel": ch.id, "result": result}),
+            )
+            .await;
         }
     }
 
     /// Watched attempts: reverse any that processed after paymux moved on.
-    async fn check_watched(&self, pol: &Policy) {
+    async fn check_watched(&self, pol: &Arc<Policy>) {
         // A page per pass, continuing where the last one stopped, so every watched attempt is
         // visited however many there are.
         let after = self.retry.watch_cursor.lock().ok().and_then(|c| c.clone());
@@ -336,48 +331,53 @@ impl Engine {
             pol.server.reconcile_initial_backoff.as_millis() as i64,
             pol.server.reconcile_max_backoff.as_millis() as i64,
         );
-        for mut a in watched {
-            if !self.retry.due(&a.attempt_ref, now_ms()) {
-                continue;
-            }
-            let Some(ch) = pol.holding_channel(&a.channel).cloned() else { continue };
-            // Never reverse the attempt that holds the payment.
-            let pid = a.payment_id.clone();
-            let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { continue };
-            if p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
-                self.retry.done(&a.attempt_ref);
-                a.watch = false;
-                let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
-                continue;
-            }
-            let ctx = Ctx {
-                request_id: crate::domain::new_id("rec"),
-                actor: "system".into(),
-                deadline: Instant::now() + pol.server.request_deadline,
-            };
-            let found = self.query_ref(&ctx, &ch, &p, &a.attempt_ref, a.provider_ref.clone()).await;
-            let keep_watching = match found {
-                QueryOutcome::Found(pp) => match pp.state {
-                    ProviderState::Failed { .. } | ProviderState::Canceled => false,
-                    state => {
-                        let reversed = self.reverse(&ctx, &ch, &a, &pp.provider_ref, &state).await;
-                        if reversed {
-                            // Kept on the attempt: a late callback must not queue it again.
-                            a.outcome = REVERSED.into();
-                        }
-                        !reversed
+        let watched: Vec<_> = watched.into_iter().filter(|a| self.retry.due(&a.attempt_ref, now_ms())).collect();
+        side_by_side(watched, |a| {
+            let (engine, pol) = (self.clone(), pol.clone());
+            async move { engine.check_watched_one(&pol, a, initial, max).await }
+        })
+        .await;
+    }
+
+    /// Asks a watched attempt's channel about it and reverses it if it processed.
+    async fn check_watched_one(&self, pol: &Policy, mut a: AttemptRow, initial: i64, max: i64) {
+        let Some(ch) = pol.holding_channel(&a.channel).cloned() else { return };
+        // Never reverse the attempt that holds the payment.
+        let pid = a.payment_id.clone();
+        let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { return };
+        if p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
+            self.retry.done(&a.attempt_ref);
+            a.watch = false;
+            let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
+            return;
+        }
+        let ctx = Ctx {
+            request_id: crate::domain::new_id("rec"),
+            actor: "system".into(),
+            deadline: Instant::now() + pol.server.request_deadline,
+        };
+        let found = self.query_ref(&ctx, &ch, &p, &a.attempt_ref, a.provider_ref.clone()).await;
+        let keep_watching = match found {
+            QueryOutcome::Found(pp) => match pp.state {
+                ProviderState::Failed { .. } | ProviderState::Canceled => false,
+                state => {
+                    let reversed = self.reverse(&ctx, &ch, &a, &pp.provider_ref, &state).await;
+                    if reversed {
+                        // Kept on the attempt: a late callback must not queue it again.
+                        a.outcome = REVERSED.into();
                     }
-                },
-                QueryOutcome::NotFound { authoritative: true } => now_ms() - a.started_at < WATCH_WINDOW_MS,
-                _ => true,
-            };
-            if keep_watching {
-                self.retry.again(&a.attempt_ref, now_ms(), initial, max);
-            } else {
-                self.retry.done(&a.attempt_ref);
-                a.watch = false;
-                let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
-            }
+                    !reversed
+                }
+            },
+            QueryOutcome::NotFound { authoritative: true } => now_ms() - a.started_at < WATCH_WINDOW_MS,
+            _ => true,
+        };
+        if keep_watching {
+            self.retry.again(&a.attempt_ref, now_ms(), initial, max);
+        } else {
+            self.retry.done(&a.attempt_ref);
+            a.watch = false;
+            let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
         }
     }
 
@@ -423,6 +423,29 @@ impl Engine {
         .await;
         tracing::warn!(channel = %ch.id, payment_id = %a.payment_id, reversed = done, "a channel processed a payment paymux had moved on from");
         done
+    }
+}
+
+/// Runs `work` on each item, [`IN_FLIGHT`] at a time, and returns when all are done: a
+/// provider that does not answer costs a pass its attempt timeout once, not once per item.
+async fn side_by_side<T, Fut>(items: Vec<T>, work: impl Fn(T) -> Fut)
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut running = tokio::task::JoinSet::new();
+    for item in items {
+        let (slots, job) = (slots.clone(), work(item));
+        running.spawn(async move {
+            let _slot = slots.acquire().await;
+            job.await
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a reconciler query failed");
+        }
     }
 }
 
