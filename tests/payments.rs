@@ -1222,3 +1222,55 @@ async fn a_reload_that_moves_the_listener_says_restart_and_keeps_serving_where_i
     assert_eq!(back.body["restart_required"], json!([]), "{}", back.text);
     assert_eq!(get(&w.pm.admin, "/admin/config").await.body["restart_required"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_channels_charge_and_refund_in_stripes_units() {
+    let w = world_with(3000, |cfg| {
+        let path = cfg.join("channels.yaml");
+        let text = std::fs::read_to_string(&path).unwrap().replace("[HKD, USD, CNY]", "[HKD, USD, CNY, ISK, MGA, KWD]");
+        std::fs::write(path, text).unwrap();
+    })
+    .await;
+    let pay = |key: &str, amount: i64, currency: &str| {
+        let body = json!({"amount": amount, "currency": currency, "method": "visa", "order_id": format!("o-{key}"), "payment_method_data": {"token": "pm_card_visa"}});
+        let (base, key) = (w.pm.api.clone(), key.to_string());
+        async move { create(&base, &key, body).await }
+    };
+    // 5,001 krónur (ISO 4217: no decimals) are 500,100 at Stripe, which keeps two; the
+    // simulator, as Stripe, refuses fractions of a króna.
+    let isk = pay("isk", 5001, "ISK").await;
+    assert_eq!((isk.status, isk.body["status"].as_str()), (201, Some("succeeded")), "{}", isk.text);
+    // 5,000.00 ariary (ISO: two decimals) are 5,000 at Stripe, which has none.
+    let mga = pay("mga", 500_000, "MGA").await;
+    assert_eq!(mga.body["status"], "succeeded", "{}", mga.text);
+    let sim: Vec<(i64, String)> = w
+        .sim_payments("stripe_primary")
+        .await
+        .iter()
+        .map(|p| (p["amount"].as_i64().unwrap(), p["currency"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(sim, [(500_100, "isk".to_string()), (5000, "mga".to_string())]);
+    // A fraction of an ariary cannot be charged there: refused, naming the field.
+    let odd = pay("mga-odd", 500_050, "MGA").await;
+    assert_eq!((odd.status, odd.body["errors"][0]["field"].as_str()), (422, Some("amount")), "{}", odd.text);
+    // Refunds: the same units, the same steps, refused before anything is reserved.
+    let id = isk.body["id"].as_str().unwrap();
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("isk-r"), json!({"amount": 1})).await;
+    assert_eq!(rf.body["status"], "succeeded", "{}", rf.text);
+    let kwd = pay("kwd", 1000, "KWD").await;
+    let kid = kwd.body["id"].as_str().unwrap();
+    let bad = post(&w.pm.api, &format!("/v1/payments/{kid}/refunds"), Some("kwd-r"), json!({"amount": 5})).await;
+    assert_eq!((bad.status, bad.body["errors"][0]["field"].as_str()), (422, Some("amount")), "{}", bad.text);
+    let good = post(&w.pm.api, &format!("/v1/payments/{kid}/refunds"), Some("kwd-r"), json!({"amount": 10})).await;
+    assert_eq!(good.body["status"], "succeeded", "the refused key was not claimed: {}", good.text);
+    let refunded: Vec<i64> =
+        w.sim_payments("stripe_primary").await.iter().map(|p| p["amount_refunded"].as_i64().unwrap()).collect();
+    assert_eq!(refunded, [100, 0, 10]);
+    // Callbacks state Stripe's units; read back, they match the payments they are about.
+    let matched = eventually(Duration::from_secs(5), || async {
+        metric(&w.metrics().await, "paymux_webhooks_total", "outcome=\"unchanged\"") >= 3.0
+    })
+    .await;
+    let m = w.metrics().await;
+    assert!(matched && metric(&m, "paymux_webhooks_total", "outcome=\"unmatched\"") == 0.0, "{m}");
+}

@@ -559,18 +559,22 @@ async fn fault_callbacks_drop_and_duplicate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn callbacks_are_retried_until_acknowledged() {
-    // Stripe: the first two deliveries get HTTP 500, the third is acknowledged.
-    let rx = Receiver::start_failing(None, 2).await;
+    // Stripe: the first five deliveries get HTTP 500 (nearly 4 s of a receiver down), the
+    // sixth is acknowledged: retried for as long as Stripe retries, not a fixed few times.
+    let rx = Receiver::start_failing(None, 5).await;
     let env = Env::start(&rx.base()).await;
     let v: Value = env.stripe_pay(&client(), "retried", None).await.unwrap().json().await.unwrap();
     let pi = v["id"].as_str().unwrap().to_string();
-    let hits = rx.wait(10, "three attempts", |h| succeeded_for(h, &pi).len() >= 3).await;
+    let hits = rx.wait(15, "six attempts", |h| succeeded_for(h, &pi).len() >= 6).await;
     let tries = succeeded_for(&hits, &pi);
     assert!(tries.iter().all(|h| h.json()["id"] == tries[0].json()["id"]), "every attempt carries the same event");
     let stats = env.control_json(&format!("{STRIPE}/stats")).await;
     assert_eq!(stats["callbacks_delivered"], 1, "{stats}");
 
-    // Antom: an acknowledgement that is not `resultStatus: S` is retried, then given up.
+    // Antom: an acknowledgement that is not `resultStatus: S` is retried, then given up once
+    // its retry window (shortened by a fault to 3 s) has passed: attempts at 0, 0.25, 0.75
+    // and 1.75 s; the next would come at 3.75 s.
+    env.set_faults(ANTOM, json!({"callbacks": {"retry_for_ms": 3000}})).await;
     let cid = env.cfg.antom[0].client_id.clone();
     let pay = json!({
         "productCode": "CASHIER_PAYMENT",
@@ -588,13 +592,13 @@ async fn callbacks_are_retried_until_acknowledged() {
     let r = env.http.post(env.control(&format!("{ANTOM}/payments/{payment_id}/approve"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let notifies = |h: &[Hit]| h.iter().filter(|h| h.path == "/not-antom/notify").count();
-    rx.wait(15, "five notify attempts", |h| notifies(h) >= 5).await;
+    rx.wait(15, "four notify attempts", |h| notifies(h) >= 4).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while env.control_json(&format!("{ANTOM}/stats")).await["callbacks_failed"] != 1 {
         assert!(Instant::now() < deadline, "the notify was never given up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(notifies(&rx.hits()), 5);
+    assert_eq!(notifies(&rx.hits()), 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -422,6 +422,15 @@ async fn refund(
     let nr = validate::refund(&body)?;
     let v = engine.view(payment_id).await.map_err(|e| engine_problem(&e))?;
     owned_by(&v, key_id)?;
+    // An amount the holding channel cannot refund (a currency it refunds only in larger
+    // steps) is refused before anything is claimed or reserved.
+    if let (Some(a), Some(ch)) = (nr.amount, crate::engine::holding_channel(policy, &v.payment)) {
+        if let Ok(money) = crate::domain::Money::new(a, v.payment.currency) {
+            ch.connector
+                .check_refund(money)
+                .map_err(|e| Problem::validation(vec![FieldError::new(e.field.unwrap_or("amount"), e.message)]))?;
+        }
+    }
     let canon = json!({"amount": nr.amount, "reason": nr.reason});
     let hash = request_hash(Endpoint::CreateRefund, payment_id, &canon);
     let refund_id = crate::domain::new_id("re");

@@ -268,6 +268,12 @@ pub trait Connector: Send + Sync + 'static {
     /// stored, and a channel that cannot take it is left out of its route. `build_create`
     /// fails with the same errors.
     fn check_create(&self, req: &CreateRequest<'_>) -> Result<(), BuildError>;
+    /// Whether this provider can refund `amount` of a payment it holds, judged from the amount
+    /// alone (a currency it refunds only in larger steps): refused before anything is
+    /// reserved. `build_refund` fails with the same errors.
+    fn check_refund(&self, _amount: Money) -> Result<(), BuildError> {
+        Ok(())
+    }
     fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError>;
     fn parse_create(&self, req: &WireRequest, resp: &WireResponse) -> CreateOutcome;
     fn build_query(&self, q: &QueryRef<'_>) -> Result<WireRequest, BuildError>;

@@ -109,8 +109,46 @@ fn payment_from(pi: Intent) -> Option<ProviderPayment> {
             None => serde_json::json!({"type": "redirect", "provider_action": n.get("type").cloned().unwrap_or(Value::Null)}),
         }
     });
-    let money = stated_money(pi.amount, pi.currency.as_ref()).ok().flatten();
+    let money = stated_money_of(pi.amount, pi.currency.as_ref()).ok().flatten();
     Some(ProviderPayment { provider_ref: pi.id, state, next_action, money })
+}
+
+/// Stripe's `amount` for `m`. Stripe counts in ISO 4217 minor units but for two currencies,
+/// and charges some only in steps: ISK, which ISO has without decimals, Stripe keeps with
+/// two (100 = 1 króna); MGA, which ISO gives two decimals, Stripe has none (whole ariary
+/// only); three-decimal currencies (BHD, JOD, KWD, OMR, TND) in multiples of 10.
+fn stripe_amount(m: Money) -> Result<i64, BuildError> {
+    let (minor, currency) = (m.minor(), m.currency());
+    let code = currency.code();
+    let step = |what: &str| BuildError {
+        code: "amount_not_chargeable",
+        message: format!("Stripe channels take {code} amounts in {what}"),
+        field: Some("amount"),
+    };
+    match code {
+        "ISK" => minor.checked_mul(100).ok_or_else(|| step("at most 10^15 minor units")),
+        "MGA" if minor % 100 != 0 => Err(step("whole ariary (multiples of 100 minor units)")),
+        "MGA" => Ok(minor / 100),
+        _ if currency.exponent() == 3 && minor % 10 != 0 => Err(step("multiples of 10 minor units")),
+        _ => Ok(minor),
+    }
+}
+
+/// The money a Stripe object states, its `amount` read back into ISO 4217 minor units (see
+/// [`stripe_amount`]).
+fn stated_money_of(amount: Option<i64>, currency: Option<&Value>) -> Result<Option<Money>, WebhookError> {
+    let code = currency.and_then(Value::as_str).map(str::to_ascii_uppercase);
+    let minor = match (amount, code.as_deref()) {
+        (Some(a), Some("ISK")) if a % 100 != 0 => {
+            return Err(WebhookError::Malformed("an ISK amount in fractions of a króna".into()))
+        }
+        (Some(a), Some("ISK")) => Some(a / 100),
+        (Some(a), Some("MGA")) => {
+            Some(a.checked_mul(100).ok_or_else(|| WebhookError::Malformed("amount too large".into()))?)
+        }
+        (a, _) => a,
+    };
+    stated_money(minor, currency)
 }
 
 fn parse_json(resp: &WireResponse) -> Option<Value> {
@@ -163,26 +201,18 @@ impl Connector for Stripe {
                 field: Some("metadata"),
             });
         }
-        // Stripe charges three-decimal currencies (BHD, KWD, JOD, OMR, TND) in multiples of 10
-        // minor units.
-        if req.money.currency().exponent() == 3 && req.money.minor() % 10 != 0 {
-            return Err(BuildError {
-                code: "amount_not_chargeable",
-                message: format!(
-                    "Stripe channels take {} amounts in multiples of 10 minor units",
-                    req.money.currency().code()
-                ),
-                field: Some("amount"),
-            });
-        }
-        Ok(())
+        stripe_amount(req.money).map(drop)
+    }
+
+    fn check_refund(&self, amount: Money) -> Result<(), BuildError> {
+        stripe_amount(amount).map(drop)
     }
 
     fn build_create(&self, req: &CreateRequest<'_>) -> Result<WireRequest, BuildError> {
         self.check_create(req)?;
         let token = token(req)?;
         let mut p: Vec<(String, String)> = vec![
-            ("amount".into(), req.money.minor().to_string()),
+            ("amount".into(), stripe_amount(req.money)?.to_string()),
             ("currency".into(), req.money.currency().code().to_ascii_lowercase()),
             ("confirm".into(), "true".into()),
             ("payment_method_types[0]".into(), "card".into()),
@@ -325,7 +355,7 @@ impl Connector for Stripe {
     fn build_refund(&self, r: &RefundRequest<'_>) -> Result<WireRequest, BuildError> {
         let mut p = vec![
             ("payment_intent".to_string(), r.provider_ref.to_string()),
-            ("amount".into(), r.amount.minor().to_string()),
+            ("amount".into(), stripe_amount(r.amount)?.to_string()),
             ("metadata[paymux_refund]".into(), r.refund_id.into()),
             ("metadata[paymux_payment]".into(), r.payment_id.into()),
         ];
@@ -468,7 +498,7 @@ impl Connector for Stripe {
                     provider_ref: p.provider_ref,
                     attempt_ref: obj.pointer("/metadata/paymux_attempt").and_then(Value::as_str).map(String::from),
                     state: p.state,
-                    money: stated_money(obj.get("amount").and_then(Value::as_i64), obj.get("currency"))?,
+                    money: stated_money_of(obj.get("amount").and_then(Value::as_i64), obj.get("currency"))?,
                 }
             }
             Some("refund") => WebhookKind::Refund {
@@ -538,6 +568,38 @@ mod tests {
         let bhd = |minor| CreateRequest { money: Money::new(minor, Currency::parse("BHD").unwrap()).unwrap(), ..req };
         assert_eq!(conn().check_create(&bhd(1005)).unwrap_err().field, Some("amount"));
         assert!(conn().check_create(&bhd(1000)).is_ok());
+    }
+
+    #[test]
+    fn amounts_go_in_stripes_units_and_come_back_in_iso_minor_units() {
+        let m = |minor, c| Money::new(minor, Currency::parse(c).unwrap()).unwrap();
+        // ISK: no decimals in ISO 4217, two at Stripe (100 = 1 króna).
+        assert_eq!(stripe_amount(m(5000, "ISK")).unwrap(), 500_000);
+        // MGA: two decimals in ISO 4217, none at Stripe; whole ariary only.
+        assert_eq!(stripe_amount(m(500_000, "MGA")).unwrap(), 5000);
+        assert_eq!(stripe_amount(m(500_050, "MGA")).unwrap_err().code, "amount_not_chargeable");
+        assert_eq!(stripe_amount(m(1999, "HKD")).unwrap(), 1999);
+        assert_eq!(stripe_amount(m(500, "JPY")).unwrap(), 500);
+        // Refunds are held to the same steps as creates.
+        assert_eq!(conn().check_refund(m(5, "KWD")).unwrap_err().field, Some("amount"));
+        assert!(conn().check_refund(m(10, "KWD")).is_ok() && conn().check_refund(m(1, "ISK")).is_ok());
+        let refund = |money| RefundRequest {
+            refund_id: "re_1",
+            payment_id: "pay_1",
+            provider_ref: "pi_1",
+            amount: money,
+            reason: None,
+            notify_url: "",
+        };
+        let w = conn().build_refund(&refund(m(70, "ISK"))).unwrap();
+        assert!(std::str::from_utf8(&w.body).unwrap().contains("amount=7000&"));
+        assert!(conn().build_refund(&refund(m(1005, "BHD"))).is_err());
+        // What Stripe states is read back into ISO minor units.
+        let pi = |amount: i64, c: &str| serde_json::json!({"id": "pi_1", "object": "payment_intent", "status": "succeeded", "amount": amount, "currency": c});
+        assert_eq!(payment_from_intent(&pi(500_000, "isk")).unwrap().money, Some(m(5000, "ISK")));
+        assert_eq!(payment_from_intent(&pi(5000, "mga")).unwrap().money, Some(m(500_000, "MGA")));
+        assert_eq!(payment_from_intent(&pi(1999, "hkd")).unwrap().money, Some(m(1999, "HKD")));
+        assert!(stated_money_of(Some(150), Some(&serde_json::json!("isk"))).is_err(), "a fraction of a króna");
     }
 
     fn resp(status: u16, body: &str) -> WireResponse {

@@ -1,6 +1,7 @@
 //! Outbound callbacks (Stripe webhooks, Antom notifies): headers are signed afresh for every
-//! attempt, failed deliveries are retried with exponential backoff, and the instance's
-//! callback faults apply (drop, duplicate, delay).
+//! attempt, failed deliveries are retried with exponential backoff for as long as the
+//! provider retries (its retry window), and the instance's callback faults apply (drop,
+//! duplicate, delay, a shorter retry window).
 
 use super::faults::Faults;
 use super::http::stopped;
@@ -10,10 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Delivery attempts per callback copy.
-const ATTEMPTS: u32 = 5;
-/// First retry delay; doubles per attempt.
+/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`]. The providers start
+/// slower (Antom's first retry comes after minutes); a sandbox retries sooner so that a
+/// restarted receiver gets its callbacks in seconds, and keeps on as long as they do.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long Stripe retries a webhook that is not acknowledged (live mode: up to 3 days).
+pub(crate) const STRIPE_RETRY_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+/// How long Antom resends a notify that is not acknowledged (its schedule ends ~24 h on).
+pub(crate) const ANTOM_RETRY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Per-attempt timeout.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,6 +43,8 @@ pub(crate) struct Callback {
     pub body: Bytes,
     pub sign: SignFn,
     pub ack: Ack,
+    /// How long the provider keeps retrying it (unless the faults set a shorter window).
+    pub retry_window: Duration,
 }
 
 /// Sends an instance's callbacks in the background until the sandbox shuts down.
@@ -77,8 +85,9 @@ impl Dispatcher {
                     tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
                 }
                 let copies = if faults.duplicate { 2 } else { 1 };
+                let window = faults.retry_for_ms.map_or(cb.retry_window, Duration::from_millis);
                 for _ in 0..copies {
-                    this.deliver(&cb).await;
+                    this.deliver(&cb, window).await;
                 }
             };
             tokio::select! {
@@ -88,9 +97,12 @@ impl Dispatcher {
         });
     }
 
-    async fn deliver(&self, cb: &Callback) -> bool {
+    /// Delivers `cb`, retrying until it is acknowledged or the next attempt would come more
+    /// than `window` after the first.
+    async fn deliver(&self, cb: &Callback, window: Duration) -> bool {
+        let first = tokio::time::Instant::now();
         let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1u32.. {
             let mut req = self.client.post(&cb.url).timeout(ATTEMPT_TIMEOUT).body(cb.body.clone());
             for (k, v) in (cb.sign)(&cb.body) {
                 req = req.header(k, v);
@@ -109,11 +121,13 @@ impl Dispatcher {
                     tracing::warn!(url = %cb.url, callback = %cb.label, attempt, %why, "sandbox callback not acknowledged");
                 }
             }
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            if first.elapsed() + backoff > window {
+                break;
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        tracing::warn!(url = %cb.url, callback = %cb.label, "sandbox callback given up: its retry window has passed");
         Stats::bump(&self.stats.callbacks_failed);
         false
     }

@@ -97,6 +97,9 @@ pub struct CallbackFaults {
     pub duplicate: bool,
     /// Wait this long before the first delivery attempt, in milliseconds.
     pub delay_ms: u64,
+    /// Give up a callback that is not acknowledged this long after its first attempt, in
+    /// milliseconds (default: as long as the provider retries: Stripe 3 days, Antom 24 hours).
+    pub retry_for_ms: Option<u64>,
 }
 
 impl Default for Faults {
@@ -150,7 +153,12 @@ impl Faults {
         if self.down && (self.times.is_some() || !self.ops.is_empty()) {
             return Err(FaultError::DownBounded);
         }
-        for (field, value) in [("latency_ms", self.latency_ms), ("callbacks.delay_ms", self.callbacks.delay_ms)] {
+        let retry_for = self.callbacks.retry_for_ms.unwrap_or(0);
+        for (field, value) in [
+            ("latency_ms", self.latency_ms),
+            ("callbacks.delay_ms", self.callbacks.delay_ms),
+            ("callbacks.retry_for_ms", retry_for),
+        ] {
             if value > MAX_LATENCY_MS {
                 return Err(FaultError::TooLong { field, value });
             }

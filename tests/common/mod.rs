@@ -276,10 +276,16 @@ pub fn sandbox_config(ports: Ports) -> paymux::sandbox::SandboxConfig {
 
 /// Starts the sandbox and paymux with `attempt_ms` per channel.
 pub async fn world(attempt_ms: u32) -> World {
+    world_with(attempt_ms, |_| {}).await
+}
+
+/// A world whose config directory `edit` changes before paymux starts.
+pub async fn world_with(attempt_ms: u32, edit: impl FnOnce(&Path)) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let (cfg, data) = (tmp.path().join("cfg"), tmp.path().join("data"));
     write_config(&cfg, ports, &data, attempt_ms);
+    edit(&cfg);
     let sandbox = paymux::sandbox::Sandbox::start(sandbox_config(ports)).await.expect("sandbox");
     let pm = Paymux::start(&cfg, &data, ports);
     World { tmp, ports, pm, sandbox, ctrl: format!("http://127.0.0.1:{}", ports.control) }

@@ -36,6 +36,17 @@ def paid(amount=1000, currency="hkd", **extra):
     )
 
 
+def authenticating(payment_method):
+    """A confirmed HK$20.00 payment whose card asks for 3-D Secure, returning to the shop."""
+    return stripe.PaymentIntent.create(
+        amount=2000,
+        currency="hkd",
+        payment_method=payment_method,
+        confirm=True,
+        return_url="https://shop.example/return",
+    )
+
+
 def test_create_confirm_retrieve_search():
     r = ref()
     pi = stripe.PaymentIntent.create(
@@ -99,6 +110,11 @@ def test_declines_raise_card_error_with_payment_intent():
         ("pm_card_chargeDeclined", "card_declined", "generic_decline"),
         ("pm_card_visa_chargeDeclinedLostCard", "card_declined", "lost_card"),
         ("pm_card_chargeDeclinedExpiredCard", "expired_card", "expired_card"),
+        ("pm_card_visa_chargeDeclinedVelocityLimitExceeded", "card_declined", "card_velocity_exceeded"),
+        ("pm_card_chargeCustomerFail", "card_declined", "generic_decline"),
+        # Blocked by Radar (always; and at the highest risk level, by its default rule).
+        ("pm_card_radarBlock", "card_declined", "fraudulent"),
+        ("pm_card_riskLevelHighest", "card_declined", "fraudulent"),
     ]
     for pm, code, decline in cases:
         e = expect_raises(
@@ -130,16 +146,73 @@ def test_tokens_and_wallet_payment_methods():
         payment_method_data={"type": "card", "card": {"token": "tok_unknown"}},
     )
     assert e.code == "resource_missing"
+    # A misspelt test card is no card at all, as at Stripe (not a wallet method that succeeds).
+    e = expect_raises(
+        stripe.InvalidRequestError,
+        stripe.PaymentIntent.create,
+        amount=700,
+        currency="hkd",
+        confirm=True,
+        payment_method="pm_card_vias",
+    )
+    assert e.code == "resource_missing" and e.param == "payment_method", (e.code, e.param)
+
+
+def test_a_payment_needing_authentication_fails_when_the_payer_is_away():
+    for flag in ({"off_session": True}, {"error_on_requires_action": True}):
+        e = expect_raises(
+            stripe.CardError,
+            stripe.PaymentIntent.create,
+            amount=2000,
+            currency="hkd",
+            payment_method="pm_card_authenticationRequired",
+            confirm=True,
+            **flag,
+        )
+        assert e.http_status == 402 and e.code == "authentication_required", (flag, e.http_status, e.code)
+        assert e.error.decline_code == "authentication_required"
+        assert e.error.payment_intent.status == "requires_payment_method"
+    e = expect_raises(
+        stripe.InvalidRequestError,
+        stripe.PaymentIntent.create,
+        amount=2000,
+        currency="hkd",
+        payment_method="pm_card_visa",
+        off_session=True,
+    )
+    assert e.param == "off_session", e.param
+    # Authenticated, then declined by the issuer.
+    pi = authenticating("pm_card_authenticationRequiredChargeDeclinedInsufficientFunds")
+    assert pi.status == "requires_action", pi.status
+    control("POST", f"{CONTROL}/_sandbox/{INSTANCE}/payment_intents/{pi.id}/authenticate")
+    after = stripe.PaymentIntent.retrieve(pi.id)
+    assert after.status == "requires_payment_method", after.status
+    assert after.last_payment_error.decline_code == "insufficient_funds"
+
+
+def test_lists_page_both_ways_and_filter():
+    customer = "cus_" + uuid.uuid4().hex[:14]
+    made = [paid(amount=1000 + i, customer=customer).id for i in range(5)]  # oldest first
+    newest_first = list(reversed(made))
+    page = stripe.PaymentIntent.list(customer=customer, limit=2)
+    assert [p.id for p in page.data] == newest_first[:2] and page.has_more
+    assert [p.id for p in page.auto_paging_iter()] == newest_first
+    # Backward from the oldest: the SDK follows `ending_before` page by page, and stops.
+    back = stripe.PaymentIntent.list(customer=customer, limit=2, ending_before=made[0])
+    assert [p.id for p in back.auto_paging_iter()] == made[1:]
+    empty = stripe.PaymentIntent.list(customer=customer, ending_before=made[-1])
+    assert empty.data == [] and not empty.has_more
+    later = stripe.PaymentIntent.list(customer=customer, created={"gt": page.data[0].created + 1000})
+    assert later.data == []
+    assert len(stripe.PaymentIntent.list(customer=customer, created={"lte": page.data[0].created}).data) == 5
+    e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.list, starting_after="pi_nope")
+    assert e.code == "resource_missing" and e.param == "starting_after", (e.code, e.param)
+    e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.list, starting_after=made[1], ending_before=made[3])
+    assert e.http_status == 400
 
 
 def test_three_d_secure_requires_action_then_completes():
-    pi = stripe.PaymentIntent.create(
-        amount=2000,
-        currency="hkd",
-        payment_method="pm_card_threeDSecure2Required",
-        confirm=True,
-        return_url="https://shop.example/return",
-    )
+    pi = authenticating("pm_card_threeDSecure2Required")
     assert pi.status == "requires_action", pi.status
     assert pi.next_action.type == "redirect_to_url"
     url = pi.next_action.redirect_to_url.url
@@ -153,13 +226,7 @@ def test_three_d_secure_requires_action_then_completes():
     assert again.status == "succeeded" and again.next_action is None
 
     # The payer fails the challenge on the page: redirected back with redirect_status=failed.
-    pi2 = stripe.PaymentIntent.create(
-        amount=2000,
-        currency="hkd",
-        payment_method="pm_card_authenticationRequired",
-        confirm=True,
-        return_url="https://shop.example/return",
-    )
+    pi2 = authenticating("pm_card_authenticationRequired")
     status, headers, _ = http("POST", f"{API_BASE}/pay/{pi2.id}/fail", b"")
     assert status == 303, status
     location = headers.get("Location") or headers.get("location")

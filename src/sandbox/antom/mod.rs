@@ -158,6 +158,7 @@ impl AntomSim {
             label,
             body: Bytes::from(body.to_string()),
             ack: Ack::AntomResult,
+            retry_window: crate::sandbox::callbacks::ANTOM_RETRY_WINDOW,
             sign: Box::new(move |body| {
                 let (_, t) = now_hkt();
                 let sig = signer.sign(&string_to_sign(&path, &cid, &t, body));

@@ -1,7 +1,8 @@
 //! Stripe's test payment methods and tokens (`pm_card_visa`, `tok_mastercard`,
 //! `pm_card_visa_chargeDeclinedInsufficientFunds`, …) and what confirming each one does.
 //! Any other `pm_` id (e.g. a wallet payment method from Stripe.js) is an ordinary Visa card
-//! that succeeds.
+//! that succeeds, except a `pm_card_` name Stripe does not know (a typo of a test card), which
+//! Stripe refuses as no such PaymentMethod.
 
 /// How a card declines: the `card_error` fields Stripe returns.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub(crate) enum Behaviour {
     /// 3-D Secure is required on every payment.
     Authenticate,
     Decline(Decline),
+    /// 3-D Secure is required, and the payment is declined once the payer has authenticated.
+    AuthenticateThenDecline(Decline),
     /// Payments succeed; a refund is accepted (`succeeded`), then fails (Stripe's
     /// `pm_card_refundFail`, 4000 0000 0000 5126).
     RefundsFail,
@@ -65,6 +68,15 @@ pub(crate) static DEFAULT_CARD: Card = ok("visa", "4242", "credit", "US");
 
 const GENERIC: &str = "Your card was declined.";
 
+/// How a payment that needs 3-D Secure fails when the payer is not there to authenticate.
+pub(crate) static AUTHENTICATION_REQUIRED: Decline = Decline {
+    code: "authentication_required",
+    decline_code: "authentication_required",
+    message: "Your card was declined. This transaction requires authentication.",
+    advice_code: None,
+    param: None,
+};
+
 /// (ids, card). Ids follow Stripe's testing docs.
 static CARDS: &[(&[&str], Card)] = &[
     (&["pm_card_visa", "tok_visa"], ok("visa", "4242", "credit", "US")),
@@ -87,6 +99,41 @@ static CARDS: &[(&[&str], Card)] = &[
         three_ds("3184"),
     ),
     (&["pm_card_threeDSecure2Required", "tok_threeDSecure2Required"], three_ds("3220")),
+    (&["pm_card_threeDSecureRequired", "tok_threeDSecureRequired"], three_ds("3063")),
+    (
+        &[
+            "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds",
+            "tok_authenticationRequiredChargeDeclinedInsufficientFunds",
+        ],
+        Card {
+            brand: "visa",
+            last4: "3178",
+            funding: "credit",
+            country: "US",
+            behaviour: Behaviour::AuthenticateThenDecline(Decline {
+                code: "card_declined",
+                decline_code: "insufficient_funds",
+                message: "Your card has insufficient funds.",
+                advice_code: Some("try_again_later"),
+                param: None,
+            }),
+        },
+    ),
+    (&["pm_card_riskLevelElevated", "tok_riskLevelElevated"], ok("visa", "9235", "credit", "US")),
+    // Blocked by Radar's default rule for the highest risk level.
+    (
+        &["pm_card_riskLevelHighest", "tok_riskLevelHighest"],
+        declined("4954", "card_declined", "fraudulent", GENERIC, Some("do_not_try_again"), None),
+    ),
+    (
+        &["pm_card_visa_chargeDeclinedVelocityLimitExceeded", "tok_visa_chargeDeclinedVelocityLimitExceeded"],
+        declined("6975", "card_declined", "card_velocity_exceeded", GENERIC, Some("try_again_later"), None),
+    ),
+    // Attaches to a customer; every charge is declined.
+    (
+        &["pm_card_chargeCustomerFail", "tok_chargeCustomerFail"],
+        declined("0341", "card_declined", "generic_decline", GENERIC, Some("try_again_later"), None),
+    ),
     (
         &["pm_card_chargeDeclined", "pm_card_visa_chargeDeclined", "tok_chargeDeclined", "tok_visa_chargeDeclined"],
         declined("0002", "card_declined", "generic_decline", GENERIC, Some("try_again_later"), None),
@@ -131,6 +178,8 @@ static CARDS: &[(&[&str], Card)] = &[
             "pm_card_visa_chargeDeclinedFraudulent",
             "tok_chargeDeclinedFraudulent",
             "tok_visa_chargeDeclinedFraudulent",
+            "pm_card_radarBlock",
+            "tok_radarBlock",
         ],
         declined("0019", "card_declined", "fraudulent", GENERIC, Some("do_not_try_again"), None),
     ),

@@ -2,6 +2,7 @@
 //! answer object or a Stripe error, and record the webhook events the change causes.
 
 use super::cards::{self, Behaviour};
+use super::listing::{self, Listed};
 use super::model::{
     charge_json, decline_error, intent_json, payment_method_json, refund_json, ApiError, Charge, Intent, PaymentMethod,
     PiStatus, Refund,
@@ -49,13 +50,16 @@ impl StripeSim {
         attach(st, token, "payment_method_data[card][token]").map(Some)
     }
 
-    /// Confirms intent `id` with its payment method. `authenticated`: 3-D Secure is done.
+    /// Confirms intent `id` with its payment method. `authenticated`: 3-D Secure is done;
+    /// `no_action`: the payer is not there to authenticate (`off_session`, or
+    /// `error_on_requires_action`), so a payment that needs it fails as Stripe fails it.
     pub(super) fn confirm(
         &self,
         st: &mut State,
         ctx: &mut Ctx<'_>,
         id: &str,
         authenticated: bool,
+        no_action: bool,
     ) -> Result<(), ApiError> {
         let State { intents, charges, methods, .. } = st;
         let pi = intents.get_mut(id).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))?;
@@ -63,9 +67,9 @@ impl StripeSim {
         let pm = methods.get(&pm_id).ok_or_else(|| ApiError::state("The PaymentIntent has no payment method."))?;
         pi.last_payment_error = None;
         pi.next_action = None;
-        let wants_3ds = matches!(pm.card.behaviour, Behaviour::Authenticate)
+        let wants_3ds = matches!(pm.card.behaviour, Behaviour::Authenticate | Behaviour::AuthenticateThenDecline(_))
             || matches!(pi.request_three_d_secure.as_str(), "any" | "challenge");
-        if wants_3ds && !authenticated {
+        if wants_3ds && !authenticated && !no_action {
             pi.status = PiStatus::RequiresAction;
             pi.next_action = Some(json!({
                 "type": "redirect_to_url",
@@ -79,7 +83,8 @@ impl StripeSim {
         }
         let manual = pi.capture_method == "manual";
         let decline = match &pm.card.behaviour {
-            Behaviour::Decline(d) => Some(d),
+            _ if wants_3ds && !authenticated => Some(&cards::AUTHENTICATION_REQUIRED),
+            Behaviour::Decline(d) | Behaviour::AuthenticateThenDecline(d) => Some(d),
             _ => None,
         };
         let ch = Charge {
@@ -133,11 +138,21 @@ impl StripeSim {
         allow(p, CREATE_PARAMS)?;
         let amount = amount_param(p, "amount")?.ok_or_else(|| ApiError::missing("amount"))?;
         let currency = currency_param(p)?;
-        check_minimum(amount, &currency)?;
+        check_amount(amount, &currency)?;
         let metadata = metadata_param(p)?;
         let capture_method = one_of(p, "capture_method", &["automatic", "automatic_async", "manual"])?;
         let confirmation_method = one_of(p, "confirmation_method", &["automatic", "manual"])?;
         let confirm = bool_param(p, "confirm")?.unwrap_or(false);
+        let no_action = no_action_param(p)?;
+        for name in ["off_session", "error_on_requires_action"] {
+            if !confirm && p.get(&[name]).is_some() {
+                return Err(ApiError::invalid(
+                    format!("The parameter {name} can only be used with confirm=true."),
+                    Some(name),
+                    None,
+                ));
+            }
+        }
         let types = payment_method_types(p)?;
         let three_ds = three_ds_param(p)?;
         let setup_future_usage = one_of(p, "setup_future_usage", &["off_session", "on_session"])?;
@@ -191,7 +206,7 @@ payment method or ConfirmationToken.",
         st.order.push(id.clone());
         Stats::bump(&self.stats.payments_created);
         if confirm {
-            self.confirm(st, ctx, &id, false)?;
+            self.confirm(st, ctx, &id, false, no_action)?;
         }
         intent_in(st, &id).map(intent_json)
     }
@@ -229,7 +244,7 @@ requires_action.",
         let payment_method = self.resolve_payment_method(st, p)?;
         let pi = intent_mut(st, id)?;
         if amount.is_some() || currency.is_some() {
-            check_minimum(amount.unwrap_or(pi.amount), currency.as_deref().unwrap_or(&pi.currency))?;
+            check_amount(amount.unwrap_or(pi.amount), currency.as_deref().unwrap_or(&pi.currency))?;
         }
         merge_metadata(p, &mut pi.metadata)?;
         pi.amount = amount.unwrap_or(pi.amount);
@@ -289,7 +304,7 @@ payment method or ConfirmationToken.",
         pi.request_three_d_secure = three_ds.unwrap_or_else(|| pi.request_three_d_secure.clone());
         pi.return_url = return_url.or_else(|| pi.return_url.clone());
         pi.receipt_email = receipt_email.or_else(|| pi.receipt_email.clone());
-        self.confirm(st, ctx, id, false)?;
+        self.confirm(st, ctx, id, false, no_action_param(p)?)?;
         intent_in(st, id).map(intent_json)
     }
 
@@ -395,8 +410,22 @@ requires_action, processing.",
         _: &[String],
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "starting_after", "ending_before", "customer", "created"])?;
-        let all: Vec<&Intent> = st.order.iter().rev().filter_map(|id| st.intents.get(id).map(Box::as_ref)).collect();
-        list_page(p, &all, |pi| &pi.id, |pi| Some(intent_json(pi)), "/v1/payment_intents")
+        let customer = scalar(p, "customer")?;
+        let all: Vec<&Intent> = st
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| st.intents.get(id).map(Box::as_ref))
+            .filter(|pi| customer.is_none_or(|c| pi.customer.as_deref() == Some(c)))
+            .collect();
+        let how = Listed {
+            kind: "payment_intent",
+            url: "/v1/payment_intents",
+            id: &|pi: &Intent| pi.id.as_str(),
+            created: &|pi: &Intent| pi.created,
+            render: &|pi: &Intent| Some(intent_json(pi)),
+        };
+        listing::page(p, &all, how)
     }
 
     pub(super) fn search_intents(
@@ -485,6 +514,7 @@ requires_action, processing.",
             ));
         }
         let amount = amount.unwrap_or(remaining);
+        check_steps(amount, &pi.currency)?;
         if amount > remaining {
             return Err(ApiError::invalid(
                 format!(
@@ -556,7 +586,14 @@ requires_action, processing.",
             .filter(|r| pi.is_none_or(|x| r.payment_intent == x) && ch.is_none_or(|x| r.charge == x))
             .collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
-        list_page(p, &all, |r| &r.id, |r| Some(refund_json(r)), "/v1/refunds")
+        let how = Listed {
+            kind: "refund",
+            url: "/v1/refunds",
+            id: &|r: &Refund| r.id.as_str(),
+            created: &|r: &Refund| r.created,
+            render: &|r: &Refund| Some(refund_json(r)),
+        };
+        listing::page(p, &all, how)
     }
 
     pub(super) fn retrieve_refund(
@@ -595,13 +632,27 @@ requires_action, processing.",
         _: &[String],
     ) -> Result<Value, ApiError> {
         allow(p, &["limit", "expand", "payment_intent", "customer", "starting_after", "ending_before", "created"])?;
-        let pi = scalar(p, "payment_intent")?;
-        let mut all: Vec<&Charge> =
-            st.charges.values().map(Box::as_ref).filter(|c| pi.is_none_or(|x| c.payment_intent == x)).collect();
+        let (pi, customer) = (scalar(p, "payment_intent")?, scalar(p, "customer")?);
+        let of_customer = |c: &Charge| {
+            customer.is_none_or(|x| st.intents.get(&c.payment_intent).is_some_and(|i| i.customer.as_deref() == Some(x)))
+        };
+        let mut all: Vec<&Charge> = st
+            .charges
+            .values()
+            .map(Box::as_ref)
+            .filter(|c| pi.is_none_or(|x| c.payment_intent == x) && of_customer(c))
+            .collect();
         all.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
-        let render =
-            |c: &Charge| Some(charge_json(c, st.intents.get(&c.payment_intent)?, st.methods.get(&c.payment_method)?));
-        list_page(p, &all, |c| &c.id, render, "/v1/charges")
+        let how = Listed {
+            kind: "charge",
+            url: "/v1/charges",
+            id: &|c: &Charge| c.id.as_str(),
+            created: &|c: &Charge| c.created,
+            render: &|c: &Charge| {
+                Some(charge_json(c, st.intents.get(&c.payment_intent)?, st.methods.get(&c.payment_method)?))
+            },
+        };
+        listing::page(p, &all, how)
     }
 
     pub(super) fn retrieve_charge(
@@ -641,7 +692,7 @@ fn attach(st: &mut State, id: &str, param: &str) -> Result<String, ApiError> {
         // Test ids and tokens become a new PaymentMethod, as in Stripe test mode.
         Some(card) => (card, true),
         // Wallet payment methods from Stripe.js are ordinary pm_ ids: a card that succeeds.
-        None if id.starts_with("pm_") => (&cards::DEFAULT_CARD, false),
+        None if id.starts_with("pm_") && !id.starts_with("pm_card_") => (&cards::DEFAULT_CARD, false),
         None if id.starts_with("tok_") => {
             return Err(ApiError::invalid(format!("No such token: '{id}'"), Some(param), Some("resource_missing")))
         }
@@ -670,24 +721,6 @@ fn matches(pi: &Intent, c: &Clause) -> bool {
             _ => false,
         },
     }
-}
-
-/// One page of a Stripe list over `all` (already newest first): `limit` items after
-/// `starting_after`, and whether more follow.
-fn list_page<T>(
-    p: &Params,
-    all: &[&T],
-    id: impl Fn(&T) -> &str,
-    render: impl Fn(&T) -> Option<Value>,
-    url: &str,
-) -> Result<Value, ApiError> {
-    let limit = limit_param(p)?;
-    let start = match scalar(p, "starting_after")? {
-        Some(after) => all.iter().position(|x| id(x) == after).map(|i| i + 1).unwrap_or(all.len()),
-        None => 0,
-    };
-    let data: Vec<Value> = all.iter().skip(start).take(limit).filter_map(|x| render(x)).collect();
-    Ok(json!({"object": "list", "data": data, "has_more": all.len() > start + limit, "url": url}))
 }
 
 /// Applies `expand[]` to an answer: the ids Stripe can expand in place (`latest_charge` and
@@ -735,5 +768,7 @@ mod tests {
         let e = attach(&mut st, "tok_nope", "x").unwrap_err();
         assert_eq!(e.error["code"], "resource_missing");
         assert!(attach(&mut st, "card_123", "x").is_err());
+        let e = attach(&mut st, "pm_card_vias", "payment_method").unwrap_err();
+        assert_eq!((e.error["code"].as_str(), e.status), (Some("resource_missing"), 400), "a test card's typo");
     }
 }

@@ -11,6 +11,7 @@
 
 mod cards;
 mod handlers;
+mod listing;
 mod model;
 mod params;
 mod search;
@@ -124,11 +125,22 @@ fn first(ids: &[String]) -> &str {
     ids.first().map(String::as_str).unwrap_or("")
 }
 
-fn major(currency: &str, minor: i64) -> String {
+/// An amount as Stripe's messages write it, in Stripe's units: ISO 4217 minor units but for
+/// ISK (two decimals at Stripe, none in ISO) and MGA (none at Stripe, two in ISO).
+fn major(currency: &str, amount: i64) -> String {
     let code = currency.to_ascii_uppercase();
-    match Currency::parse(&code) {
-        Ok(c) => format!("{code} {}", c.format_major(minor)),
-        Err(_) => format!("{minor} {currency}"),
+    let exponent = match code.as_str() {
+        "ISK" => Some(2),
+        "MGA" => Some(0),
+        c => Currency::parse(c).ok().map(|c| c.exponent()),
+    };
+    match exponent {
+        None => format!("{amount} {currency}"),
+        Some(0) => format!("{code} {amount}"),
+        Some(e) => {
+            let unit = 10i64.pow(u32::from(e));
+            format!("{code} {}.{:0width$}", amount / unit, amount % unit, width = usize::from(e))
+        }
     }
 }
 
@@ -271,6 +283,7 @@ you submitted twice, and the other request is still going through): {k}. Please 
                 label: format!("{kind} {id}"),
                 body: Bytes::from(event.to_string()),
                 ack: Ack::Success,
+                retry_window: crate::sandbox::callbacks::STRIPE_RETRY_WINDOW,
                 sign: Box::new(move |body| {
                     let t = now();
                     let signed = [format!("{t}.").as_bytes(), body].concat();
@@ -302,7 +315,7 @@ you submitted twice, and the other request is still going through): {k}. Please 
             }
             if success {
                 // A decline after authentication is still a finished challenge.
-                let _ = self.confirm(&mut st, &mut ctx, id, true);
+                let _ = self.confirm(&mut st, &mut ctx, id, true, false);
             } else {
                 pi.status = PiStatus::RequiresPaymentMethod;
                 pi.next_action = None;

@@ -135,8 +135,36 @@ const MINIMUM_CHARGE: &[(&str, i64, u32)] = &[
     ("thb", 1000, 2),
 ];
 
-/// Refuses an amount below Stripe's minimum charge in `currency` (`amount_too_small`).
-pub(super) fn check_minimum(amount: i64, currency: &str) -> Result<(), ApiError> {
+/// Currencies with three decimals, which Stripe charges in multiples of 10 minor units only
+/// (card networks settle them to two).
+const WHOLE_TENS: &[&str] = &["bhd", "jod", "kwd", "omr", "tnd"];
+
+/// Refuses an amount Stripe would not charge or refund in `currency`: not a multiple of 10
+/// in a three-decimal currency; a fraction of a króna in ISK, which Stripe keeps two-decimal
+/// (100 = 1 króna) though card networks take whole krónur only.
+pub(super) fn check_steps(amount: i64, currency: &str) -> Result<(), ApiError> {
+    if WHOLE_TENS.contains(&currency) && amount % 10 != 0 {
+        return Err(ApiError::invalid(
+            format!("Amounts in {currency} must be a multiple of 10 in the smallest currency unit (its last digit 0)."),
+            Some("amount"),
+            Some("parameter_invalid_integer"),
+        ));
+    }
+    if currency == "isk" && amount % 100 != 0 {
+        return Err(ApiError::invalid(
+            "Invalid amount. Currency ISK has become effectively zero-decimal and charged amounts must be evenly \
+divisible by 100. See https://stripe.com/docs/currencies#special-cases for more information.",
+            Some("amount"),
+            Some("invalid_charge_amount_no_decimal_compatible"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an amount Stripe would not charge in `currency`: in steps it does not take (see
+/// [`check_steps`]), or below its minimum charge (`amount_too_small`).
+pub(super) fn check_amount(amount: i64, currency: &str) -> Result<(), ApiError> {
+    check_steps(amount, currency)?;
     match MINIMUM_CHARGE.iter().find(|(c, _, _)| *c == currency) {
         Some(&(c, min, exp)) if amount < min => {
             let unit = 10i64.pow(exp);
@@ -299,6 +327,24 @@ pub(super) fn payment_method_types(p: &Params) -> Result<Option<Vec<String>>, Ap
     Ok(types)
 }
 
+/// Whether the payer is absent from a confirmation (`off_session`: a boolean, or Stripe's
+/// `one_off` / `recurring`) or the app asked to fail rather than wait for them
+/// (`error_on_requires_action`): a payment needing authentication then fails.
+pub(super) fn no_action_param(p: &Params) -> Result<bool, ApiError> {
+    let off_session = match scalar(p, "off_session")? {
+        None | Some("false") => false,
+        Some("true" | "one_off" | "recurring") => true,
+        Some(s) => {
+            return Err(ApiError::invalid(
+                format!("Invalid off_session: {s}. Must be a boolean, one_off, or recurring"),
+                Some("off_session"),
+                None,
+            ))
+        }
+    };
+    Ok(off_session || bool_param(p, "error_on_requires_action")?.unwrap_or(false))
+}
+
 pub(super) fn limit_param(p: &Params) -> Result<usize, ApiError> {
     match scalar(p, "limit")? {
         None => Ok(10),
@@ -329,13 +375,16 @@ mod tests {
         let p = form::parse(b"amount=100000000&currency=hkd").unwrap();
         assert_eq!(amount_param(&p, "amount").unwrap_err().error["code"], "amount_too_large");
         assert_eq!(currency_param(&p).unwrap(), "hkd");
-        let small = check_minimum(399, "hkd").unwrap_err().error;
+        let small = check_amount(399, "hkd").unwrap_err().error;
         assert_eq!(
             (small["code"].as_str(), small["message"].as_str()),
             (Some("amount_too_small"), Some("Amount must be at least 4.00 hkd"))
         );
-        assert_eq!(check_minimum(49, "jpy").unwrap_err().error["message"], "Amount must be at least 50 jpy");
-        assert!(check_minimum(400, "hkd").is_ok() && check_minimum(1, "kwd").is_ok());
+        assert_eq!(check_amount(49, "jpy").unwrap_err().error["message"], "Amount must be at least 50 jpy");
+        assert!(check_amount(400, "hkd").is_ok() && check_amount(10, "kwd").is_ok());
+        assert_eq!(check_amount(1235, "kwd").unwrap_err().error["param"], "amount");
+        assert_eq!(check_amount(150, "isk").unwrap_err().error["code"], "invalid_charge_amount_no_decimal_compatible");
+        assert!(check_amount(500_000, "isk").is_ok());
         let p = form::parse(b"amount[x]=1").unwrap();
         assert!(amount_param(&p, "amount").is_err());
         assert_eq!(ApiError::unknown("foo").error["code"], "parameter_unknown");
