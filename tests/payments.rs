@@ -1274,3 +1274,36 @@ async fn stripe_channels_charge_and_refund_in_stripes_units() {
     let m = w.metrics().await;
     assert!(matched && metric(&m, "paymux_webhooks_total", "outcome=\"unmatched\"") == 0.0, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_overtaken_by_the_payers_approval_leaves_the_refunds_made_meanwhile() {
+    let w = world(3000).await;
+    let body = json!({"amount": 1000, "currency": "HKD", "method": "alipay_hk", "order_id": "o-race", "return_url": "https://s/r"});
+    let id = create(&w.pm.api, "race", body).await.body["id"].as_str().unwrap().to_string();
+    // The cancel is slow to answer; meanwhile the payer approves and the app refunds 300.
+    w.fault("antom_hk", json!({"latency_ms": 2000, "ops": ["cancel"]})).await;
+    let cancel = {
+        let (api, id) = (w.pm.api.clone(), id.clone());
+        tokio::spawn(async move { post(&api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    approve_only_antom_payment_and_wait(&w, &id).await;
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("race-r"), json!({"amount": 300})).await;
+    assert_eq!(rf.body["status"], "succeeded", "{}", rf.text);
+    let c = cancel.await.unwrap();
+    assert_eq!((c.status, c.body["code"].as_str()), (409, Some("payment_not_cancelable")), "{}", c.text);
+    assert!(
+        c.body["detail"].as_str().unwrap().contains("partially_refunded"),
+        "the answer names the state as it is: {}",
+        c.text
+    );
+    // The cancel's copy of the payment, read before the approval, did not overwrite it.
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(
+        (g.body["status"].as_str(), g.body["amount_refunded"].as_i64()),
+        (Some("partially_refunded"), Some(300)),
+        "{}",
+        g.text
+    );
+    assert_eq!(w.sim_payments("antom_hk").await[0]["refunded"], 300);
+}

@@ -128,34 +128,29 @@ impl Engine {
             json!({"channel": ch.id}),
         )
         .await;
-        match out {
+        let unsettled = match out {
             CancelOutcome::Canceled => {
                 apply_state(p, &ProviderState::Canceled, now_ms());
                 self.save_payment(p, None).await?;
-                Ok(v)
+                return Ok(v);
             }
-            CancelOutcome::Refused { code, message } => {
-                // The provider's view wins: it may have completed meanwhile, and then the
-                // answer is the one a second cancel would get (the payer has paid: the app
-                // must not read it as "still open").
-                self.adopt_provider_view(ctx, policy, p).await?;
-                match p.status {
-                    // Closed at the provider already (expired, or canceled before).
-                    PaymentStatus::Canceled => Ok(v),
-                    s if s.is_final() => Err(EngineError::NotCancelable(s)),
-                    _ => Err(EngineError::ProviderRefused { code, message }),
-                }
-            }
-            CancelOutcome::Unknown { code } => {
-                // The cancel may have reached the provider: its view, if it gives one, answers.
-                self.adopt_provider_view(ctx, policy, p).await?;
-                match p.status {
-                    PaymentStatus::Canceled => Ok(v),
-                    // It completed (or failed) before the cancel could act.
-                    s if s.is_final() => Err(EngineError::NotCancelable(s)),
-                    _ => Err(EngineError::ProviderUnavailable(code)),
-                }
-            }
+            CancelOutcome::Refused { code, message } => EngineError::ProviderRefused { code, message },
+            CancelOutcome::Unknown { code } => EngineError::ProviderUnavailable(code),
+        };
+        // Refused, or no answer: the provider's view wins. It may have completed meanwhile
+        // (or the cancel may have reached it), and then the answer is the one a second
+        // cancel would get (the payer has paid: the app must not read it as "still open").
+        // Re-read first: while the cancel was out, a callback may have settled the payment
+        // and the app refunded it, so the copy read before is stale.
+        v = self.view(id).await?;
+        if !v.payment.status.is_final() {
+            self.adopt_provider_view(ctx, policy, &mut v.payment).await?;
+        }
+        match v.payment.status {
+            // Closed at the provider already (expired, canceled before, or by this cancel).
+            PaymentStatus::Canceled => Ok(v),
+            s if s.is_final() => Err(EngineError::NotCancelable(s)),
+            _ => Err(unsettled),
         }
     }
 
@@ -332,35 +327,10 @@ impl Engine {
 
     /// Recomputes a payment's refunded total and status from its refunds.
     pub(crate) async fn settle_refund_totals(&self, payment_id: &str) -> Result<(), EngineError> {
-        // One settlement at a time: each reads the payment and its refunds, then writes the
-        // total, so two side by side (callbacks for two refunds of one payment) could write
-        // the older total last and lose a refund from it. The last to run reads every refund
-        // settled before it.
-        static SETTLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // Read and written in one store transaction: two settlements side by side (callbacks
+        // for two refunds of one payment) each see every refund settled before them.
         let id = payment_id.to_string();
-        let changed = crate::store::call(&self.store, move |s| {
-            let _one = SETTLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(mut p) = s.get_payment(&id)? else { return Ok(None) };
-            let done: i64 = s.refunds(&id)?.iter().filter(|r| r.status == "succeeded").map(|r| r.amount).sum();
-            if done != p.refunded {
-                p.refunded = done;
-                if p.status.is_captured() {
-                    p.status = if done >= p.amount {
-                        PaymentStatus::Refunded
-                    } else if done > 0 {
-                        PaymentStatus::PartiallyRefunded
-                    } else {
-                        PaymentStatus::Succeeded
-                    };
-                }
-                p.updated_at = now_ms();
-                if let Some(before) = s.update_payment(&p)? {
-                    return Ok(Some((p, before)));
-                }
-            }
-            Ok(None)
-        })
-        .await?;
+        let changed = crate::store::call(&self.store, move |s| s.settle_refund_totals(&id, now_ms())).await?;
         if let Some((p, before)) = changed {
             self.count_status(&p, Some(before));
         }

@@ -266,8 +266,15 @@ pub trait Store: Send + Sync + 'static {
     fn write_batch(&self, ops: Vec<Write>) -> StoreResult<()>;
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
     /// Stores a payment's new state. Returns the status it replaced, or `None` when nothing was
-    /// written (no such payment, or a final status that a non-final one may not replace).
+    /// written (no such payment, or a status the stored one may not be replaced by: a final
+    /// one by a non-final one, money taken by `failed`, a refunded one by `succeeded`). The
+    /// refunded total is not written: only [`Store::settle_refund_totals`] sets it.
     fn update_payment(&self, p: &PaymentRow) -> StoreResult<Option<PaymentStatus>>;
+    /// Sets a payment's refunded total from its succeeded refunds, and a captured payment's
+    /// status from that total (`succeeded`, `partially_refunded`, `refunded`), in one
+    /// transaction. Returns the payment as written and the status it replaced when anything
+    /// changed.
+    fn settle_refund_totals(&self, payment_id: &str, now_ms: i64) -> StoreResult<Option<(PaymentRow, PaymentStatus)>>;
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>>;
     fn payments_due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<PaymentRow>>;
 

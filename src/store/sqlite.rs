@@ -615,18 +615,21 @@ fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<bool> {
     // A final status never moves back to a non-final one, whichever writer (engine,
     // webhook, reconciler, status sync) comes last, and money taken is never made `failed`
     // (a writer holding the row from before the correction of an inferred failure must not
-    // undo it); and a payer action once known stays
-    // while the payment still waits on the payer (a writer that read the row before the
-    // action was learnt does not erase it).
+    // undo it); a payer action once known stays while the payment still waits on the payer
+    // (a writer that read the row before the action was learnt does not erase it); and the
+    // refunded total and the statuses it sets belong to the refund settlement alone (a
+    // writer holding the row from before a refund, a cancel the payer's approval overtook,
+    // must not write `succeeded` and a zero total over it).
     c.prepare_cached(
             "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5,
-                    next_action=CASE WHEN ?2 = 'requires_action' THEN COALESCE(?6, next_action) ELSE ?6 END, error_code=?7, error_message=?8, refunded=?9, updated_at=?10, reconcile_at=?11, reconcile_backoff_ms=?12
+                    next_action=CASE WHEN ?2 = 'requires_action' THEN COALESCE(?6, next_action) ELSE ?6 END, error_code=?7, error_message=?8, updated_at=?9, reconcile_at=?10, reconcile_backoff_ms=?11
              WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))
-               AND NOT (status IN ('succeeded','refunded','partially_refunded') AND ?2 = 'failed')",
+               AND NOT (status IN ('succeeded','refunded','partially_refunded') AND ?2 = 'failed')
+               AND NOT (status IN ('refunded','partially_refunded') AND ?2 = 'succeeded')",
         )?
         .execute(params![
                 p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
-                p.error_code, p.error_message, p.refunded, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
+                p.error_code, p.error_message, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
             ],)
         .map(|n| n == 1)
 }
@@ -785,6 +788,39 @@ impl Store for SqliteStore {
             let written = update_payment(&tx, p)?;
             tx.commit()?;
             Ok(before.filter(|_| written).and_then(|s| PaymentStatus::parse(&s)))
+        })
+    }
+
+    fn settle_refund_totals(&self, payment_id: &str, now: i64) -> StoreResult<Option<(PaymentRow, PaymentStatus)>> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let p = tx
+                .prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?
+                .query_row(params![payment_id], payment_from_row)
+                .optional()?;
+            let Some(mut p) = p else { return Ok(None) };
+            let done: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status = 'succeeded'",
+                )?
+                .query_row(params![payment_id], |r| r.get(0))?;
+            let before = p.status;
+            if p.status.is_captured() {
+                p.status = match done {
+                    d if d >= p.amount => PaymentStatus::Refunded,
+                    d if d > 0 => PaymentStatus::PartiallyRefunded,
+                    _ => PaymentStatus::Succeeded,
+                };
+            }
+            if done == p.refunded && p.status == before {
+                return Ok(None);
+            }
+            p.refunded = done;
+            p.updated_at = now;
+            tx.prepare_cached("UPDATE payments SET refunded = ?2, status = ?3, updated_at = ?4 WHERE id = ?1")?
+                .execute(params![p.id, p.refunded, p.status.as_str(), p.updated_at])?;
+            tx.commit()?;
+            Ok(Some((p, before)))
         })
     }
 
@@ -1665,5 +1701,38 @@ mod tests {
         assert_eq!(s.reserve_refund("p1", "r3", None, None, 1).unwrap().amount, 1000);
         assert!(!s.webhook_seen("c", "e1", 1).unwrap());
         assert!(s.webhook_seen("c", "e1", 2).unwrap());
+    }
+
+    #[test]
+    fn refund_totals_are_settled_by_the_settlement_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), false).unwrap();
+        let stale = payment("p1", PaymentStatus::Succeeded);
+        s.insert_payment(&stale).unwrap();
+        let r1 = s.reserve_refund("p1", "r1", Some(300), None, 1).unwrap();
+        assert_eq!(
+            s.settle_refund_totals("p1", 2).unwrap().map(|(p, _)| p.refunded),
+            None,
+            "a pending refund counts not"
+        );
+        let mut done = r1.clone();
+        done.status = "succeeded".into();
+        assert!(s.update_refund(&done, "pending").unwrap());
+        let (p, before) = s.settle_refund_totals("p1", 3).unwrap().unwrap();
+        assert_eq!((p.status, p.refunded, before), (PaymentStatus::PartiallyRefunded, 300, PaymentStatus::Succeeded));
+        assert!(s.settle_refund_totals("p1", 4).unwrap().is_none(), "nothing changed");
+        // A writer holding the row from before the refund (a cancel the payer's approval
+        // overtook) writes neither `succeeded` nor its zero total over it.
+        assert_eq!(s.update_payment(&stale).unwrap(), None, "refused");
+        let mut other = payment("p1", PaymentStatus::PartiallyRefunded);
+        other.refunded = 0;
+        assert_eq!(s.update_payment(&other).unwrap(), Some(PaymentStatus::PartiallyRefunded));
+        let now = s.get_payment("p1").unwrap().unwrap();
+        assert_eq!((now.status, now.refunded), (PaymentStatus::PartiallyRefunded, 300));
+        // A refund that fails after all gives the amount back: the settlement writes succeeded.
+        done.status = "failed".into();
+        assert!(s.update_refund(&done, "succeeded").unwrap());
+        let (p, _) = s.settle_refund_totals("p1", 5).unwrap().unwrap();
+        assert_eq!((p.status, p.refunded), (PaymentStatus::Succeeded, 0));
     }
 }
