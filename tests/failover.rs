@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 async fn pay(w: &World, order: &str) -> Resp {
     let r = create(&w.pm.api, &format!("idem-{order}"), card(order, 4200)).await;
@@ -407,6 +407,38 @@ async fn a_retry_after_a_crash_mid_antom_create_still_tells_the_payer_where_to_p
     let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
     assert_eq!(g.body["next_action"]["url"], url.as_str(), "{}", g.text);
     assert_eq!(outcomes(&g), ["antom_hk:accepted_after_query"], "{}", g.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_landing_after_a_crash_is_not_failed_for_being_absent_when_first_asked() {
+    let mut w = world(3000).await;
+    // Antom is slow (2.5 s) with this create; paymux is killed 0.1-0.3 s into the wait and
+    // restarted at once. Its first status query finds nothing; the create lands a moment
+    // later and Antom holds the payment open for the payer.
+    w.fault("antom_hk", json!({"latency_ms": 2500, "ops": ["create"], "times": 1})).await;
+    let body = json!({"amount": 7777, "currency": "HKD", "method": "alipay_hk", "order_id": "o-late-ahk", "return_url": "https://shop.example/back"});
+    let (api, b) = (w.pm.api.clone(), body.clone());
+    let first = tokio::spawn(async move { create(&api, "late-ahk", b).await });
+    assert!(an_attempt_goes_out(&w.pm.data).await);
+    w.pm.kill9();
+    let _ = first.await;
+    w.restart();
+    // The app retries once a second: never told `failed`, and told where to pay once Antom
+    // has the payment.
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    let url = loop {
+        let r = create(&w.pm.api, "late-ahk", body.clone()).await;
+        seen.push(r.body["status"].as_str().unwrap_or("").to_string());
+        if let Some(url) = r.body["next_action"]["url"].as_str() {
+            break url.to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "no redirect; answers {seen:?}; log:\n{}", w.pm.log());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(!seen.iter().any(|s| s == "failed"), "{seen:?}");
+    assert!(url.contains("/pay/"), "{url}");
+    assert_eq!(w.sim_payments("antom_hk").await.len(), 1, "created once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

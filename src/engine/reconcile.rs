@@ -132,11 +132,15 @@ impl Engine {
             Ok(Some(fresh)) => p = fresh,
             _ => return,
         }
+        let absent = matches!(outcome, Some(QueryOutcome::NotFound { authoritative: true }))
+            && self.absence_trusted(pol, &p).await;
         let (result, changed) = match outcome {
             Some(QueryOutcome::Found(pp)) => ("found", adopt(&mut p, &pp, now_ms())),
-            // Not a payment the provider said it took (its query may lag its create).
+            // Not a payment the provider said it took (its query may lag its create), nor one
+            // whose create could still be on its way.
             Some(QueryOutcome::NotFound { authoritative: true })
-                if p.status == PaymentStatus::Processing
+                if absent
+                    && p.status == PaymentStatus::Processing
                     && !p.error_code.as_deref().is_some_and(|c| c.starts_with(super::TAKEN_UNNAMED)) =>
             {
                 p.status = PaymentStatus::Failed;
@@ -179,6 +183,22 @@ impl Engine {
         }
     }
 
+    /// Whether a provider's "no such payment" can be believed of `p`: not while the create of
+    /// the attempt holding it could still land ([`absence_window`] from the attempt's start):
+    /// a timeout or a crash cut paymux's wait short, not the provider's work.
+    async fn absence_trusted(&self, pol: &Policy, p: &PaymentRow) -> bool {
+        let Some(ch) = holding_channel(pol, p) else { return true };
+        let started = match p.attempt_ref.clone() {
+            Some(r) => crate::store::call(&self.store, move |s| s.attempt_by_ref(&r))
+                .await
+                .ok()
+                .flatten()
+                .map(|a| a.started_at),
+            None => None,
+        };
+        now_ms() - started.unwrap_or(p.created_at) >= absence_window(&ch)
+    }
+
     /// Refunds whose answer never came (ambiguous send, lost callback): ask the provider.
     async fn check_refunds(&self, pol: &Arc<Policy>) {
         let before = now_ms() - pol.server.reconcile_initial_backoff.as_millis() as i64;
@@ -211,7 +231,7 @@ impl Engine {
         let Some(ch) = holding_channel(pol, &p) else { return };
         // A refund's call is one send, over within the channel's attempt timeout of its
         // reservation; a provider with no record of it well after that never got it.
-        let trust_absence_after = 2 * ch.transport.attempt_timeout().as_millis() as i64 + 1000;
+        let trust_absence_after = absence_window(&ch);
         let (rid, rref, pref) =
             (r.id.clone(), r.provider_refund_ref.clone(), p.provider_ref.clone().unwrap_or_default());
         // A provider that lists a payment's refunds page by page is asked page after page.
@@ -424,6 +444,12 @@ impl Engine {
         tracing::warn!(channel = %ch.id, payment_id = %a.payment_id, reversed = done, "a channel processed a payment paymux had moved on from");
         done
     }
+}
+
+/// How long after a request was sent to `ch` its provider's "no record of it" is believed:
+/// two attempt timeouts and a second, well past the time paymux waits for an answer.
+fn absence_window(ch: &Channel) -> i64 {
+    2 * ch.transport.attempt_timeout().as_millis() as i64 + 1000
 }
 
 /// Runs `work` on each item, [`IN_FLIGHT`] at a time, and returns when all are done: a
