@@ -768,7 +768,7 @@ fn build_rule(
         (Some(a), Some(cs)) => {
             let mut ranges = Vec::new();
             // Said once for the rule, not once per currency.
-            let mut inverted = false;
+            let mut said = false;
             for c in cs {
                 let mut bound = |s: &Option<String>, key: &str| -> Option<i64> {
                     let s = s.as_ref()?;
@@ -796,24 +796,46 @@ fn build_rule(
                     }
                 };
                 let (min, max) = (bound(&a.min, "min"), bound(&a.max, "max"));
-                if let (Some(lo), Some(hi)) = (min, max) {
-                    if lo > hi && !inverted {
-                        inverted = true;
-                        d.push(p.diag(
-                            &format!("{base}/match/amount"),
-                            format!("rule `{}` can never match: `min` is greater than `max`", r.name),
-                        ));
-                    }
+                let why = match (min, max) {
+                    (_, Some(hi)) if hi < 1 => Some("`max` is below the smallest payment (one minor unit)"),
+                    (Some(lo), Some(hi)) if lo > hi => Some("`min` is greater than `max`"),
+                    _ => None,
+                };
+                if let (Some(why), false) = (why, said) {
+                    said = true;
+                    d.push(
+                        p.diag(&format!("{base}/match/amount"), format!("rule `{}` can never match: {why}", r.name)),
+                    );
                 }
+                // A bound every payment meets is no bound: `min` of one minor unit or less,
+                // `max` at the largest payment or above (so the shadowed-rule check sees the
+                // rule as the unbounded one it is).
+                let min = min.filter(|&v| v > 1);
+                let max = max.filter(|&v| v < crate::domain::MAX_AMOUNT_MINOR);
                 ranges.push(AmountRange { currency: *c, min, max });
             }
-            Some(ranges)
+            // Bounds none of which bounds anything are no amount condition.
+            Some(ranges).filter(|rs| rs.iter().any(|r| r.min.is_some() || r.max.is_some()))
         }
     };
     let t = target(p, &format!("{base}/route"), &r.route, index, known, d);
     if let Some(t) = &t {
-        // Every channel must be able to serve every method (and currency) the rule names.
-        if m.methods.is_some() || m.categories.is_some() {
+        // Every channel must be able to serve every method (and currency) the rule names. A
+        // rule naming categories only matches the methods of those categories its channels
+        // take (like a rule naming none); it can never match if they take none of them.
+        if m.methods.is_none() && m.categories.is_some() {
+            let served = t.channels().into_iter().any(|ci| !channels[ci].methods.and(methods).is_empty());
+            if !served {
+                d.push(p.diag(
+                    &format!("{base}/match/categories"),
+                    format!(
+                        "rule `{}` can never match: none of its channels serves a method in these categories",
+                        r.name
+                    ),
+                ));
+            }
+        }
+        if m.methods.is_some() {
             for (k, ci) in t.channels().into_iter().enumerate() {
                 let ch = &channels[ci];
                 let missing: Vec<&str> =
@@ -826,7 +848,7 @@ fn build_rule(
                 }
             }
         }
-        if let (Some(cs), true) = (&currencies, d.len() == before) {
+        if let Some(cs) = &currencies {
             for (k, ci) in t.channels().into_iter().enumerate() {
                 let ch = &channels[ci];
                 if let Some(chc) = &ch.currencies {
@@ -1100,6 +1122,55 @@ mod tests {
         let ov = Overrides { data_dir: Some(tmp.path().join("current/../data")), ..Overrides::default() };
         let p = crate::config::load_dir(&tmp.path().join("current"), &ov).expect("valid");
         assert_eq!(p.server.data_dir, tmp.path().canonicalize().unwrap().join("data"));
+    }
+
+    /// The messages `load_dir` refuses routing `rules` with.
+    fn refusals(rules: &str) -> Vec<String> {
+        let tmp = tempfile::tempdir().unwrap();
+        let routing =
+            format!("kind: routing\nrules:\n{rules}default:\n  channels: [stripe_primary, stripe_backup, antom_hk]\n");
+        let dir = example_in(tmp.path(), |s| s, |_| routing.clone());
+        match crate::config::load_dir(&dir, &Overrides::default()) {
+            Ok(_) => panic!("accepted: {rules}"),
+            Err(errs) => errs.into_iter().map(|d| d.message).collect(),
+        }
+    }
+
+    #[test]
+    fn a_rule_naming_categories_only_matches_the_methods_of_them_its_channels_take() {
+        // cross_border holds PayPal and UnionPay too, which no Stripe channel carries.
+        let p = example_with_rules(
+            "  - {name: cb, match: {categories: [cross_border]}, route: {channels: [stripe_backup]}}\n",
+        );
+        let rule = |method: &str| rule_for(&p, method, "HKD");
+        assert_eq!(
+            (rule("visa"), rule("apple_pay"), rule("alipay_hk")),
+            ("cb".into(), "default".into(), "default".into())
+        );
+        let e = refusals("  - {name: corp, match: {categories: [corporate]}, route: {channels: [stripe_backup]}}\n");
+        assert_eq!(e, ["rule `corp` can never match: none of its channels serves a method in these categories"]);
+        let e = refusals(
+            "  - {name: none, match: {currencies: [HKD], amount: {max: \"0\"}}, route: {channels: [stripe_backup]}}\n",
+        );
+        assert_eq!(e, ["rule `none` can never match: `max` is below the smallest payment (one minor unit)"]);
+    }
+
+    #[test]
+    fn a_bound_every_payment_meets_is_no_bound_to_the_shadowed_rule_check() {
+        for min in ["0", "0.01"] {
+            let e = refusals(&format!(
+                "  - {{name: a, match: {{methods: [visa], currencies: [HKD], amount: {{min: \"{min}\"}}}}, route: {{channels: [stripe_backup]}}}}\n  \
+                 - {{name: b, match: {{methods: [visa], currencies: [HKD]}}, route: {{channels: [stripe_primary]}}}}\n"
+            ));
+            assert!(e.len() == 1 && e[0].starts_with("rule `b` is shadowed by earlier rule `a`"), "min {min}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn every_channel_a_rule_cannot_use_is_named_at_once() {
+        let e = refusals("  - {name: x, match: {methods: [visa], currencies: [EUR]}, route: {channels: [antom_hk, stripe_backup]}}\n");
+        assert!(e.iter().any(|m| m.contains("channel `antom_hk` cannot serve visa")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("channel `stripe_backup` does not accept EUR")), "{e:?}");
     }
 
     #[test]
