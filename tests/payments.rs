@@ -147,6 +147,22 @@ async fn a_refund_answered_by_a_bare_http_status_stays_pending_until_antom_settl
     // Only 4000 is left to refund, as at Antom.
     let over = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("bare-r2"), json!({"amount": 4001})).await;
     assert_eq!(over.body["code"], "refund_amount_exceeds", "{}", over.text);
+    // The audit trail says what each notify left behind: the payment's status, the refund's.
+    let rid = rf.body["id"].as_str().unwrap();
+    let noted = |needles: Vec<String>| {
+        let audit = w.pm.data.join("audit.jsonl");
+        eventually(Duration::from_secs(5), move || {
+            let (audit, needles) = (audit.clone(), needles.clone());
+            async move {
+                std::fs::read_to_string(&audit)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.contains(r#""action":"webhook""#) && needles.iter().all(|n| l.contains(n.as_str())))
+            }
+        })
+    };
+    assert!(noted(vec![format!(r#""payment_id":"{id}""#), r#""payment_status":"succeeded""#.into()]).await);
+    assert!(noted(vec![format!(r#""refund_id":"{rid}""#), r#""refund_status":"succeeded""#.into()]).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

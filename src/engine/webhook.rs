@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::connector::{WebhookError, WebhookKind};
-use crate::store::now_ms;
+use crate::store::{now_ms, RefundRow};
 use serde_json::json;
 
 /// Result of handling a callback, for the HTTP answer.
@@ -88,18 +88,25 @@ impl Engine {
             return Ok(WebhookResult::Ack { duplicate: true });
         }
         let mut payment_id = None;
+        // What the callback left behind, for the audit trail: the payment's status, or the
+        // refund's and its status.
+        let mut details = json!({"channel": ch.id, "event_id": ev.event_id});
         let outcome = match &ev.kind {
             WebhookKind::Payment { provider_ref, state, .. } => match target {
                 Some((a, p)) => {
                     payment_id = Some(p.id.clone());
-                    self.apply_payment_event(ch, a, p, provider_ref, state).await?
+                    let (outcome, status) = self.apply_payment_event(ch, a, p, provider_ref, state).await?;
+                    details["payment_status"] = json!(status.as_str());
+                    outcome
                 }
                 None => "unmatched",
             },
             WebhookKind::Refund { refund_id, state, provider_refund_ref } => match refund_id {
                 Some(rid) => match self.apply_refund_event(&ch.id, rid, state, provider_refund_ref).await? {
-                    Some((pid, changed)) => {
-                        payment_id = Some(pid);
+                    Some((r, changed)) => {
+                        details["refund_id"] = json!(r.id);
+                        details["refund_status"] = json!(r.status);
+                        payment_id = Some(r.payment_id);
                         if changed {
                             "applied"
                         } else {
@@ -113,8 +120,7 @@ impl Engine {
             WebhookKind::Ignored { .. } => "ignored",
         };
         self.metrics.webhooks.with_label_values(&[&ch.id, outcome]).inc();
-        self.audit(ctx, "webhook", payment_id.as_deref(), outcome, json!({"channel": ch.id, "event_id": ev.event_id}))
-            .await;
+        self.audit(ctx, "webhook", payment_id.as_deref(), outcome, details).await;
         Ok(WebhookResult::Ack { duplicate: false })
     }
 
@@ -125,7 +131,7 @@ impl Engine {
         mut p: PaymentRow,
         provider_ref: &str,
         state: &ProviderState,
-    ) -> Result<&'static str, EngineError> {
+    ) -> Result<(&'static str, PaymentStatus), EngineError> {
         if p.attempt_ref.as_deref() != Some(a.attempt_ref.as_str()) {
             // The event is about an attempt paymux moved on from. If it completed, the payer
             // would be charged twice: the reconciler reverses watched attempts (once: an
@@ -139,23 +145,24 @@ impl Engine {
                 a.provider_ref = Some(provider_ref.to_string());
                 crate::store::call(&self.store, move |s| s.update_attempt(&a)).await?;
                 tracing::warn!(channel = %ch.id, payment_id = %p.id, "callback for an attempt that is not the holding one; queued for reversal check");
-                return Ok("orphan");
+                return Ok(("orphan", p.status));
             }
-            return Ok("stale");
+            return Ok(("stale", p.status));
         }
         if p.provider_ref.is_none() {
             p.provider_ref = Some(provider_ref.to_string());
         }
-        Ok(if apply_state(&mut p, state, now_ms()) {
+        let outcome = if apply_state(&mut p, state, now_ms()) {
             self.save_payment(&p, Some("accepted")).await?;
             "applied"
         } else {
             "unchanged"
-        })
+        };
+        Ok((outcome, p.status))
     }
 
-    /// Applies a refund callback received on `channel`; returns the refund's payment id and
-    /// whether the refund changed, or `None` for a refund unknown on that channel. Pending
+    /// Applies a refund callback received on `channel`; returns the refund as it stands and
+    /// whether it changed, or `None` for a refund unknown on that channel. Pending
     /// settles either way; a refund the provider reports failed after all (Stripe's
     /// refund.failed) is reversed; a failure paymux inferred (the provider showed no such
     /// refund) yields to the provider saying it succeeded. Written against the status it
@@ -166,7 +173,7 @@ impl Engine {
         rid: &str,
         state: &crate::connector::RefundState,
         provider_refund_ref: &Option<String>,
-    ) -> Result<Option<(String, bool)>, EngineError> {
+    ) -> Result<Option<(RefundRow, bool)>, EngineError> {
         for _ in 0..2 {
             let Ok(mut r) = self.get_refund(rid).await else { return Ok(None) };
             let pid = r.payment_id.clone();
@@ -180,7 +187,7 @@ impl Engine {
                 || (r.status == "succeeded" && new_status == "failed")
                 || (inferred && new_status == "succeeded");
             if !applies {
-                return Ok(Some((r.payment_id, false)));
+                return Ok(Some((r, false)));
             }
             let read = r.status.clone();
             super::ops::apply_refund_state(&mut r, state);
@@ -189,7 +196,7 @@ impl Engine {
             let row = r.clone();
             if crate::store::call(&self.store, move |s| s.update_refund(&row, &read)).await? {
                 self.settle_refund_totals(&r.payment_id).await?;
-                return Ok(Some((r.payment_id, true)));
+                return Ok(Some((r, true)));
             }
         }
         Err(EngineError::Store(crate::store::StoreError::Backend(format!(
