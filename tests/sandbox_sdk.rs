@@ -493,7 +493,7 @@ async fn fault_latency_delays_answers() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 409));
     let v: Value = b.json().await.unwrap();
-    assert_eq!(v["error"]["type"], "idempotency_error");
+    assert_eq!(v["error"]["code"], "idempotency_key_in_use", "{v}");
     env.set_faults(STRIPE, json!({"latency_ms": 400, "ops": ["refund"]})).await;
     let started = Instant::now();
     assert_eq!(env.stripe_pay(&http, "fast", None).await.unwrap().status(), 200);

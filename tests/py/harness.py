@@ -28,10 +28,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
 
 
-def http(method, url, body=None):
+def http(method, url, body=None, headers=None):
     """(status, headers, body text) without following redirects or using proxies."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with _opener.open(req, timeout=10) as r:
             return r.status, dict(r.headers), r.read().decode()

@@ -101,7 +101,15 @@ def test_idempotent_replay_and_mismatch():
         confirm=True,
         idempotency_key=key,
     )
-    assert e.http_status == 400
+    assert e.http_status == 400 and e.code is None, (e.http_status, e.code)
+    # The same parameters in another order are the same request (Stripe compares parameters).
+    form = "amount=500&currency=hkd&payment_method=pm_card_mastercard&confirm=true"
+    swapped = "confirm=true&payment_method=pm_card_mastercard&currency=hkd&amount=500"
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "swap-" + uuid.uuid4().hex}
+    first = http("POST", f"{API_BASE}/v1/payment_intents", form.encode(), headers)
+    again = http("POST", f"{API_BASE}/v1/payment_intents", swapped.encode(), headers)
+    assert first[0] == again[0] == 200, (first, again)
+    assert json.loads(first[2])["id"] == json.loads(again[2])["id"]
 
 
 def test_declines_raise_card_error_with_payment_intent():

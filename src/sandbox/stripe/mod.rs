@@ -213,19 +213,23 @@ for details, or we can help at https://support.stripe.com/.",
                     ApiError::invalid("Idempotency-Key must be at most 255 characters long.", None, None).response(rid),
                 );
             }
-            let fingerprint =
-                crypto::sha256_hex(&[method.as_bytes(), b" ", req.path.as_bytes(), b"\n", &req.body].concat());
+            // Stripe compares the parameters, not their bytes: the same ones in another order
+            // are the same request (the map is ordered by name).
+            let canonical = Value::Object(params.0.clone()).to_string();
+            let fingerprint = crypto::sha256_hex(
+                &[method.as_bytes(), b" ", req.path.as_bytes(), b"\n", canonical.as_bytes()].concat(),
+            );
             match self.idempotency.begin(k, &fingerprint) {
                 Begin::New => {}
                 Begin::Replay(r) => return respond(replayed(r, rid)),
                 Begin::Mismatch => {
-                    return respond(ApiError::idempotency(400, "idempotency_key_in_use", format!(
+                    return respond(ApiError::idempotency_mismatch(format!(
                         "Keys for idempotent requests can only be used with the same parameters they were first used with. \
 Try using a key other than '{k}' if you meant to execute a different request."
                     )).response(rid))
                 }
                 Begin::InFlight => {
-                    return respond(ApiError::idempotency(409, "idempotency_key_in_use", format!(
+                    return respond(ApiError::idempotency_in_use(format!(
                         "There is currently another in-progress request using this Idempotent Key (that probably means \
 you submitted twice, and the other request is still going through): {k}. Please try again later."
                     )).response(rid))

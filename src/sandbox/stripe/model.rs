@@ -407,9 +407,15 @@ impl ApiError {
         Self::new(401, "invalid_request_error", code, message, None)
     }
 
-    /// `idempotency_error` (400 for reuse with other parameters, 409 while in flight).
-    pub(crate) fn idempotency(status: u16, code: &str, message: String) -> Self {
-        Self::new(status, "idempotency_error", Some(code), message, None)
+    /// 400 `idempotency_error`: a key reused with other parameters (Stripe names no code).
+    pub(crate) fn idempotency_mismatch(message: String) -> Self {
+        Self::new(400, "idempotency_error", None, message, None)
+    }
+
+    /// 409 `idempotency_key_in_use`: the key's first request is still being processed (the
+    /// SDKs retry a 409).
+    pub(crate) fn idempotency_in_use(message: String) -> Self {
+        Self::new(409, "invalid_request_error", Some("idempotency_key_in_use"), message, None)
     }
 
     /// 404 for paths Stripe does not serve.
