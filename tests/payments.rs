@@ -360,21 +360,37 @@ async fn a_cancel_whose_answer_is_lost_asks_the_provider_before_answering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_refused_because_the_payer_paid_says_not_cancelable() {
+async fn a_cancel_of_a_payment_the_payer_paid_unseen_is_what_antom_makes_of_it() {
     let w = world(3000).await;
     // The payer pays; the notify is lost, so paymux still shows the payment open.
     w.fault("antom_hk", json!({"callbacks": {"drop": true}})).await;
-    let r = create(&w.pm.api, "x3", json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-x3", "return_url": "https://s/r"})).await;
-    let id = r.body["id"].as_str().unwrap();
-    let pay_id = w.sim_payments("antom_hk").await[0]["id"].as_str().unwrap().to_string();
-    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
-    assert!(a.status < 300, "{}", a.text);
-    // Antom refuses the cancel (the payment is SUCCESS): the app learns it cannot cancel a
-    // paid payment, not that the cancel merely failed.
+    let body = |order: &str| json!({"amount": 100, "currency": "HKD", "method": "alipay_hk", "order_id": order, "return_url": "https://s/r"});
+    let w = &w;
+    let approve = |n: usize| async move {
+        let pay_id = w.sim_payments("antom_hk").await[n]["id"].as_str().unwrap().to_string();
+        let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
+        assert!(a.status < 300, "{}", a.text);
+        pay_id
+    };
+    let id = create(&w.pm.api, "x3", body("o-x3")).await.body["id"].as_str().unwrap().to_string();
+    approve(0).await;
+    // Antom cancels a wallet payment paid the same day, refunding the payer in full: the
+    // order is canceled, and so is the payment at paymux.
     let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
-    assert_eq!(c.status, 409, "{}", c.text);
-    assert_eq!(c.body["code"], "payment_not_cancelable", "{}", c.text);
-    assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"], "succeeded");
+    assert_eq!((c.status, c.body["status"].as_str()), (200, Some("canceled")), "{}", c.text);
+    assert_eq!(w.sim_payments("antom_hk").await[0]["status"], "CANCELLED");
+    // Once refunded, Antom refuses: the app learns it cannot cancel a paid payment, not that
+    // the cancel merely failed.
+    let id = create(&w.pm.api, "x4", body("o-x4")).await.body["id"].as_str().unwrap().to_string();
+    let pay_id = approve(1).await;
+    let sync = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(sync.body["status"], "succeeded", "{}", sync.text);
+    let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("x4-r"), json!({"amount": 10})).await;
+    assert_eq!(rf.body["status"], "succeeded", "{}", rf.text);
+    let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!((c.status, c.body["code"].as_str()), (409, Some("payment_not_cancelable")), "{}", c.text);
+    let sim = w.sim_payments("antom_hk").await;
+    assert_eq!((sim[1]["id"].as_str(), sim[1]["status"].as_str()), (Some(pay_id.as_str()), Some("SUCCESS")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

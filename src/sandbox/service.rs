@@ -144,6 +144,8 @@ impl Bound {
             addrs.insert(name.clone(), addr);
             instances.insert(name, inst);
         }
+        let sims: Vec<Arc<dyn Simulator>> = instances.values().map(|i| i.sim.clone()).collect();
+        runtime.spawn(tick(sims, shutdown_rx.clone()));
         let control = TcpListener::from_std(self.control)?;
         let control_addr = control.local_addr()?;
         endpoints.push(Endpoint {
@@ -168,6 +170,18 @@ fn endpoint(
     faults: watch::Receiver<Faults>,
 ) -> Endpoint {
     Endpoint { listener, tls, handler: inst.handler(), faults: Some(faults), up: Some(inst.up_counter()) }
+}
+
+/// Ticks every simulator once a second until shutdown (see [`Simulator::tick`]).
+async fn tick(sims: Vec<Arc<dyn Simulator>>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => sims.iter().for_each(|s| s.tick()),
+            _ = super::http::stopped(&mut shutdown) => return,
+        }
+    }
 }
 
 /// The URL browsers reach a simulator at (loopback for wildcard listeners).

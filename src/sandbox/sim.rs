@@ -71,6 +71,10 @@ pub(crate) trait Simulator: Send + Sync + 'static {
 
     /// A payer's action from the control API, e.g. (`payments`, id, `approve`).
     fn payer_action(&self, collection: &str, id: &str, action: &str, body: &[u8]) -> Result<Value, ActionError>;
+
+    /// Called once a second: what happens with time alone (a payment expiring) happens here
+    /// when no request comes to see it.
+    fn tick(&self) {}
 }
 
 /// One named simulator with its live faults.

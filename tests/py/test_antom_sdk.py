@@ -162,10 +162,23 @@ def test_cancel():
     res = AlipayPayCancelResponse(client.execute(c))
     assert res.result.result_status == ResultStatusType.S and res.cancel_time and res.payment_id == p.payment_id
     assert inquiry(prid=prid).payment_status == TransactionStatusType.CANCELLED
-    c = AlipayPayCancelRequest()
-    c.payment_id = SHARED["paid"][1]
-    res = AlipayPayCancelResponse(client.execute(c))
+    # A failed payment cannot be cancelled.
+    failed = pay("PAY-" + uuid.uuid4().hex[:12], "300")
+    control("POST", f"{CONTROL}/_sandbox/{INSTANCE}/payments/{failed.payment_id}/decline")
+    res = cancel(failed.payment_id)
     assert res.result.result_status == ResultStatusType.F and res.result.result_code == "ORDER_STATUS_INVALID"
+    # A paid one can, until 00:15 (UTC+8) the next day: the payer is refunded in full.
+    paid = pay("PAY-" + uuid.uuid4().hex[:12], "400")
+    control("POST", f"{CONTROL}/_sandbox/{INSTANCE}/payments/{paid.payment_id}/approve")
+    res = cancel(paid.payment_id)
+    assert res.result.result_status == ResultStatusType.S and res.cancel_time, res.result.result_code
+    assert inquiry(payment_id=paid.payment_id).payment_status == TransactionStatusType.CANCELLED
+
+
+def cancel(payment_id):
+    c = AlipayPayCancelRequest()
+    c.payment_id = payment_id
+    return AlipayPayCancelResponse(client.execute(c))
 
 
 def test_refund_and_inquiry_refund():
@@ -197,6 +210,9 @@ def test_refund_and_inquiry_refund():
     )
     assert verify_notify(cb) is True
     assert json.loads(cb["body"])["refundStatus"] == "SUCCESS"
+    # Refunded, it can no longer be cancelled.
+    res = cancel(payment_id)
+    assert res.result.result_status == ResultStatusType.F and res.result.result_code == "PROCESS_FAIL"
 
 
 def test_business_errors():

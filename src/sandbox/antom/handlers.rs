@@ -198,17 +198,33 @@ impl AntomSim {
             Err(e) => return e,
         };
         let Some(p) = st.payments.get_mut(&id) else { return not_found() };
+        // A wallet payment can be cancelled until 00:15 (UTC+8) of the day after it was paid;
+        // a paid one is then refunded to the payer in full. Not once it has refunds.
+        let paid_cancellable = p.status == PayStatus::Success
+            && p.payment_time.as_deref().and_then(unix_of).is_some_and(|paid| now_hkt().0 < cancel_deadline(paid));
         match p.status {
             PayStatus::Processing => {
                 p.status = PayStatus::Cancelled;
                 p.cancel_time = Some(now_hkt().1);
             }
             PayStatus::Cancelled => {}
+            PayStatus::Success if p.refunded > 0 => {
+                return outcome("PROCESS_FAIL", "F", "The payment has been refunded and can no longer be cancelled.")
+            }
+            PayStatus::Success if paid_cancellable => {
+                p.status = PayStatus::Cancelled;
+                p.cancel_time = Some(now_hkt().1);
+            }
+            PayStatus::Success => return outcome(
+                "ORDER_STATUS_INVALID",
+                "F",
+                "The cancellation period of the payment (until 00:15 UTC+8 of the day after it was paid) has passed.",
+            ),
             s => {
                 return outcome(
                     "ORDER_STATUS_INVALID",
                     "F",
-                    &format!("The payment is {}; only a PROCESSING payment can be cancelled.", s.as_str()),
+                    &format!("The payment is {}; it cannot be cancelled.", s.as_str()),
                 )
             }
         }
@@ -299,6 +315,18 @@ impl AntomSim {
     }
 }
 
+/// Unix time of an Antom timestamp (`2026-11-27T08:00:00+08:00`).
+fn unix_of(t: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+}
+
+/// Until when a payment paid at `paid` (Unix time) can be cancelled: 00:15 UTC+8 the next day.
+fn cancel_deadline(paid: i64) -> i64 {
+    const HKT: i64 = 8 * 3600;
+    let day = (paid + HKT).div_euclid(86_400);
+    (day + 1) * 86_400 + 15 * 60 - HKT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +366,14 @@ mod tests {
         v["paymentExpiryTime"] = json!("tomorrow");
         assert_eq!(code(v), Some(json!("PARAM_ILLEGAL")));
         assert!(request_id(&json!({"paymentRequestId": "x".repeat(65)}), "paymentRequestId").is_err());
+    }
+
+    #[test]
+    fn a_paid_payment_is_cancellable_until_a_quarter_past_midnight_hong_kong_time_next_day() {
+        let at = |t: &str| unix_of(t).unwrap();
+        assert_eq!(cancel_deadline(at("2026-11-27T08:00:00+08:00")), at("2026-11-28T00:15:00+08:00"));
+        assert_eq!(cancel_deadline(at("2026-11-27T23:59:59+08:00")), at("2026-11-28T00:15:00+08:00"));
+        // Paid at 00:10 HKT: the day is the 27th in Hong Kong (the 26th in UTC).
+        assert_eq!(cancel_deadline(at("2026-11-26T16:10:00Z")), at("2026-11-28T00:15:00+08:00"));
     }
 }

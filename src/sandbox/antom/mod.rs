@@ -55,6 +55,8 @@ struct State {
     order: Vec<String>,
     refunds: Table<RefundRec>,
     refunds_by_request: HashMap<String, String>,
+    /// Notifies of payments closed on expiry, to send once the lock is released.
+    expired: Vec<Notify>,
 }
 
 /// A notify to send once the state lock is released: (URL, body).
@@ -82,14 +84,20 @@ impl AntomSim {
     }
 
     /// The simulator's state, with payments past their expiry closed: whatever looks next
-    /// (an inquiry, the cashier page, a cancel, the payer) sees them as Antom would.
+    /// (an inquiry, the cashier page, a cancel, the payer) sees them as Antom would. Their
+    /// PAYMENT_RESULT notifies (a final failure is notified like a success) wait in
+    /// `expired` for whoever releases the lock ([`AntomSim::execute`], or the sandbox's
+    /// once-a-second [`Simulator::tick`]).
     fn lock(&self) -> MutexGuard<'_, State> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_hkt().0;
+        let mut closed = Vec::new();
         for p in st.payments.values_mut().filter(|p| p.status == PayStatus::Processing && now >= p.expires) {
             p.status = PayStatus::Fail;
             p.failure = Some(("ORDER_IS_CLOSED".into(), "The payment expired before the payer completed it.".into()));
+            closed.extend(p.notify_url.clone().map(|u| (u, payment_notify(p))));
         }
+        st.expired.extend(closed);
         st
     }
 
@@ -131,7 +139,9 @@ impl AntomSim {
                 let mut notifies = Vec::new();
                 let out = {
                     let mut st = self.lock();
-                    api(self, &mut st, &v, &mut notifies)
+                    let out = api(self, &mut st, &v, &mut notifies);
+                    notifies.append(&mut st.expired);
+                    out
                 };
                 for (url, body) in notifies {
                     self.notify(url, body);
@@ -325,6 +335,13 @@ impl Simulator for AntomSim {
             ))),
         }
     }
+
+    fn tick(&self) {
+        let due = std::mem::take(&mut self.lock().expired);
+        for (url, body) in due {
+            self.notify(url, body);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +463,24 @@ mod tests {
         pay("default", None);
         assert_eq!(status("past"), (json!("FAIL"), json!("ORDER_IS_CLOSED")));
         assert_eq!(status("later").0, "PROCESSING");
+        // A payment closed on expiry is notified like any final result, with no request to
+        // see it: the sandbox's tick sends what the lock found.
+        {
+            let mut st = sim.lock();
+            st.expired.clear();
+            let mut v = st.by_request.get("later").and_then(|id| st.payments.get(id)).unwrap().request.clone();
+            v["paymentRequestId"] = json!("notified");
+            v["paymentNotifyUrl"] = json!("http://127.0.0.1:9/notify");
+            v["paymentExpiryTime"] = json!(at(-1));
+            sim.pay(&mut st, &v, &mut vec![]);
+        }
+        let closed = std::mem::take(&mut sim.lock().expired);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        let (url, body) = &closed[0];
+        assert_eq!(url, "http://127.0.0.1:9/notify");
+        assert_eq!((&body["notifyType"], &body["result"]["resultStatus"]), (&json!("PAYMENT_RESULT"), &json!("F")));
+        assert_eq!(body["result"]["resultCode"], "ORDER_IS_CLOSED");
+        assert!(sim.lock().expired.is_empty(), "notified once");
         let st = sim.lock();
         let p = st.by_request.get("default").and_then(|id| st.payments.get(id)).unwrap();
         assert_eq!(p.expires - p.created, handlers::DEFAULT_EXPIRY_SECS);
