@@ -491,7 +491,12 @@ impl Connector for Stripe {
         let event_type = v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
         let obj = v.pointer("/data/object").cloned().unwrap_or(Value::Null);
         let kind = match obj.get("object").and_then(Value::as_str) {
-            Some("payment_intent") if event_type.starts_with("payment_intent.") => {
+            // `payment_intent.created` announces what paymux itself did and says nothing of
+            // the outcome; delivered late (events come in any order), its
+            // `requires_payment_method` would move a payment back from where it got.
+            Some("payment_intent")
+                if event_type.starts_with("payment_intent.") && event_type != "payment_intent.created" =>
+            {
                 let p =
                     payment_from_intent(&obj).ok_or_else(|| WebhookError::Malformed("bad payment_intent".into()))?;
                 WebhookKind::Payment {
@@ -703,5 +708,11 @@ mod tests {
             c.verify_webhook("/", &http::HeaderMap::new(), body, now).unwrap_err(),
             WebhookError::MissingSignature
         );
+        // A PaymentIntent's creation says nothing of its outcome: not applied, whenever it comes.
+        let created = std::str::from_utf8(body).unwrap().replace("payment_intent.succeeded", "payment_intent.created");
+        let sig = crypto::hex(&crypto::hmac_sha256(b"whsec_1", format!("{now}.{created}").as_bytes()));
+        h.insert("stripe-signature", format!("t={now},v1={sig}").parse().unwrap());
+        let ev = c.verify_webhook("/", &h, created.as_bytes(), now).unwrap();
+        assert_eq!(ev.kind, WebhookKind::Ignored { event_type: "payment_intent.created".into() });
     }
 }

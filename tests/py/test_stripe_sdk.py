@@ -285,6 +285,15 @@ def test_manual_capture():
     assert captured.status == "succeeded" and captured.amount_received == 800
     e = expect_raises(stripe.InvalidRequestError, stripe.PaymentIntent.capture, pi.id)
     assert e.code == "payment_intent_unexpected_state"
+    # The 200 not captured is released: the charge shows it refunded.
+    ch = stripe.Charge.retrieve(captured.latest_charge)
+    assert (ch.captured, ch.amount_captured, ch.amount_refunded, ch.refunded) == (True, 800, 200, False), ch
+    # An authorisation canceled is released in full.
+    held = paid(capture_method="manual")
+    stripe.PaymentIntent.cancel(held.id)
+    ch = stripe.Charge.retrieve(held.latest_charge)
+    assert (ch.captured, ch.amount_refunded, ch.refunded) == (False, 1000, True), ch
+    SHARED["captured"] = captured
 
 
 def test_refunds_partial_over_and_full():
@@ -371,6 +380,17 @@ def test_webhooks_delivered_and_verified_by_the_sdk():
         )
         ev = stripe.Webhook.construct_event(cb["body"], cb["headers"]["stripe-signature"], WHSEC)
         assert ev.type == kind
+    # The charge's own events, as Stripe sends them beside the PaymentIntent's.
+    for kind, obj in (("payment_intent.created", pi.id), ("charge.succeeded", pi.latest_charge),
+                      ("charge.captured", SHARED["captured"].latest_charge)):
+        cb = wait_callback(
+            WEBHOOK_DIR,
+            lambda b, kind=kind, obj=obj: b.get("type") == kind and b["data"]["object"]["id"] == obj,
+            f"{kind} for {obj}",
+        )
+        assert stripe.Webhook.construct_event(cb["body"], cb["headers"]["stripe-signature"], WHSEC).type == kind
+    cb = wait_callback(WEBHOOK_DIR, lambda b: b.get("type") == "charge.failed", "charge.failed")
+    assert json.loads(cb["body"])["data"]["object"]["status"] == "failed"
     failed = wait_callback(WEBHOOK_DIR, lambda b: b.get("type") == "payment_intent.payment_failed", "payment_failed")
     body = json.loads(failed["body"])
     assert body["data"]["object"]["last_payment_error"]["type"] in ("card_error", "invalid_request_error")

@@ -107,6 +107,7 @@ impl StripeSim {
             let err = decline_error(d, &ch.id, pm);
             pi.status = PiStatus::RequiresPaymentMethod;
             pi.last_payment_error = Some(Value::Object(err.clone()));
+            ctx.event("charge.failed", charge_json(&ch, pi, pm));
             charges.insert(ch.id.clone(), Box::new(ch));
             let pi_json = intent_json(pi);
             ctx.event("payment_intent.payment_failed", pi_json.clone());
@@ -114,17 +115,19 @@ impl StripeSim {
             err.insert("payment_intent".into(), pi_json);
             return Err(ApiError::card(err));
         }
-        charges.insert(ch.id.clone(), Box::new(ch));
         if manual {
             pi.status = PiStatus::RequiresCapture;
             pi.amount_capturable = pi.amount;
+            ctx.event("charge.succeeded", charge_json(&ch, pi, pm));
             ctx.event("payment_intent.amount_capturable_updated", intent_json(pi));
         } else {
             pi.status = PiStatus::Succeeded;
             pi.amount_received = pi.amount;
             Stats::bump(&self.stats.payments_succeeded);
+            ctx.event("charge.succeeded", charge_json(&ch, pi, pm));
             ctx.event("payment_intent.succeeded", intent_json(pi));
         }
+        charges.insert(ch.id.clone(), Box::new(ch));
         Ok(())
     }
 
@@ -202,6 +205,7 @@ payment method or ConfirmationToken.",
             cancellation_reason: None,
             amount_refunded: 0,
         };
+        ctx.event("payment_intent.created", intent_json(&pi));
         st.intents.insert(id.clone(), Box::new(pi));
         st.order.push(id.clone());
         Stats::bump(&self.stats.payments_created);
@@ -321,7 +325,7 @@ payment method or ConfirmationToken.",
         )?;
         let id = first(ids);
         let amount = amount_param(p, "amount_to_capture")?;
-        let State { intents, charges, .. } = st;
+        let State { intents, charges, methods, .. } = st;
         let pi = intents.get_mut(id).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))?;
         if pi.status != PiStatus::RequiresCapture {
             return Err(ApiError::state(format!(
@@ -342,14 +346,19 @@ one of the following statuses may be captured: requires_capture.",
                 Some("amount_too_large"),
             ));
         }
-        if let Some(ch) = pi.latest_charge.as_ref().and_then(|c| charges.get_mut(c)) {
-            ch.captured = true;
-            ch.amount_captured = amount;
-            ch.balance_transaction = Some(new_id("txn"));
-        }
         pi.status = PiStatus::Succeeded;
         pi.amount_received = amount;
         pi.amount_capturable = 0;
+        if let Some(ch) = pi.latest_charge.as_ref().and_then(|c| charges.get_mut(c)) {
+            ch.captured = true;
+            ch.amount_captured = amount;
+            // What is not captured is released, and shows as refunded on the charge.
+            ch.amount_refunded = ch.amount - amount;
+            ch.balance_transaction = Some(new_id("txn"));
+            if let Some(pm) = methods.get(&ch.payment_method) {
+                ctx.event("charge.captured", charge_json(ch, pi, pm));
+            }
+        }
         Stats::bump(&self.stats.payments_succeeded);
         let v = intent_json(pi);
         ctx.event("payment_intent.succeeded", v.clone());
@@ -366,7 +375,9 @@ one of the following statuses may be captured: requires_capture.",
         allow(p, &["cancellation_reason", "expand"])?;
         let reason =
             one_of(p, "cancellation_reason", &["abandoned", "duplicate", "fraudulent", "requested_by_customer"])?;
-        let pi = intent_mut(st, first(ids))?;
+        let State { intents, charges, .. } = st;
+        let id = first(ids);
+        let pi = intents.get_mut(id).ok_or_else(|| ApiError::no_such("payment_intent", id, "intent"))?;
         if !matches!(
             pi.status,
             PiStatus::RequiresPaymentMethod
@@ -380,6 +391,12 @@ of the following statuses may be canceled: requires_payment_method, requires_cap
 requires_action, processing.",
                 pi.status.as_str()
             )));
+        }
+        if pi.status == PiStatus::RequiresCapture {
+            // The authorisation is released: the charge shows it refunded in full.
+            if let Some(ch) = pi.latest_charge.as_ref().and_then(|c| charges.get_mut(c)) {
+                ch.amount_refunded = ch.amount;
+            }
         }
         pi.status = PiStatus::Canceled;
         pi.canceled_at = Some(now());

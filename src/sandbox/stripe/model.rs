@@ -289,7 +289,8 @@ pub(crate) fn charge_json(ch: &Charge, pi: &Intent, pm: &PaymentMethod) -> Value
         "receipt_email": pi.receipt_email,
         "receipt_number": null,
         "receipt_url": null,
-        "refunded": ch.amount_captured > 0 && ch.amount_refunded >= ch.amount_captured,
+        // Refunded in full, what was not captured (released) included.
+        "refunded": !failed && ch.amount_refunded >= ch.amount,
         "review": null,
         "shipping": null,
         "source": null,
