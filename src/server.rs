@@ -279,6 +279,9 @@ pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let options = |h2c: bool| {
         let mut o = HttpServerOptions::default();
         o.h2c = h2c;
+        // An HTTP/2 connection with no stream open is closed after the keep-alive time an
+        // idle HTTP/1.1 connection gets (without it, one never opening a stream stayed open).
+        o.h2_idle_timeout = Some(std::time::Duration::from_secs(60));
         o
     };
     // HTTP/1.1 and HTTP/2 (prior knowledge on cleartext, ALPN on TLS), told apart with a

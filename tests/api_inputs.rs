@@ -130,6 +130,63 @@ async fn a_body_shorter_than_its_content_length_times_out_as_408() {
     assert_eq!(count_rows(&w.pm.data, "payments"), 0);
 }
 
+#[tokio::test]
+async fn a_body_that_trickles_or_stalls_gets_408_after_10_seconds_over_http_1_1_and_2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let addr = w.pm.api.trim_start_matches("http://").to_string();
+    let t = std::time::Instant::now();
+    // HTTP/1.1: a few bytes every 3 s, each read well within the read timeout.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: trickle\r\nContent-Length: 100\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..10 {
+            if wr.write_all(b"{\"a\":1,").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+    });
+    // HTTP/2: a stream whose body stops after a few bytes (no read timeout applies there).
+    let h2 = async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::post(format!("http://{addr}/v1/payments"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("idempotency-key", "stall")
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"{\"amount\":1"), false).unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(20), resp).await.expect("no answer in 20 s");
+        (resp.unwrap().status().as_u16(), t.elapsed(), body)
+    };
+    let mut out = Vec::new();
+    let h1 = async {
+        tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut out))
+            .await
+            .expect("no answer")
+            .unwrap();
+        t.elapsed()
+    };
+    let ((h2_status, h2_after, _body), h1_after) = tokio::join!(h2, h1);
+    writer.abort();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408") && text.contains("request_body_timeout"), "{text}");
+    assert_eq!(h2_status, 408);
+    for after in [h1_after, h2_after] {
+        assert!(after >= std::time::Duration::from_secs(9) && after < std::time::Duration::from_secs(14), "{after:?}");
+    }
+    assert_eq!(count_rows(&w.pm.data, "payments"), 0);
+}
+
 /// Writes `head` line by line, one line every `every`, then the blank line ending the header
 /// section; returns the answer and when the connection closed, or what stopped the sending.
 async fn trickle(addr: &str, head: &[&str], every: std::time::Duration) -> (String, std::time::Duration) {
@@ -224,7 +281,15 @@ async fn framing_in_doubt_closes_the_connection_and_the_rest_follows_http_1_1() 
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "{}", String::from_utf8_lossy(&buf[..n]));
     s.write_all(body.as_bytes()).await.unwrap();
     let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("201 Created"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.contains("201 Created"), "{answer}");
+    // And the connection stays usable: the 100 does not cost the client its keep-alive.
+    assert!(answer.to_ascii_lowercase().contains("connection: keep-alive"), "{answer}");
+    s.write_all(format!("GET /v1/refunds/re_x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"), "{}", String::from_utf8_lossy(&buf[..n]));
     // Codings paymux would have to undo are refused by name, not read as garbled JSON.
     let req = format!("{}{body}", head(&format!("Content-Encoding: gzip\r\nContent-Length: {}\r\n", body.len()), "gz"));
     let out = raw_first_read(&addr, req.as_bytes(), std::time::Duration::from_secs(5)).await;

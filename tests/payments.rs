@@ -18,6 +18,12 @@ async fn card_payment_refunds_partially_then_fully_never_beyond() {
     assert_eq!(r.body["status"], "succeeded");
     assert_eq!(r.body["channel"], "stripe_primary");
     assert_eq!(r.body["route"]["rule"], "cards-and-wallets");
+    // Times in a fixed form: RFC 3339 UTC to the millisecond, always three digits.
+    let fixed = |t: &serde_json::Value| {
+        let t = t.as_str().unwrap_or("");
+        t.len() == 24 && t.ends_with('Z') && t.as_bytes()[19] == b'.' && t[20..23].bytes().all(|b| b.is_ascii_digit())
+    };
+    assert!(fixed(&r.body["created_at"]) && fixed(&r.body["updated_at"]), "{}", r.text);
     let id = r.body["id"].as_str().unwrap();
     let path = format!("/v1/payments/{id}/refunds");
     let r1 = post(&w.pm.api, &path, Some("r1"), json!({"amount": 3000, "reason": "requested_by_customer"})).await;
@@ -547,6 +553,12 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     assert_eq!(wrong.status, 401);
     let unknown = send(client().post(format!("{}/v1/webhooks/nope", w.pm.api)).body("{}")).await;
     assert_eq!(unknown.body["code"], "unknown_channel");
+    assert!(unknown.body["detail"].as_str().unwrap().contains("`nope`"), "{}", unknown.text);
+    // A path segment that cannot be a channel id is not echoed (any length, any content).
+    let odd = "%3Cscript%3E4242424242424242".to_string() + &"A".repeat(5000);
+    let unknown = send(client().post(format!("{}/v1/webhooks/{odd}", w.pm.api)).body("{}")).await;
+    assert_eq!(unknown.body["code"], "unknown_channel");
+    assert!(unknown.text.len() < 400 && !unknown.text.contains("4242"), "{}", unknown.text);
     let m = w.metrics().await;
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
 }

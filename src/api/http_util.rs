@@ -6,6 +6,9 @@ use http::Response;
 use pingora::protocols::http::ServerSession;
 use std::time::Duration;
 
+/// How long a request body may take to arrive, whole.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads the whole request body, refusing more than `limit` bytes with 413.
 pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, Problem> {
     let too_large = || Problem::new(413, "body_too_large", format!("the request body must be at most {limit} bytes"));
@@ -43,13 +46,31 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // (An HTTP/1.0 client cannot take a 1xx answer: its expectation is ignored, RFC 9110 §10.1.1.)
     let h11 = s.req_header().version == http::Version::HTTP_11;
-    if expects_continue && h11 && matches!(s, ServerSession::H1(_)) && s.write_continue_response().await.is_err() {
+    // Writing the 100 before the body makes pingora give up keep-alive (an answer before the
+    // body is read); it is given back once the body has been read whole.
+    let keepalive = s.get_keepalive();
+    let continued = expects_continue && h11 && matches!(s, ServerSession::H1(_));
+    if continued && s.write_continue_response().await.is_err() {
         return Err(Problem::new(400, "request_body_unreadable", "the connection closed before the body was sent"));
     }
-    s.set_read_timeout(Some(Duration::from_secs(10)));
+    // The whole body within BODY_TIMEOUT, however it trickles in (the read timeout alone is
+    // per read on HTTP/1.1 and not applied on HTTP/2).
+    s.set_read_timeout(Some(BODY_TIMEOUT));
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    let timed_out = || {
+        Problem::new(
+            408,
+            "request_body_timeout",
+            "the request body did not arrive within 10 seconds (fewer bytes than Content-Length?)",
+        )
+    };
     let mut buf = BytesMut::new();
     loop {
-        match s.read_request_body().await {
+        let Ok(read) = tokio::time::timeout_at(deadline, s.read_request_body()).await else {
+            s.set_keepalive(None);
+            return Err(timed_out());
+        };
+        match read {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
                     return Err(too_large());
@@ -58,11 +79,8 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
             }
             Ok(None) => break,
             Err(e) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
-                return Err(Problem::new(
-                    408,
-                    "request_body_timeout",
-                    "the request body did not arrive within 10 seconds (fewer bytes than Content-Length?)",
-                ))
+                s.set_keepalive(None);
+                return Err(timed_out());
             }
             Err(e) => {
                 // Where the body ends is in doubt, so nothing after it on this connection can
@@ -76,6 +94,9 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
                 ));
             }
         }
+    }
+    if continued {
+        s.set_keepalive(keepalive);
     }
     Ok(buf.to_vec())
 }

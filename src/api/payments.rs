@@ -500,7 +500,13 @@ async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, c
     let Some(ch) = policy.holding_channel(channel).cloned() else {
         // Never a caller-chosen string in the audit log's actor field.
         ctx.actor = "provider:unknown".into();
-        return Err(Problem::new(404, "unknown_channel", format!("no channel `{channel}` in the current policy")));
+        // Named back only when it could be a channel id: the path is the caller's text.
+        let detail = if crate::domain::is_channel_id(channel) {
+            format!("no channel `{channel}` in the current policy")
+        } else {
+            "no such channel in the current policy".to_string()
+        };
+        return Err(Problem::new(404, "unknown_channel", detail));
     };
     ctx.actor = format!("provider:{channel}");
     let ctx = &*ctx;
@@ -527,10 +533,13 @@ async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, c
     }
 }
 
+/// A stored time (Unix ms) as RFC 3339 UTC with exactly three fractional digits
+/// (`2026-11-27T08:00:01.500Z`): a fixed width, for parsers with a fixed pattern.
 fn rfc3339(ms: i64) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| t.format(&f).ok())
         .unwrap_or_default()
 }
 

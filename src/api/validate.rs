@@ -163,8 +163,11 @@ fn amount(v: Option<&Value>, field: &str, errs: &mut Errs, required: bool) -> Op
                 } else {
                     Some(i)
                 }
-            } else if n.as_u64().is_some() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64)
-            {
+            } else if n.as_f64().is_some_and(|f| f <= 0.0) {
+                // `-0`, `-1.5`, `-1e30`: zero or below first, whatever its form.
+                errs.add(field, "must be greater than 0");
+                None
+            } else if n.as_u64().is_some() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > i64::MAX as f64) {
                 errs.add(field, format!("must be at most {MAX_AMOUNT_MINOR} minor units"));
                 None
             } else {
@@ -666,6 +669,18 @@ mod tests {
         assert_eq!(mk("1000000000000001"), vec!["amount"]);
         assert_eq!(mk("99999999999999999999999"), vec!["amount"]);
         assert!(mk("1000000000000000").is_empty());
+        // Zero or below says so, whatever its form (serde reads `-0` as a float).
+        let said = |a: &str| {
+            let body = format!(r#"{{"amount":{a},"currency":"HKD","method":"visa","order_id":"o"}}"#);
+            match create(&parse_object(body.as_bytes()).unwrap()) {
+                Ok(_) => String::new(),
+                Err(p) => p.errors.into_iter().find(|e| e.field == "amount").map(|e| e.message).unwrap_or_default(),
+            }
+        };
+        for a in ["-0", "0", "-1.5", "-1e30", "-99999999999999999999999"] {
+            assert_eq!(said(a), "must be greater than 0", "{a}");
+        }
+        assert_eq!(said("10.5"), "must be an integer number of minor units, not a decimal");
     }
 
     #[test]

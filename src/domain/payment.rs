@@ -75,6 +75,15 @@ pub fn is_metadata_key(k: &str) -> bool {
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// Whether `s` has the form of a channel id (the channels schema's pattern
+/// `^[a-z0-9][a-z0-9_-]{0,63}$`).
+pub fn is_channel_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=64).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
 /// Whether `s` has the shape of an id [`new_id`] makes with `prefix` (nothing longer or
 /// stranger is ever one of ours, so it is not worth a lookup, a log line or an audit field).
 pub fn is_id(prefix: &str, s: &str) -> bool {
