@@ -50,7 +50,14 @@ impl<SV: ServeHttp + Send + Sync + 'static> HttpServerApp for HttpService<SV> {
         mut http: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match self.read_request(&mut http).await {
+        // An HTTP/1.1 request names its host exactly once (RFC 9112 §3.2: else 400).
+        let read = match self.read_request(&mut http).await {
+            Ok(true) if !one_host(&http) => {
+                Err(pingora::Error::explain(ErrorType::InvalidHTTPHeader, "HTTP/1.1 request without exactly one Host"))
+            }
+            read => read,
+        };
+        match read {
             Ok(true) => {}
             // Closed (or idle) before a request arrived.
             Ok(false) => return None,
@@ -165,6 +172,15 @@ fn header_too_large(e: &pingora::Error) -> bool {
 
 /// Answers a request whose header cannot be read: 431 when it is too large, else 400; the
 /// problem sent and its request id, for the metrics and the audit log.
+/// Whether a request names its host as it must: HTTP/1.1 with exactly one `Host` header
+/// (HTTP/1.0 may omit it; HTTP/2 carries `:authority`).
+fn one_host(http: &ServerSession) -> bool {
+    let req = http.req_header();
+    !matches!(http, ServerSession::H1(_))
+        || req.version != http::Version::HTTP_11
+        || req.headers.get_all(http::header::HOST).iter().count() == 1
+}
+
 async fn answer_unreadable(http: &mut ServerSession, too_large: bool) -> (Problem, String) {
     let request_id = crate::domain::new_id("req");
     let p = if too_large {

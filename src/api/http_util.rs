@@ -16,7 +16,8 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
         match cl.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
             Some(n) if n > limit as u64 => return Err(too_large()),
             Some(_) => {}
-            None => return Err(Problem::new(400, "request_body_unreadable", "invalid Content-Length header")),
+            // (A list, even of one value repeated, is refused: RFC 9110 §8.6 lets a recipient.)
+            None => return Err(Problem::new(400, "malformed_http", "invalid Content-Length header")),
         }
     }
     // Bodies are read as they come: a coding paymux would have to undo is refused by name
@@ -107,7 +108,8 @@ fn codings_besides(headers: &http::HeaderMap, name: http::header::HeaderName, al
         .get_all(name)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .any(|c| !c.trim().eq_ignore_ascii_case(allowed))
+        // Empty list elements count for nothing (RFC 9110 §5.6.1): `Content-Encoding:` is none.
+        .any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case(allowed))
 }
 
 /// A JSON response.

@@ -734,7 +734,7 @@ mod tests {
                 r#""metadata":{"a":"first","z":"last"},"method":"visa","#,
                 r#""next_action":{"type":"redirect","url":"https://example.test/3ds?a=1&b=é"},"#,
                 r#""object":"payment","order_id":"order-7","route":{"rule":"cards"},"status":"failed","#,
-                r#""updated_at":"2025-11-24T16:00:01Z"}"#
+                r#""updated_at":"2025-11-24T16:00:01.000Z"}"#
             )
         );
         // Never the API key id, the customer, the return URL or provider references.
