@@ -559,6 +559,9 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     let unknown = send(client().post(format!("{}/v1/webhooks/{odd}", w.pm.api)).body("{}")).await;
     assert_eq!(unknown.body["code"], "unknown_channel");
     assert!(unknown.text.len() < 400 && !unknown.text.contains("4242"), "{}", unknown.text);
+    // Nor one that has a channel id's form but holds a card number.
+    let unknown = send(client().post(format!("{}/v1/webhooks/4242424242424242", w.pm.api)).body("{}")).await;
+    assert!(unknown.body["code"] == "unknown_channel" && !unknown.text.contains("4242"), "{}", unknown.text);
     let m = w.metrics().await;
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
 }
@@ -1350,4 +1353,26 @@ async fn a_cancel_overtaken_by_the_payers_approval_leaves_the_refunds_made_meanw
         g.text
     );
     assert_eq!(w.sim_payments("antom_hk").await[0]["refunded"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_answer_is_lost_after_the_payer_paid_takes_what_antom_made_of_it() {
+    let w = world(3000).await;
+    let body = json!({"amount": 1000, "currency": "HKD", "method": "alipay_hk", "order_id": "o-lost-c", "return_url": "https://s/r"});
+    let id = create(&w.pm.api, "lost-c", body).await.body["id"].as_str().unwrap().to_string();
+    // The cancel is slow; meanwhile the payer pays and the notify says so. Antom then cancels
+    // the paid payment (refunding the payer) and its answer is lost.
+    let fault = json!({"latency_ms": 2000, "error_rate_pct": 100, "error_status": 500, "process_before_error": true, "ops": ["cancel"], "times": 1});
+    w.fault("antom_hk", fault).await;
+    let cancel = {
+        let (api, id) = (w.pm.api.clone(), id.clone());
+        tokio::spawn(async move { post(&api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    approve_only_antom_payment_and_wait(&w, &id).await;
+    let c = cancel.await.unwrap();
+    assert_eq!((c.status, c.body["status"].as_str()), (200, Some("canceled")), "{}", c.text);
+    assert_eq!(w.sim_payments("antom_hk").await[0]["status"], "CANCELLED");
+    let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
+    assert_eq!(g.body["status"], "canceled", "{}", g.text);
 }

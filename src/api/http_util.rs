@@ -17,7 +17,10 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
             Some(n) if n > limit as u64 => return Err(too_large()),
             Some(_) => {}
             // (A list, even of one value repeated, is refused: RFC 9110 §8.6 lets a recipient.)
-            None => return Err(Problem::new(400, "malformed_http", "invalid Content-Length header")),
+            None => {
+                s.set_keepalive(None);
+                return Err(Problem::new(400, "malformed_http", "invalid Content-Length header"));
+            }
         }
     }
     // Bodies are read as they come: a coding paymux would have to undo is refused by name

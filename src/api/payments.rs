@@ -501,7 +501,7 @@ async fn webhook(engine: &Engine, policy: &Arc<Policy>, s: &mut ServerSession, c
         // Never a caller-chosen string in the audit log's actor field.
         ctx.actor = "provider:unknown".into();
         // Named back only when it could be a channel id: the path is the caller's text.
-        let detail = if crate::domain::is_channel_id(channel) {
+        let detail = if crate::domain::is_channel_id(channel) && !super::validate::holds_card_number(channel) {
             format!("no channel `{channel}` in the current policy")
         } else {
             "no such channel in the current policy".to_string()

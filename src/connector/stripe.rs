@@ -109,7 +109,8 @@ fn payment_from(pi: Intent) -> Option<ProviderPayment> {
             None => serde_json::json!({"type": "redirect", "provider_action": n.get("type").cloned().unwrap_or(Value::Null)}),
         }
     });
-    let money = stated_money_of(pi.amount, pi.currency.as_ref()).ok().flatten();
+    // An amount stated but unreadable (a fraction of a krona) is no answer, not "no amount".
+    let money = stated_money_of(pi.amount, pi.currency.as_ref()).ok()?;
     Some(ProviderPayment { provider_ref: pi.id, state, next_action, money })
 }
 

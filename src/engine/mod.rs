@@ -180,9 +180,7 @@ pub fn adopt(p: &mut PaymentRow, found: &crate::connector::ProviderPayment, now:
     apply_state(p, &found.state, now) || learned_ref
 }
 
-/// The error code of a failure paymux inferred (the provider showed no such payment): the one
-/// final status a provider's later word can still correct.
-pub const INFERRED_FAILURE: &str = "provider_did_not_process";
+pub use crate::store::INFERRED_FAILURE;
 
 /// The error-code prefix of a payment whose provider said it took it without naming it
 /// (`CreateOutcome::Unnamed`) and whose status query has not found it yet: never inferred

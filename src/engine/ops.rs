@@ -143,8 +143,29 @@ impl Engine {
         // Re-read first: while the cancel was out, a callback may have settled the payment
         // and the app refunded it, so the copy read before is stale.
         v = self.view(id).await?;
-        if !v.payment.status.is_final() {
-            self.adopt_provider_view(ctx, policy, &mut v.payment).await?;
+        let p = &mut v.payment;
+        if !p.status.is_final() {
+            self.adopt_provider_view(ctx, policy, p).await?;
+        } else if p.status == PaymentStatus::Succeeded
+            && p.refunded == 0
+            && matches!(unsettled, EngineError::ProviderUnavailable(_))
+        {
+            // Paid meanwhile, and the cancel's answer lost: a provider that cancels paid
+            // payments (Antom, refunding the payer in full) may have canceled it all the same.
+            if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
+                if found.state == ProviderState::Canceled {
+                    p.status = PaymentStatus::Canceled;
+                    p.next_action = None;
+                    p.reconcile_at = None;
+                    p.updated_at = now_ms();
+                    if self.save_payment(p, None).await? {
+                        self.audit(ctx, "payment.sync", Some(&p.id), "canceled", json!({"channel": p.channel})).await;
+                    } else {
+                        // Another writer got there first (a refund): the stored state answers.
+                        v = self.view(id).await?;
+                    }
+                }
+            }
         }
         match v.payment.status {
             // Closed at the provider already (expired, canceled before, or by this cancel).
@@ -245,13 +266,13 @@ impl Engine {
         };
         let row = r.clone();
         // Against its reservation: a callback that settled it meanwhile wins.
-        crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await?;
+        let w = crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await?;
+        self.count_settled(w);
         // A callback may have settled it while the call was out: answer with what is stored.
         let rid = r.id.clone();
         if let Some(stored) = crate::store::call(&self.store, move |s| s.get_refund(&rid)).await? {
             r = stored;
         }
-        self.settle_refund_totals(&p.id).await?;
         self.audit(
             ctx,
             "refund.create",
@@ -325,16 +346,11 @@ impl Engine {
         }
     }
 
-    /// Recomputes a payment's refunded total and status from its refunds.
-    pub(crate) async fn settle_refund_totals(&self, payment_id: &str) -> Result<(), EngineError> {
-        // Read and written in one store transaction: two settlements side by side (callbacks
-        // for two refunds of one payment) each see every refund settled before them.
-        let id = payment_id.to_string();
-        let changed = crate::store::call(&self.store, move |s| s.settle_refund_totals(&id, now_ms())).await?;
-        if let Some((p, before)) = changed {
+    /// Counts the status a refund write's settlement moved its payment to.
+    pub(crate) fn count_settled(&self, w: crate::store::RefundWrite) {
+        if let Some((p, before)) = w.settled {
             self.count_status(&p, Some(before));
         }
-        Ok(())
     }
 
     /// Reads a refund.

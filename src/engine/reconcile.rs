@@ -314,15 +314,20 @@ impl Engine {
         let row = r.clone();
         // Only over the pending refund it queried: a callback that settled it meanwhile wins.
         let written = crate::store::call(&self.store, move |s| s.update_refund(&row, "pending")).await;
-        if !matches!(written, Ok(true)) {
+        let Ok(w) =
+            written.map_err(|e| tracing::warn!(refund_id = %r.id, error = %e, "a refund's state could not be stored"))
+        else {
+            return;
+        };
+        if !w.written {
             return;
         }
+        self.count_settled(w);
         if result != "unknown" {
             self.metrics.reconciliations.with_label_values(&[ch.id.as_str(), "refund"]).inc();
         }
         // Audited when it changed something, not on every poll of a refund still pending.
         if before != (r.status.clone(), r.provider_refund_ref.clone()) {
-            let _ = self.settle_refund_totals(&r.payment_id).await;
             self.audit(
                 &ctx,
                 "refund.reconcile",

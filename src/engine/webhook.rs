@@ -152,13 +152,16 @@ impl Engine {
         if p.provider_ref.is_none() {
             p.provider_ref = Some(provider_ref.to_string());
         }
-        let outcome = if apply_state(&mut p, state, now_ms()) {
-            self.save_payment(&p, Some("accepted")).await?;
-            "applied"
-        } else {
-            "unchanged"
-        };
-        Ok((outcome, p.status))
+        if !apply_state(&mut p, state, now_ms()) {
+            return Ok(("unchanged", p.status));
+        }
+        if self.save_payment(&p, Some("accepted")).await? {
+            return Ok(("applied", p.status));
+        }
+        // Refused: another writer got there first, and what it stored stands.
+        let pid = p.id.clone();
+        let stored = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await?;
+        Ok(("unchanged", stored.map_or(p.status, |s| s.status)))
     }
 
     /// Applies a refund callback received on `channel`; returns the refund as it stands and
@@ -194,8 +197,9 @@ impl Engine {
             r.provider_refund_ref = r.provider_refund_ref.or(provider_refund_ref.clone());
             r.updated_at = now_ms();
             let row = r.clone();
-            if crate::store::call(&self.store, move |s| s.update_refund(&row, &read)).await? {
-                self.settle_refund_totals(&r.payment_id).await?;
+            let w = crate::store::call(&self.store, move |s| s.update_refund(&row, &read)).await?;
+            if w.written {
+                self.count_settled(w);
                 return Ok(Some((r, true)));
             }
         }

@@ -84,9 +84,12 @@ impl Dispatcher {
                 if faults.delay_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
                 }
-                let copies = if faults.duplicate { 2 } else { 1 };
                 let window = faults.retry_for_ms.map_or(cb.retry_window, Duration::from_millis);
-                for _ in 0..copies {
+                // A duplicate is delivered beside the first, not after it is acknowledged (or,
+                // days later, given up).
+                if faults.duplicate {
+                    tokio::join!(this.deliver(&cb, window), this.deliver(&cb, window));
+                } else {
                     this.deliver(&cb, window).await;
                 }
             };

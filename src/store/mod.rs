@@ -119,6 +119,20 @@ pub struct RefundRow {
     pub updated_at: i64,
 }
 
+/// The error code of a failure paymux inferred (the provider showed no such payment): the one
+/// final status a provider's later word can still correct (the store lets `succeeded` over it).
+pub const INFERRED_FAILURE: &str = "provider_did_not_process";
+
+/// What [`Store::update_refund`] did.
+#[derive(Debug)]
+pub struct RefundWrite {
+    /// The refund was written (it still had the status its writer read).
+    pub written: bool,
+    /// The payment as the settlement left it, and the status it replaced, when its refunded
+    /// total or status changed.
+    pub settled: Option<(PaymentRow, PaymentStatus)>,
+}
+
 /// One write of a [`Store::write_batch`]. Serialisable: a batch may be recorded in a
 /// write-ahead journal before it reaches the database ([`journal`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -266,15 +280,13 @@ pub trait Store: Send + Sync + 'static {
     fn write_batch(&self, ops: Vec<Write>) -> StoreResult<()>;
     fn insert_payment(&self, p: &PaymentRow) -> StoreResult<()>;
     /// Stores a payment's new state. Returns the status it replaced, or `None` when nothing was
-    /// written (no such payment, or a status the stored one may not be replaced by: a final
-    /// one by a non-final one, money taken by `failed`, a refunded one by `succeeded`). The
-    /// refunded total is not written: only [`Store::settle_refund_totals`] sets it.
+    /// written: no such payment, or a final status that may not be replaced by this one. A
+    /// final status is replaced only by itself (other fields change), or in two corrections:
+    /// `succeeded` over a failure paymux inferred ([`INFERRED_FAILURE`]), and `canceled` over
+    /// `succeeded` (the provider canceled a paid payment, refunding the payer). The refunded
+    /// total and the statuses it decides are written by [`Store::update_refund`] alone.
     fn update_payment(&self, p: &PaymentRow) -> StoreResult<Option<PaymentStatus>>;
-    /// Sets a payment's refunded total from its succeeded refunds, and a captured payment's
-    /// status from that total (`succeeded`, `partially_refunded`, `refunded`), in one
-    /// transaction. Returns the payment as written and the status it replaced when anything
-    /// changed.
-    fn settle_refund_totals(&self, payment_id: &str, now_ms: i64) -> StoreResult<Option<(PaymentRow, PaymentStatus)>>;
+
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>>;
     fn payments_due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<PaymentRow>>;
 
@@ -298,8 +310,11 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<RefundRow, ReserveFailure>;
     /// Stores a refund's new state if it still has the status `read` (what the writer's copy
-    /// says); returns false, writing nothing, when another writer got there first.
-    fn update_refund(&self, r: &RefundRow, read: &str) -> StoreResult<bool>;
+    /// says), and in the same transaction settles its payment: the refunded total from the
+    /// succeeded refunds, and a captured payment's status from that total (`succeeded`,
+    /// `partially_refunded`, `refunded`). Nothing else writes either. Writes nothing when
+    /// another writer got there first.
+    fn update_refund(&self, r: &RefundRow, read: &str) -> StoreResult<RefundWrite>;
     /// Refunds still `pending` that were last touched before `before_ms`, oldest first.
     fn pending_refunds(&self, before_ms: i64, limit: usize) -> StoreResult<Vec<RefundRow>>;
     fn refunds(&self, payment_id: &str) -> StoreResult<Vec<RefundRow>>;

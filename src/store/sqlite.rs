@@ -612,26 +612,57 @@ fn update_attempt(c: &Connection, a: &AttemptRow) -> rusqlite::Result<()> {
 
 /// True when the row was written.
 fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<bool> {
-    // A final status never moves back to a non-final one, whichever writer (engine,
-    // webhook, reconciler, status sync) comes last, and money taken is never made `failed`
-    // (a writer holding the row from before the correction of an inferred failure must not
-    // undo it); a payer action once known stays while the payment still waits on the payer
-    // (a writer that read the row before the action was learnt does not erase it); and the
-    // refunded total and the statuses it sets belong to the refund settlement alone (a
-    // writer holding the row from before a refund, a cancel the payer's approval overtook,
-    // must not write `succeeded` and a zero total over it).
+    // Whichever writer (engine, webhook, reconciler, status sync) comes last, and whatever
+    // copy of the row it holds: a final status is replaced only by itself, or in the two
+    // corrections (`succeeded` over an inferred failure; `canceled` over `succeeded`, the
+    // provider having canceled a paid payment and refunded the payer). So a stale copy
+    // never moves a payment back (to non-final, to `succeeded` from a refund status or from
+    // `canceled`, to `failed` from money taken); the refunded total and the statuses it
+    // decides belong to the refund settlement alone. A payer action once known stays while
+    // the payment still waits on the payer (a writer that read the row before the action
+    // was learnt does not erase it).
     c.prepare_cached(
             "UPDATE payments SET status=?2, channel=?3, attempt_ref=?4, provider_ref=?5,
                     next_action=CASE WHEN ?2 = 'requires_action' THEN COALESCE(?6, next_action) ELSE ?6 END, error_code=?7, error_message=?8, updated_at=?9, reconcile_at=?10, reconcile_backoff_ms=?11
-             WHERE id=?1 AND NOT (status IN ('succeeded','failed','canceled','refunded','partially_refunded') AND ?2 IN ('requires_action','processing'))
-               AND NOT (status IN ('succeeded','refunded','partially_refunded') AND ?2 = 'failed')
-               AND NOT (status IN ('refunded','partially_refunded') AND ?2 = 'succeeded')",
+             WHERE id=?1 AND (status IN ('requires_action','processing') OR status = ?2
+                 OR (status = 'failed' AND error_code = ?12 AND ?2 = 'succeeded')
+                 OR (status = 'succeeded' AND ?2 = 'canceled'))",
         )?
         .execute(params![
                 p.id, p.status.as_str(), p.channel, p.attempt_ref, p.provider_ref, p.next_action.as_ref().map(json_text),
-                p.error_code, p.error_message, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms
+                p.error_code, p.error_message, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms, INFERRED_FAILURE
             ],)
         .map(|n| n == 1)
+}
+
+/// Sets payment `id`'s refunded total from its succeeded refunds, and a captured payment's
+/// status from that total; returns the payment as written and the status it replaced when
+/// either changed. Within the caller's transaction.
+fn settle_refunds(tx: &Connection, id: &str, now: i64) -> rusqlite::Result<Option<(PaymentRow, PaymentStatus)>> {
+    let p = tx
+        .prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?
+        .query_row(params![id], payment_from_row)
+        .optional()?;
+    let Some(mut p) = p else { return Ok(None) };
+    let done: i64 = tx
+        .prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status = 'succeeded'")?
+        .query_row(params![id], |r| r.get(0))?;
+    let before = p.status;
+    if p.status.is_captured() {
+        p.status = match done {
+            d if d >= p.amount => PaymentStatus::Refunded,
+            d if d > 0 => PaymentStatus::PartiallyRefunded,
+            _ => PaymentStatus::Succeeded,
+        };
+    }
+    if done == p.refunded && p.status == before {
+        return Ok(None);
+    }
+    p.refunded = done;
+    p.updated_at = now;
+    tx.prepare_cached("UPDATE payments SET refunded = ?2, status = ?3, updated_at = ?4 WHERE id = ?1")?
+        .execute(params![p.id, p.refunded, p.status.as_str(), p.updated_at])?;
+    Ok(Some((p, before)))
 }
 
 /// The record holding `(k, key)` unless it expired by `now`.
@@ -791,39 +822,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn settle_refund_totals(&self, payment_id: &str, now: i64) -> StoreResult<Option<(PaymentRow, PaymentStatus)>> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let p = tx
-                .prepare_cached(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"))?
-                .query_row(params![payment_id], payment_from_row)
-                .optional()?;
-            let Some(mut p) = p else { return Ok(None) };
-            let done: i64 = tx
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status = 'succeeded'",
-                )?
-                .query_row(params![payment_id], |r| r.get(0))?;
-            let before = p.status;
-            if p.status.is_captured() {
-                p.status = match done {
-                    d if d >= p.amount => PaymentStatus::Refunded,
-                    d if d > 0 => PaymentStatus::PartiallyRefunded,
-                    _ => PaymentStatus::Succeeded,
-                };
-            }
-            if done == p.refunded && p.status == before {
-                return Ok(None);
-            }
-            p.refunded = done;
-            p.updated_at = now;
-            tx.prepare_cached("UPDATE payments SET refunded = ?2, status = ?3, updated_at = ?4 WHERE id = ?1")?
-                .execute(params![p.id, p.refunded, p.status.as_str(), p.updated_at])?;
-            tx.commit()?;
-            Ok(Some((p, before)))
-        })
-    }
-
     fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()> {
         self.with(|c| insert_attempt(c, a))
     }
@@ -919,13 +917,18 @@ impl Store for SqliteStore {
         }
     }
 
-    fn update_refund(&self, r: &RefundRow, read: &str) -> StoreResult<bool> {
+    fn update_refund(&self, r: &RefundRow, read: &str) -> StoreResult<RefundWrite> {
         self.with(|c| {
-            c.prepare_cached(
-                "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1 AND status=?6",
-            )?
-            .execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at, read])
-            .map(|n| n == 1)
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let written = tx
+                .prepare_cached(
+                    "UPDATE refunds SET status=?2, provider_refund_ref=?3, error_code=?4, updated_at=?5 WHERE id=?1 AND status=?6",
+                )?
+                .execute(params![r.id, r.status, r.provider_refund_ref, r.error_code, r.updated_at, read])?
+                == 1;
+            let settled = if written { settle_refunds(&tx, &r.payment_id, r.updated_at)? } else { None };
+            tx.commit()?;
+            Ok(RefundWrite { written, settled })
         })
     }
 
@@ -1668,10 +1671,22 @@ mod tests {
         // Money taken is never made failed (a stale writer after an inferred failure's correction).
         assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Failed)).unwrap(), None, "refused");
         assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Succeeded);
-        // A write reports the status it replaced.
-        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Refunded)).unwrap(), Some(PaymentStatus::Succeeded));
-        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Refunded);
+        // Nor refunded but by its refunds' settlement.
+        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Refunded)).unwrap(), None, "refused");
+        // A write reports the status it replaced; the provider canceling a paid payment is
+        // one of the two corrections of a final status.
+        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Canceled)).unwrap(), Some(PaymentStatus::Succeeded));
+        assert_eq!(s.get_payment("p1").unwrap().unwrap().status, PaymentStatus::Canceled);
+        // And nothing moves a canceled one (a stale notify's `succeeded`).
+        assert_eq!(s.update_payment(&payment("p1", PaymentStatus::Succeeded)).unwrap(), None, "refused");
         assert_eq!(s.update_payment(&payment("nope", PaymentStatus::Refunded)).unwrap(), None);
+        // The other correction: succeeded over a failure paymux only inferred.
+        let mut inferred = payment("p2", PaymentStatus::Failed);
+        inferred.error_code = Some(INFERRED_FAILURE.into());
+        s.insert_payment(&inferred).unwrap();
+        assert_eq!(s.update_payment(&payment("p2", PaymentStatus::Succeeded)).unwrap(), Some(PaymentStatus::Failed));
+        s.insert_payment(&payment("p3", PaymentStatus::Failed)).unwrap();
+        assert_eq!(s.update_payment(&payment("p3", PaymentStatus::Succeeded)).unwrap(), None, "a decline stays");
     }
 
     #[test]
@@ -1692,11 +1707,11 @@ mod tests {
         ));
         let mut failed = r1.clone();
         failed.status = "failed".into();
-        assert!(s.update_refund(&failed, "pending").unwrap());
+        assert!(s.update_refund(&failed, "pending").unwrap().written);
         // A writer whose copy is stale (it read pending) changes nothing.
         let mut late = r1.clone();
         late.status = "succeeded".into();
-        assert!(!s.update_refund(&late, "pending").unwrap());
+        assert!(!s.update_refund(&late, "pending").unwrap().written);
         assert_eq!(s.get_refund("r1").unwrap().unwrap().status, "failed");
         assert_eq!(s.reserve_refund("p1", "r3", None, None, 1).unwrap().amount, 1000);
         assert!(!s.webhook_seen("c", "e1", 1).unwrap());
@@ -1710,17 +1725,17 @@ mod tests {
         let stale = payment("p1", PaymentStatus::Succeeded);
         s.insert_payment(&stale).unwrap();
         let r1 = s.reserve_refund("p1", "r1", Some(300), None, 1).unwrap();
-        assert_eq!(
-            s.settle_refund_totals("p1", 2).unwrap().map(|(p, _)| p.refunded),
-            None,
-            "a pending refund counts not"
-        );
         let mut done = r1.clone();
+        // Still pending (its provider's answer in doubt): no change to the payment.
+        done.error_code = Some("timeout".into());
+        let w = s.update_refund(&done, "pending").unwrap();
+        assert!(w.written && w.settled.is_none(), "{w:?}");
         done.status = "succeeded".into();
-        assert!(s.update_refund(&done, "pending").unwrap());
-        let (p, before) = s.settle_refund_totals("p1", 3).unwrap().unwrap();
+        let w = s.update_refund(&done, "pending").unwrap();
+        let (p, before) = w.settled.unwrap();
         assert_eq!((p.status, p.refunded, before), (PaymentStatus::PartiallyRefunded, 300, PaymentStatus::Succeeded));
-        assert!(s.settle_refund_totals("p1", 4).unwrap().is_none(), "nothing changed");
+        let w = s.update_refund(&done, "pending").unwrap();
+        assert!(!w.written && w.settled.is_none(), "a stale writer writes nothing");
         // A writer holding the row from before the refund (a cancel the payer's approval
         // overtook) writes neither `succeeded` nor its zero total over it.
         assert_eq!(s.update_payment(&stale).unwrap(), None, "refused");
@@ -1731,8 +1746,7 @@ mod tests {
         assert_eq!((now.status, now.refunded), (PaymentStatus::PartiallyRefunded, 300));
         // A refund that fails after all gives the amount back: the settlement writes succeeded.
         done.status = "failed".into();
-        assert!(s.update_refund(&done, "succeeded").unwrap());
-        let (p, _) = s.settle_refund_totals("p1", 5).unwrap().unwrap();
+        let (p, _) = s.update_refund(&done, "succeeded").unwrap().settled.unwrap();
         assert_eq!((p.status, p.refunded), (PaymentStatus::Succeeded, 0));
     }
 }

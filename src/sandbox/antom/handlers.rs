@@ -214,6 +214,8 @@ impl AntomSim {
             PayStatus::Success if paid_cancellable => {
                 p.status = PayStatus::Cancelled;
                 p.cancel_time = Some(now_hkt().1);
+                // The payer gets it all back.
+                p.refunded = p.amount.value;
             }
             PayStatus::Success => return outcome(
                 "ORDER_STATUS_INVALID",
