@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod domain;
 pub mod engine;
 pub mod http_service;
+pub mod log_limit;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -217,6 +217,7 @@ impl Reloader {
                 )
             }
             ReloadOutcome::Unchanged { version, .. } => {
+                tracing::info!(trigger, version = %version, "config read again: nothing changed");
                 ("unchanged", json!({"trigger": trigger, "old_version": version, "new_version": version}))
             }
             ReloadOutcome::Rejected { version, errors } => {

@@ -98,8 +98,23 @@ impl BackgroundService for Housekeeping {
         tokio::join!(
             self.every_interval(shutdown.clone(), || self.engine.reconcile_once(&self.policy)),
             self.every_interval(shutdown.clone(), || self.engine.reconcile_others_once(&self.policy)),
-            self.upkeep(shutdown)
+            self.upkeep(shutdown.clone()),
+            announce_stop(shutdown)
         );
+    }
+}
+
+/// Says in the log that a stop began, and how (pingora acts on the signals; it says nothing
+/// an operator sees): SIGTERM lets the requests in flight finish first, SIGINT does not wait.
+async fn announce_stop(mut shutdown: ShutdownWatch) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; no new connections, requests in flight get their deadline and the grace period"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping now"),
+        _ = shutdown.changed() => {}
     }
 }
 
@@ -192,6 +207,9 @@ fn can_listen(what: &str, addr: &str) -> Result<std::net::TcpListener, StartErro
 pub fn build(opts: &ServeOptions) -> Result<Built, StartError> {
     let policy = config::load_dir(&opts.config_dir, &opts.overrides).map_err(StartError::Config)?;
     let s = policy.server.clone();
+    // A data directory another paymux holds is said at once, before waiting on the ports
+    // that process holds too.
+    SqliteStore::check_free(&s.data_dir).map_err(|e| StartError::Other(e.to_string()))?;
     // Both held at once, so that two addresses overlapping each other are caught too.
     let api = can_listen("payments API", &s.listen)?;
     let admin = can_listen("admin", &s.admin_listen)?;

@@ -688,6 +688,13 @@ async fn sighup_reloads_and_every_api_call_is_audited() {
     let cfgv = get(&w.pm.admin, "/admin/config").await;
     assert_eq!(cfgv.status, 200);
     assert!(cfgv.body["sources"].as_array().unwrap().len() == 3);
+    // The operator sees in the log that the admin reload found nothing to change, and that
+    // a stop began.
+    assert!(w.pm.log().contains("config read again: nothing changed"), "{}", w.pm.log());
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let said =
+        eventually(std::time::Duration::from_secs(5), || async { w.pm.log().contains("SIGTERM: stopping") }).await;
+    assert!(said, "{}", w.pm.log());
 }
 
 #[test]
@@ -704,4 +711,23 @@ fn every_subcommand_has_help() {
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
     }
+}
+
+#[tokio::test]
+async fn a_second_paymux_on_the_same_data_directory_is_refused_at_once() {
+    let w = world();
+    // The same config and data directory: the first holds the ports too, but the second
+    // says what is wrong at once instead of waiting on them.
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["serve", "--config"])
+        .arg(&w.pm.config)
+        .arg("--data-dir")
+        .arg(&w.pm.data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("in use by another paymux process"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "refused after {:?}", t.elapsed());
 }

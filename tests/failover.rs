@@ -198,19 +198,20 @@ async fn slow_primary_that_processes_late_is_reversed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_failed_for_want_of_a_record_is_corrected_when_the_charge_lands_late() {
     // The only channel holding the payment answers neither the create nor the status query
-    // in time, and charges 8 s late with its callback lost; meanwhile its search shows
-    // nothing, so the reconciler fails the payment. It must still learn of the charge.
+    // in time, and charges 12 s late with its callback lost; meanwhile its search shows
+    // nothing, so the reconciler fails the payment (once the create could no longer be on its
+    // way: 7 s after it was sent). It must still learn of the charge.
     let w = world(3000).await;
     w.fault(
         "stripe_primary",
-        json!({"latency_ms": 8000, "ops": ["create", "query"], "times": 2, "callbacks": {"drop": true}}),
+        json!({"latency_ms": 12000, "ops": ["create", "query"], "times": 2, "callbacks": {"drop": true}}),
     )
     .await;
     w.fault("stripe_backup", json!({"down": true})).await;
     let r = pay(&w, "late-charge").await;
     assert_eq!(r.body["status"], "processing", "{}", r.text);
     let id = r.body["id"].as_str().unwrap().to_string();
-    let failed = eventually(Duration::from_secs(10), || async {
+    let failed = eventually(Duration::from_secs(6), || async {
         get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "failed"
     })
     .await;

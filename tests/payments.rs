@@ -564,6 +564,8 @@ async fn forged_and_replayed_webhooks_are_refused_and_change_nothing() {
     assert!(unknown.body["code"] == "unknown_channel" && !unknown.text.contains("4242"), "{}", unknown.text);
     let m = w.metrics().await;
     assert!(metric(&m, "paymux_webhooks_total", "outcome=\"rejected\"") >= 4.0, "{m}");
+    // The SRE sees it in the log too (at most once a second), with the reason.
+    assert!(w.pm.log().contains("a callback was refused"), "{}", w.pm.log());
 }
 
 /// The config in `cfg` with antom_hk dropped from routing and channels: (routing, channels).
@@ -721,7 +723,8 @@ async fn a_payment_every_channel_refuses_says_why() {
     let body = json!({"amount": 500, "currency": "HKD", "method": "visa", "order_id": "o-tok", "payment_method_data": {"token": "tok_nosuchtoken42"}});
     let unknown = create(&w.pm.api, "unknown-token", body.clone()).await;
     assert_eq!(unknown.body["status"], "failed", "{}", unknown.text);
-    assert!(unknown.body["error"]["message"].as_str().unwrap().contains("No such"), "{}", unknown.text);
+    let said = unknown.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("No such") && said.contains("the token in payment_method_data"), "{}", unknown.text);
     let read = get(&w.pm.api, &format!("/v1/payments/{}", unknown.body["id"].as_str().unwrap())).await;
     let replay = create(&w.pm.api, "unknown-token", body).await;
     for r in [&unknown, &read, &replay] {

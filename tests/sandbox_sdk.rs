@@ -488,6 +488,8 @@ async fn fault_latency_delays_answers() {
     let env = Env::start("http://127.0.0.1:9").await;
     let http = client();
     env.set_faults(STRIPE, json!({"latency_ms": 400})).await;
+    // What is set can be read back, per instance.
+    assert_eq!(env.control_json(&format!("faults/{STRIPE}")).await["latency_ms"], 400);
     let started = Instant::now();
     assert_eq!(env.stripe_pay(&http, "slow", None).await.unwrap().status(), 200);
     let slow = started.elapsed();

@@ -226,9 +226,8 @@ pub fn engine_problem(e: &crate::engine::EngineError) -> Problem {
             // The operator's to know (the app is told only to retry): a full disk, a lost mount.
             // Once a second at most: on a full disk every request fails, and the log may be
             // on that disk.
-            static LAST_LOGGED_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-            let now_s = crate::store::now_ms() / 1000;
-            if LAST_LOGGED_S.swap(now_s, std::sync::atomic::Ordering::Relaxed) != now_s {
+            static LOG: crate::log_limit::Once = crate::log_limit::Once::new();
+            if LOG.now() {
                 tracing::error!(error = %e, "the payment store failed; requests are answered 503 store_unavailable");
             }
             Problem::new(

@@ -449,6 +449,26 @@ fn server_settings(
             _ => d.push(Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message: msg, help: None }),
         }
     }
+    // The flag is held to the schema's form for the file's field (`^https?://[^\s/]+(/[^\s]*)?$`):
+    // providers are told to call back there, and Antom refuses a notify URL of another form.
+    if let Some(url) = &ov.public_base_url {
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        let absolute = rest.is_some_and(|r| {
+            let host = r.split('/').next().unwrap_or("");
+            !host.is_empty() && !r.chars().any(char::is_whitespace)
+        });
+        if !absolute {
+            d.push(Diagnostic {
+                file: dir.display().to_string(),
+                line: 1,
+                col: 1,
+                message: format!(
+                    "--public-base-url `{url}` is not an absolute http(s) URL: providers call back there (e.g. https://pay.example.com)"
+                ),
+                help: None,
+            });
+        }
+    }
     ServerSettings {
         listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
         admin_listen: ov.admin_listen.clone().unwrap_or_else(|| r.admin_listen.clone()),
@@ -1069,6 +1089,14 @@ mod tests {
         let ov = Overrides { listen: Some("127.0.0.1:9090".into()), ..Overrides::default() };
         let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
         assert!(errs[0].message.contains("would both listen on 127.0.0.1:9090"), "{errs:?}");
+        // --public-base-url is held to the file's form: providers are told to call back there.
+        for url in ["not a url", "localhost:8080", "https://", "https://pay.example.com/a b"] {
+            let ov = Overrides { public_base_url: Some(url.into()), ..Overrides::default() };
+            let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
+            assert!(errs[0].message.contains("is not an absolute http(s) URL"), "{url}: {errs:?}");
+        }
+        let ov = Overrides { public_base_url: Some("https://pay.example.com/hooks/".into()), ..Overrides::default() };
+        assert!(crate::config::load_dir(&dir, &ov).is_ok());
     }
 
     #[test]

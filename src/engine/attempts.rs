@@ -446,7 +446,7 @@ fn without_tokens(message: String, np: &NewPayment) -> String {
     let Some(serde_json::Value::Object(pmd)) = &np.payment_method_data else { return message };
     pmd.values().filter_map(serde_json::Value::as_str).filter(|t| t.len() >= 4).fold(message, |m, t| {
         if m.contains(t) {
-            m.replace(t, "[payment_method_data]")
+            m.replace(t, "the token in payment_method_data")
         } else {
             m
         }

@@ -30,6 +30,12 @@ impl Engine {
         let ev = match ch.connector.verify_webhook(&ch.notify_path, headers, body, now) {
             Ok(ev) => ev,
             Err(e) => {
+                // The SRE's to see (a wrong webhook secret, a clock off), bounded: anyone can
+                // post forged callbacks.
+                static LOG: crate::log_limit::Once = crate::log_limit::Once::new();
+                if LOG.now() {
+                    tracing::warn!(channel = %ch.id, reason = %e, "a callback was refused (paymux_webhooks_total with outcome rejected counts them all)");
+                }
                 self.metrics.webhooks.with_label_values(&[&ch.id, "rejected"]).inc();
                 self.audit(ctx, "webhook", None, "rejected", json!({"channel": ch.id, "reason": e.to_string()})).await;
                 return Ok(WebhookResult::Rejected(e));

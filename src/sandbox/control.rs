@@ -5,7 +5,8 @@
 //! ```text
 //! GET    /_sandbox/health
 //! GET    /_sandbox/faults
-//! PUT    /_sandbox/faults/{instance}          body: Faults
+//! GET    /_sandbox/faults/{instance}
+//! PUT    /_sandbox/faults/{instance}          body: Faults (replaces the instance's faults)
 //! DELETE /_sandbox/faults/{instance}
 //! GET    /_sandbox/{instance}/payments
 //! GET    /_sandbox/{instance}/stats
@@ -67,6 +68,10 @@ impl Control {
                 Ok(Response::json(200, &json!({"status": "ok", "instances": names})))
             }
             ("GET", ["_sandbox", "faults"]) => Ok(Response::json(200, &self.all_faults())),
+            ("GET", ["_sandbox", "faults", name]) => {
+                self.instance(name)?;
+                Ok(Response::json(200, &self.all_faults()[*name]))
+            }
             ("PUT", ["_sandbox", "faults", name]) => {
                 let inst = self.instance(name)?;
                 let faults = Faults::from_json(&req.body).map_err(|e| error(400, format!("invalid faults: {e}")))?;

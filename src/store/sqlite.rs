@@ -194,6 +194,22 @@ impl SqliteStore {
         Self::open_with(dir, synchronous_full, KeySet::CAPACITY)
     }
 
+    /// Fails, saying so, when another paymux process holds `dir`; opens and creates nothing.
+    /// A start asks first, before it waits for its ports (which that process holds too).
+    pub fn check_free(dir: &Path) -> StoreResult<()> {
+        let lock_path = dir.join("paymux.lock");
+        let held = |f: std::io::Result<std::fs::File>| {
+            f.is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+        };
+        if held(std::fs::OpenOptions::new().write(true).open(&lock_path)) {
+            return Err(in_use(dir, &lock_path));
+        }
+        if held(std::fs::File::open(dir)) {
+            return Err(in_use(dir, dir));
+        }
+        Ok(())
+    }
+
     /// [`Self::open`] with a key set of `key_capacity` keys (tests fill a small one).
     fn open_with(dir: &Path, synchronous_full: bool, key_capacity: usize) -> StoreResult<Self> {
         if dir.exists() && !dir.is_dir() {
@@ -212,14 +228,12 @@ impl SqliteStore {
             std::fs::File::open(dir).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", dir.display())))?;
         for (file, what) in [(&lock, &lock_path), (&dir_lock, &dir.to_path_buf())] {
             if let Err(e) = file.try_lock() {
-                return Err(StoreError::Backend(match e {
-                    std::fs::TryLockError::WouldBlock => format!(
-                        "{} is in use by another paymux process (it holds {}); one data directory serves one process",
-                        dir.display(),
-                        what.display()
-                    ),
-                    std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", what.display()),
-                }));
+                return Err(match e {
+                    std::fs::TryLockError::WouldBlock => in_use(dir, what),
+                    std::fs::TryLockError::Error(e) => {
+                        StoreError::Backend(format!("cannot lock {}: {e}", what.display()))
+                    }
+                });
             }
         }
         let path = dir.join(DB_FILE);
@@ -633,6 +647,15 @@ fn update_payment(c: &Connection, p: &PaymentRow) -> rusqlite::Result<bool> {
                 p.error_code, p.error_message, p.updated_at, p.reconcile_at, p.reconcile_backoff_ms, INFERRED_FAILURE
             ],)
         .map(|n| n == 1)
+}
+
+/// Data directory `dir` is held by another process (through `what`).
+fn in_use(dir: &Path, what: &Path) -> StoreError {
+    StoreError::Backend(format!(
+        "{} is in use by another paymux process (it holds {}); one data directory serves one process",
+        dir.display(),
+        what.display()
+    ))
 }
 
 /// Sets payment `id`'s refunded total from its succeeded refunds, and a captured payment's
@@ -1068,13 +1091,17 @@ mod tests {
     #[test]
     fn one_process_per_data_directory_and_its_claims_orphaned_after_it_stops() {
         let dir = tempfile::tempdir().unwrap();
+        assert!(SqliteStore::check_free(dir.path()).is_ok(), "nobody holds it");
         let s = SqliteStore::open(dir.path(), false).unwrap();
         let e = SqliteStore::open(dir.path(), false).err().unwrap().to_string();
+        assert!(e.contains("in use by another paymux process"), "{e}");
+        let e = SqliteStore::check_free(dir.path()).unwrap_err().to_string();
         assert!(e.contains("in use by another paymux process"), "{e}");
         // Also once the lock file is deleted (it may look stale after a crash).
         std::fs::remove_file(dir.path().join("paymux.lock")).unwrap();
         let e = SqliteStore::open(dir.path(), false).err().unwrap().to_string();
         assert!(e.contains("in use by another paymux process"), "{e}");
+        assert!(SqliteStore::check_free(dir.path()).is_err());
         assert_eq!(claim(&s, "k", "key1", "h1", 10, 100), IdemClaim::Claimed);
         assert!(matches!(s.idem_get("k", "key1", 11).unwrap(), Some(IdemState::InFlight { orphaned: false, .. })));
         drop(s);
