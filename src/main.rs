@@ -120,13 +120,28 @@ fn main() -> ExitCode {
             serve(&opts)
         }
         Cmd::Sandbox { listen, callback_base, faults, antom_tls_listen } => {
+            if !paymux::domain::is_http_url(&callback_base) {
+                eprintln!("error: --callback-base `{callback_base}` is not an absolute http(s) URL (paymux's public base URL, e.g. http://127.0.0.1:8080)");
+                return ExitCode::FAILURE;
+            }
             let mut cfg = paymux::sandbox::SandboxConfig::at(listen, &callback_base);
             if let Some(a) = cfg.antom.first_mut() {
                 a.tls_listen = antom_tls_listen;
             }
             if let Some(f) = faults {
                 match paymux::sandbox::load_faults(&f) {
-                    Ok(m) => cfg.faults = m,
+                    Ok(m) => {
+                        let names = cfg.instance_names();
+                        if let Some(unknown) = m.keys().find(|n| !names.contains(n)) {
+                            eprintln!(
+                                "error: {}: no simulator instance `{unknown}` (instances: {})",
+                                f.display(),
+                                names.join(", ")
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                        cfg.faults = m
+                    }
                     Err(e) => {
                         eprintln!("error: {e:#}");
                         return ExitCode::FAILURE;

@@ -731,3 +731,22 @@ async fn a_second_paymux_on_the_same_data_directory_is_refused_at_once() {
     assert!(err.contains("in use by another paymux process"), "{err}");
     assert!(t.elapsed() < std::time::Duration::from_secs(5), "refused after {:?}", t.elapsed());
 }
+
+#[test]
+fn the_sandbox_refuses_a_callback_base_and_a_faults_file_it_cannot_use() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_paymux")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = run(&["sandbox", "--listen", "127.0.0.1:0", "--callback-base", "foo"]);
+    assert!(!ok && err.contains("--callback-base `foo` is not an absolute http(s) URL"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let faults = tmp.path().join("faults.yaml");
+    std::fs::write(&faults, "stripe_primery:\n  latency_ms: 100\n").unwrap();
+    let (ok, err) = run(&["sandbox", "--listen", "127.0.0.1:0", "--faults", faults.to_str().unwrap()]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("faults.yaml: no simulator instance `stripe_primery`") && err.contains("stripe_primary"),
+        "{err}"
+    );
+}

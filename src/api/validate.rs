@@ -279,12 +279,7 @@ fn luhn(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// An absolute http(s) URL as RFC 3986 writes one: a browser's parser would take a space or
-/// a non-ASCII letter and encode it, but the providers' checks refuse such a URL.
-fn url(s: &str) -> bool {
-    let uri_chars = s.bytes().all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
-    uri_chars && reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-}
+use crate::domain::is_http_url as url;
 
 /// Validates `POST /v1/payments`.
 pub fn create(m: &Map<String, Value>) -> Result<NewPayment, Problem> {

@@ -449,15 +449,10 @@ fn server_settings(
             _ => d.push(Diagnostic { file: dir.display().to_string(), line: 1, col: 1, message: msg, help: None }),
         }
     }
-    // The flag is held to the schema's form for the file's field (`^https?://[^\s/]+(/[^\s]*)?$`):
+    // The flag is held to an absolute http(s) URL, as the file's field is by its schema:
     // providers are told to call back there, and Antom refuses a notify URL of another form.
     if let Some(url) = &ov.public_base_url {
-        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-        let absolute = rest.is_some_and(|r| {
-            let host = r.split('/').next().unwrap_or("");
-            !host.is_empty() && !r.chars().any(char::is_whitespace)
-        });
-        if !absolute {
+        if !crate::domain::is_http_url(url) {
             d.push(Diagnostic {
                 file: dir.display().to_string(),
                 line: 1,

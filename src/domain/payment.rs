@@ -75,6 +75,13 @@ pub fn is_metadata_key(k: &str) -> bool {
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// An absolute http(s) URL as RFC 3986 writes one: a browser's parser would take a space or
+/// a non-ASCII letter and encode it, but the providers' checks refuse such a URL.
+pub fn is_http_url(s: &str) -> bool {
+    let uri_chars = s.bytes().all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
+    uri_chars && reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
 /// Whether `s` has the form of a channel id (the channels schema's pattern
 /// `^[a-z0-9][a-z0-9_-]{0,63}$`).
 pub fn is_channel_id(s: &str) -> bool {

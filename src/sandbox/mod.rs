@@ -113,6 +113,11 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 impl SandboxConfig {
+    /// The names of the simulator instances it runs.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.stripe.iter().map(|s| s.name.clone()).chain(self.antom.iter().map(|a| a.name.clone())).collect()
+    }
+
     /// The demo set with its control API on `control` and the simulators on the ports after
     /// it, in order (`paymux sandbox --listen`, `paymux serve --with-sandbox`).
     pub fn at(control: SocketAddr, callback_base: &str) -> SandboxConfig {
