@@ -112,6 +112,8 @@ async fn announce_stop(mut shutdown: ShutdownWatch) {
         return;
     };
     tokio::select! {
+        // The signal first: pingora may flip `shutdown` at the same moment.
+        biased;
         _ = term.recv() => tracing::info!("SIGTERM: stopping; no new connections, requests in flight get their deadline and the grace period"),
         _ = int.recv() => tracing::info!("SIGINT: stopping now"),
         _ = shutdown.changed() => {}

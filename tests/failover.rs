@@ -443,6 +443,38 @@ async fn a_create_landing_after_a_crash_is_not_failed_for_being_absent_when_firs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_cut_off_by_a_crash_is_settled_with_what_the_provider_made_of_it() {
+    let mut w = world(3000).await;
+    let body = json!({"amount": 6100, "currency": "HKD", "method": "alipay_hk", "order_id": "o-crash-cancel", "return_url": "https://s/r"});
+    let id = create(&w.pm.api, "crash-cancel", body).await.body["id"].as_str().unwrap().to_string();
+    // The payer pays; the app cancels: Antom cancels the paid payment (refunding the payer)
+    // and never answers. The notify of the payment reaches paymux while the cancel is out,
+    // and paymux is killed while waiting: after the restart it holds the payment succeeded.
+    w.fault("antom_hk", json!({"blackhole": true, "process_before_error": true, "ops": ["cancel"], "times": 1, "callbacks": {"delay_ms": 300}})).await;
+    let pay_id = w.sim_payments("antom_hk").await[0]["id"].as_str().unwrap().to_string();
+    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
+    assert!(a.status < 300, "{}", a.text);
+    let (api, pid) = (w.pm.api.clone(), id.clone());
+    let cancel = tokio::spawn(async move { post(&api, &format!("/v1/payments/{pid}/cancel"), None, json!({})).await });
+    let notified = eventually(Duration::from_secs(5), || async {
+        metric(&w.metrics().await, "paymux_webhooks_total", r#"channel="antom_hk",outcome="applied""#) >= 1.0
+    })
+    .await;
+    assert!(notified, "{}", w.metrics().await);
+    assert_eq!(w.sim_payments("antom_hk").await[0]["status"], "CANCELLED");
+    w.pm.kill9();
+    let _ = cancel.await;
+    w.restart();
+    // The reconciler asks Antom about the cancel paymux never heard back from, and the
+    // payment ends as Antom has it.
+    let settled = eventually(Duration::from_secs(20), || async {
+        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "canceled"
+    })
+    .await;
+    assert!(settled, "{}; log:\n{}", get(&w.pm.api, &format!("/v1/payments/{id}")).await.text, w.pm.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_crash_mid_refund_is_told_the_refund_as_it_stands_until_it_settles() {
     let mut w = world(3000).await;
     let r = pay(&w, "crash-refund").await;

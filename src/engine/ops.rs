@@ -111,6 +111,10 @@ impl Engine {
         let p = &mut v.payment;
         let aref = p.attempt_ref.clone().unwrap_or_default();
         let pref = p.provider_ref.clone().unwrap_or_default();
+        // Watched until the cancel's outcome is known (a crash, a lost answer): a payment the
+        // payer completes meanwhile may still be canceled at the provider (Antom cancels paid
+        // wallet payments, refunding the payer); the reconciler then takes that.
+        self.watch_holding_attempt(&aref).await?;
         let req = self
             .build(&ch, move |c| c.build_cancel(&aref, &pref))
             .await
@@ -151,19 +155,12 @@ impl Engine {
             && matches!(unsettled, EngineError::ProviderUnavailable(_))
         {
             // Paid meanwhile, and the cancel's answer lost: a provider that cancels paid
-            // payments (Antom, refunding the payer in full) may have canceled it all the same.
+            // payments may have canceled it all the same. Asked now; if it cannot say, the
+            // reconciler asks again (the holding attempt stays watched).
             if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
-                if found.state == ProviderState::Canceled {
-                    p.status = PaymentStatus::Canceled;
-                    p.next_action = None;
-                    p.reconcile_at = None;
-                    p.updated_at = now_ms();
-                    if self.save_payment(p, None).await? {
-                        self.audit(ctx, "payment.sync", Some(&p.id), "canceled", json!({"channel": p.channel})).await;
-                    } else {
-                        // Another writer got there first (a refund): the stored state answers.
-                        v = self.view(id).await?;
-                    }
+                if found.state == ProviderState::Canceled && !take_providers_cancel(self, ctx, p).await? {
+                    // Another writer got there first (a refund): the stored state answers.
+                    v = self.view(id).await?;
                 }
             }
         }
@@ -346,6 +343,20 @@ impl Engine {
         }
     }
 
+    /// Marks the attempt `attempt_ref` watched (see [`Engine::cancel`]).
+    async fn watch_holding_attempt(&self, attempt_ref: &str) -> Result<(), EngineError> {
+        let aref = attempt_ref.to_string();
+        crate::store::call(&self.store, move |s| match s.attempt_by_ref(&aref)? {
+            Some(mut a) if !a.watch => {
+                a.watch = true;
+                s.update_attempt(&a)
+            }
+            _ => Ok(()),
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Counts the status a refund write's settlement moved its payment to.
     pub(crate) fn count_settled(&self, w: crate::store::RefundWrite) {
         if let Some((p, before)) = w.settled {
@@ -358,6 +369,21 @@ impl Engine {
         let id = id.to_string();
         crate::store::call(&self.store, move |s| s.get_refund(&id)).await?.ok_or(EngineError::RefundNotFound)
     }
+}
+
+/// Stores `p`, a payment paymux saw completed, as canceled: its provider canceled it (the
+/// payer refunded in full) on a cancel whose answer was lost. Audited. False when the store
+/// refused (a refund came first).
+pub(crate) async fn take_providers_cancel(engine: &Engine, ctx: &Ctx, p: &mut PaymentRow) -> Result<bool, EngineError> {
+    p.status = PaymentStatus::Canceled;
+    p.next_action = None;
+    p.reconcile_at = None;
+    p.updated_at = now_ms();
+    let saved = engine.save_payment(p, None).await?;
+    if saved {
+        engine.audit(ctx, "payment.sync", Some(&p.id), "canceled", json!({"channel": p.channel, "by": "cancel"})).await;
+    }
+    Ok(saved)
 }
 
 /// Whether the refusal of a refund sent again is the provider's settled word on it, so its

@@ -364,16 +364,24 @@ impl Engine {
         .await;
     }
 
-    /// Asks a watched attempt's channel about it and reverses it if it processed.
+    /// Asks a watched attempt's channel about it and reverses it if it processed. The
+    /// attempt holding the payment is watched only when a cancel of it went unanswered (see
+    /// [`Engine::cancel`]): it is never reversed, but a payment that completed meanwhile
+    /// takes the provider's cancel of it.
     async fn check_watched_one(&self, pol: &Policy, mut a: AttemptRow, initial: i64, max: i64) {
         let Some(ch) = pol.holding_channel(&a.channel).cloned() else { return };
-        // Never reverse the attempt that holds the payment.
         let pid = a.payment_id.clone();
-        let Ok(Some(p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { return };
-        if p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str()) || a.outcome == "pending" {
-            self.retry.done(&a.attempt_ref);
-            a.watch = false;
-            let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
+        let Ok(Some(mut p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { return };
+        let holding = p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str());
+        let settled = if holding { self.settle_cancel_in_doubt(pol, &mut p, &a).await } else { a.outcome == "pending" };
+        if holding || settled {
+            if settled {
+                self.retry.done(&a.attempt_ref);
+                a.watch = false;
+                let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
+            } else {
+                self.retry.again(&a.attempt_ref, now_ms(), initial, max);
+            }
             return;
         }
         let ctx = Ctx {
@@ -403,6 +411,34 @@ impl Engine {
             self.retry.done(&a.attempt_ref);
             a.watch = false;
             let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
+        }
+    }
+
+    /// A cancel of the payment's holding attempt went unanswered: once the payment is final,
+    /// ask the provider whether it canceled it (Antom cancels a paid wallet payment, refunding
+    /// the payer) and take that. True when settled: the payment is canceled or refunded
+    /// anyway, the provider holds it otherwise, or the watch window has passed.
+    async fn settle_cancel_in_doubt(&self, pol: &Policy, p: &mut PaymentRow, a: &AttemptRow) -> bool {
+        // Watched for a window from the payment's last change (the cancel may come long after
+        // the attempt), then left.
+        let expired = now_ms() - p.updated_at.max(a.started_at) >= WATCH_WINDOW_MS;
+        match p.status {
+            // Still open: its own reconciliation adopts whatever the cancel did.
+            s if !s.is_final() => return expired,
+            PaymentStatus::Succeeded if p.refunded == 0 => {}
+            _ => return true,
+        }
+        let ctx = Ctx {
+            request_id: crate::domain::new_id("rec"),
+            actor: "system".into(),
+            deadline: Instant::now() + pol.server.request_deadline,
+        };
+        match self.query_state(&ctx, pol, p).await {
+            Some(QueryOutcome::Found(found)) if found.state == ProviderState::Canceled => {
+                super::ops::take_providers_cancel(self, &ctx, p).await.is_ok()
+            }
+            Some(QueryOutcome::Found(_)) => true,
+            _ => expired,
         }
     }
 
