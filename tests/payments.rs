@@ -1379,3 +1379,31 @@ async fn a_cancel_whose_answer_is_lost_after_the_payer_paid_takes_what_antom_mad
     let g = get(&w.pm.api, &format!("/v1/payments/{id}")).await;
     assert_eq!(g.body["status"], "canceled", "{}", g.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_lands_after_paymux_gave_up_on_it_is_still_taken() {
+    let w = world(3000).await;
+    let body = json!({"amount": 1000, "currency": "HKD", "method": "alipay_hk", "order_id": "o-late-c", "return_url": "https://s/r"});
+    let id = create(&w.pm.api, "late-c", body).await.body["id"].as_str().unwrap().to_string();
+    // The payer pays; its notify comes a second later. The app's cancel, sent before that,
+    // reaches Antom 4 s later: after paymux stopped waiting (3 s) and after its first looks at
+    // the payment found it paid. Antom then cancels it, refunding the payer.
+    w.fault("antom_hk", json!({"latency_ms": 4000, "ops": ["cancel"], "times": 1, "callbacks": {"delay_ms": 1000}}))
+        .await;
+    let pay_id = w.sim_payments("antom_hk").await[0]["id"].as_str().unwrap().to_string();
+    let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
+    assert!(a.status < 300, "{}", a.text);
+    let c = post(&w.pm.api, &format!("/v1/payments/{id}/cancel"), None, json!({})).await;
+    assert_eq!(
+        (c.status, c.body["detail"].as_str()),
+        (409, Some("the payment is succeeded and can no longer be canceled")),
+        "{}",
+        c.text
+    );
+    let settled = eventually(Duration::from_secs(20), || async {
+        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "canceled"
+    })
+    .await;
+    assert!(settled, "{}", get(&w.pm.api, &format!("/v1/payments/{id}")).await.text);
+    assert_eq!(w.sim_payments("antom_hk").await[0]["status"], "CANCELLED");
+}

@@ -451,18 +451,22 @@ fn server_settings(
     }
     // The flag is held to an absolute http(s) URL, as the file's field is by its schema:
     // providers are told to call back there, and Antom refuses a notify URL of another form.
-    if let Some(url) = &ov.public_base_url {
-        if !crate::domain::is_http_url(url) {
-            d.push(Diagnostic {
-                file: dir.display().to_string(),
-                line: 1,
-                col: 1,
-                message: format!(
-                    "--public-base-url `{url}` is not an absolute http(s) URL: providers call back there (e.g. https://pay.example.com)"
-                ),
-                help: None,
-            });
+    // A base the callback paths are appended to: no query or fragment.
+    let base_url = |u: &str| crate::domain::is_http_url(u) && !u.contains(['?', '#']);
+    let why = "is not an absolute http(s) URL without a query or fragment: providers call back under it \
+               (e.g. https://pay.example.com)";
+    match &ov.public_base_url {
+        Some(url) if !base_url(url) => d.push(Diagnostic {
+            file: dir.display().to_string(),
+            line: 1,
+            col: 1,
+            message: format!("--public-base-url `{url}` {why}"),
+            help: None,
+        }),
+        None if !base_url(&r.public_base_url) => {
+            d.push(p.diag_value("/public_base_url", format!("`public_base_url` {why}")))
         }
+        _ => {}
     }
     ServerSettings {
         listen: ov.listen.clone().unwrap_or_else(|| r.listen.clone()),
@@ -1090,8 +1094,25 @@ mod tests {
             let errs = crate::config::load_dir(&dir, &ov).err().expect("refused");
             assert!(errs[0].message.contains("is not an absolute http(s) URL"), "{url}: {errs:?}");
         }
+        for url in ["https://pay.example.com/?a=1", "https://pay.example.com/#x"] {
+            let ov = Overrides { public_base_url: Some(url.into()), ..Overrides::default() };
+            assert!(crate::config::load_dir(&dir, &ov).is_err(), "{url}");
+        }
         let ov = Overrides { public_base_url: Some("https://pay.example.com/hooks/".into()), ..Overrides::default() };
         assert!(crate::config::load_dir(&dir, &ov).is_ok());
+        // And the file's field alike (its schema lets a query through).
+        let tmp = tempfile::tempdir().unwrap();
+        let with_query = |s: String| {
+            let i = s.find("public_base_url:").unwrap();
+            let end = i + s[i..].find('\n').unwrap();
+            format!("{}public_base_url: https://pay.example.com/?via=x{}", &s[..i], &s[end..])
+        };
+        let dir = example_in(tmp.path(), with_query, |s| s);
+        let errs = crate::config::load_dir(&dir, &Overrides::default()).err().expect("refused");
+        assert!(
+            errs[0].message.contains("`public_base_url` is not an absolute http(s) URL without a query"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -303,14 +303,7 @@ impl Engine {
     /// stays.
     async fn settle_unknown_attempt(&self, p: &PaymentRow, outcome: &'static str) {
         let Some(r) = p.attempt_ref.clone() else { return };
-        let settled = crate::store::call(&self.store, move |s| match s.attempt_by_ref(&r)? {
-            Some(mut a) if a.outcome == "unknown" => {
-                a.outcome = outcome.to_string();
-                s.update_attempt(&a)
-            }
-            _ => Ok(()),
-        })
-        .await;
+        let settled = crate::store::call(&self.store, move |s| s.settle_unknown_attempt(&r, outcome)).await;
         if let Err(e) = settled {
             tracing::warn!(error = %e, payment_id = %p.id, "could not record the settled attempt");
         }

@@ -114,9 +114,10 @@ impl Engine {
         // Watched until the cancel's outcome is known (a crash, a lost answer): a payment the
         // payer completes meanwhile may still be canceled at the provider (Antom cancels paid
         // wallet payments, refunding the payer); the reconciler then takes that.
-        self.watch_holding_attempt(&aref).await?;
+        self.watch_holding_attempt(&aref, true).await?;
+        let a2 = aref.clone();
         let req = self
-            .build(&ch, move |c| c.build_cancel(&aref, &pref))
+            .build(&ch, move |c| c.build_cancel(&a2, &pref))
             .await
             .map_err(|e| EngineError::ProviderUnavailable(e.to_string()))?;
         let (res, _) = self.send(&ch, &req, Some(ctx.remaining())).await;
@@ -132,11 +133,23 @@ impl Engine {
             json!({"channel": ch.id}),
         )
         .await;
+        // A definite answer needs no watch.
+        if !matches!(out, CancelOutcome::Unknown { .. }) {
+            self.watch_holding_attempt(&aref, false).await?;
+        }
         let unsettled = match out {
             CancelOutcome::Canceled => {
                 apply_state(p, &ProviderState::Canceled, now_ms());
-                self.save_payment(p, None).await?;
-                return Ok(v);
+                if self.save_payment(p, None).await? {
+                    return Ok(v);
+                }
+                // Refused: the payment reached another end meanwhile (a failure the reconciler
+                // inferred); what is stored answers.
+                let stored = self.view(id).await?;
+                return match stored.payment.status {
+                    PaymentStatus::Canceled => Ok(stored),
+                    s => Err(EngineError::NotCancelable(s)),
+                };
             }
             CancelOutcome::Refused { code, message } => EngineError::ProviderRefused { code, message },
             CancelOutcome::Unknown { code } => EngineError::ProviderUnavailable(code),
@@ -343,17 +356,10 @@ impl Engine {
         }
     }
 
-    /// Marks the attempt `attempt_ref` watched (see [`Engine::cancel`]).
-    async fn watch_holding_attempt(&self, attempt_ref: &str) -> Result<(), EngineError> {
+    /// Marks the attempt `attempt_ref` watched, or not (see [`Engine::cancel`]).
+    async fn watch_holding_attempt(&self, attempt_ref: &str, watch: bool) -> Result<(), EngineError> {
         let aref = attempt_ref.to_string();
-        crate::store::call(&self.store, move |s| match s.attempt_by_ref(&aref)? {
-            Some(mut a) if !a.watch => {
-                a.watch = true;
-                s.update_attempt(&a)
-            }
-            _ => Ok(()),
-        })
-        .await?;
+        crate::store::call(&self.store, move |s| s.set_attempt_watch(&aref, watch)).await?;
         Ok(())
     }
 

@@ -27,6 +27,9 @@ const MAX_REFUND_PAGES: usize = 100;
 #[derive(Default)]
 pub struct RetrySchedule {
     next: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
+    /// When the reconciler first saw each cancel in doubt (in memory: after a restart the
+    /// wait starts again, which only makes it longer).
+    since: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Where the next pass continues through the watched attempts (payment id, number).
     watch_cursor: std::sync::Mutex<Option<(String, i64)>>,
 }
@@ -55,6 +58,14 @@ impl RetrySchedule {
         if let Ok(mut m) = self.next.lock() {
             m.remove(key);
         }
+        if let Ok(mut m) = self.since.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// When `key` was first seen (now, the first time it is asked).
+    pub fn seen_since(&self, key: &str, now: i64) -> i64 {
+        self.since.lock().map(|mut m| *m.entry(key.to_string()).or_insert(now)).unwrap_or(now)
     }
 }
 
@@ -373,12 +384,17 @@ impl Engine {
         let pid = a.payment_id.clone();
         let Ok(Some(mut p)) = crate::store::call(&self.store, move |s| s.get_payment(&pid)).await else { return };
         let holding = p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str());
-        let settled = if holding { self.settle_cancel_in_doubt(pol, &mut p, &a).await } else { a.outcome == "pending" };
+        let settled = if holding {
+            let since = self.retry.seen_since(&a.attempt_ref, now_ms());
+            self.settle_cancel_in_doubt(pol, &ch, &mut p, since).await
+        } else {
+            a.outcome == "pending"
+        };
         if holding || settled {
             if settled {
                 self.retry.done(&a.attempt_ref);
-                a.watch = false;
-                let _ = crate::store::call(&self.store, move |s| s.update_attempt(&a)).await;
+                let aref = a.attempt_ref.clone();
+                let _ = crate::store::call(&self.store, move |s| s.set_attempt_watch(&aref, false)).await;
             } else {
                 self.retry.again(&a.attempt_ref, now_ms(), initial, max);
             }
@@ -417,11 +433,12 @@ impl Engine {
     /// A cancel of the payment's holding attempt went unanswered: once the payment is final,
     /// ask the provider whether it canceled it (Antom cancels a paid wallet payment, refunding
     /// the payer) and take that. True when settled: the payment is canceled or refunded
-    /// anyway, the provider holds it otherwise, or the watch window has passed.
-    async fn settle_cancel_in_doubt(&self, pol: &Policy, p: &mut PaymentRow, a: &AttemptRow) -> bool {
-        // Watched for a window from the payment's last change (the cancel may come long after
-        // the attempt), then left.
-        let expired = now_ms() - p.updated_at.max(a.started_at) >= WATCH_WINDOW_MS;
+    /// anyway, the provider says it holds it otherwise once the cancel can no longer be on
+    /// its way ([`absence_window`] after the watch was first seen), or the watch window has
+    /// passed since then.
+    async fn settle_cancel_in_doubt(&self, pol: &Policy, ch: &Channel, p: &mut PaymentRow, since: i64) -> bool {
+        let waited = now_ms() - since;
+        let expired = waited >= WATCH_WINDOW_MS;
         match p.status {
             // Still open: its own reconciliation adopts whatever the cancel did.
             s if !s.is_final() => return expired,
@@ -437,7 +454,8 @@ impl Engine {
             Some(QueryOutcome::Found(found)) if found.state == ProviderState::Canceled => {
                 super::ops::take_providers_cancel(self, &ctx, p).await.is_ok()
             }
-            Some(QueryOutcome::Found(_)) => true,
+            // Not canceled (yet): believed once a cancel still on its way would have landed.
+            Some(QueryOutcome::Found(_)) => waited >= absence_window(ch),
             _ => expired,
         }
     }

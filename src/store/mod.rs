@@ -292,6 +292,11 @@ pub trait Store: Send + Sync + 'static {
 
     fn insert_attempt(&self, a: &AttemptRow) -> StoreResult<()>;
     fn update_attempt(&self, a: &AttemptRow) -> StoreResult<()>;
+    /// Sets or clears the watch mark of attempt `attempt_ref` alone (a writer holding an older
+    /// copy of the row does not undo it).
+    fn set_attempt_watch(&self, attempt_ref: &str, watch: bool) -> StoreResult<()>;
+    /// Gives attempt `attempt_ref` `outcome` if it is still `unknown`, touching nothing else.
+    fn settle_unknown_attempt(&self, attempt_ref: &str, outcome: &str) -> StoreResult<bool>;
     fn attempts(&self, payment_id: &str) -> StoreResult<Vec<AttemptRow>>;
     fn attempt_by_ref(&self, attempt_ref: &str) -> StoreResult<Option<AttemptRow>>;
     fn attempt_by_provider_ref(&self, channel: &str, provider_ref: &str) -> StoreResult<Option<AttemptRow>>;

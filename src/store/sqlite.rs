@@ -853,6 +853,22 @@ impl Store for SqliteStore {
         self.with(|c| update_attempt(c, a))
     }
 
+    fn set_attempt_watch(&self, attempt_ref: &str, watch: bool) -> StoreResult<()> {
+        self.with(|c| {
+            c.prepare_cached("UPDATE attempts SET watch = ?2 WHERE attempt_ref = ?1")?
+                .execute(params![attempt_ref, i64::from(watch)])
+                .map(|_| ())
+        })
+    }
+
+    fn settle_unknown_attempt(&self, attempt_ref: &str, outcome: &str) -> StoreResult<bool> {
+        self.with(|c| {
+            c.prepare_cached("UPDATE attempts SET outcome = ?2 WHERE attempt_ref = ?1 AND outcome = 'unknown'")?
+                .execute(params![attempt_ref, outcome])
+                .map(|n| n == 1)
+        })
+    }
+
     fn get_payment(&self, id: &str) -> StoreResult<Option<PaymentRow>> {
         self.one(&format!("SELECT {PAYMENT_COLS} FROM payments WHERE id = ?1"), params![id], payment_from_row)
     }
