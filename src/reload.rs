@@ -115,10 +115,16 @@ impl Reloader {
         // payments' callbacks and queries would go to, or be read as, a party that does not
         // hold them (and a status query answered "no such payment" fails a charged payment).
         // A new key for the same account (a rotation) is no such change.
+        // A channel retired earlier (removed while a create was out) still holds what that
+        // create left: given back under its id, it must be the same provider again.
+        let retired = old.retired.iter().map(|c| (c, true));
         let gone: Vec<(String, &str)> = old
             .channels
             .iter()
-            .filter_map(|c| match new.channel(&c.id) {
+            .map(|c| (c, false))
+            .chain(retired)
+            .filter_map(|(c, was_retired)| match new.channel(&c.id) {
+                None if was_retired => None,
                 None => Some((c.id.clone(), "removed")),
                 Some(n) if n.kind != c.kind => Some((c.id.clone(), "changed to another connector")),
                 Some(n) if n.transport.endpoint() != c.transport.endpoint() => {

@@ -612,6 +612,7 @@ async fn a_channel_removed_while_a_create_is_sending_to_it_keeps_serving_that_pa
     );
     // The payment holds no channel yet, so the reload goes through.
     let cfg = w.tmp.path().join("cfg");
+    let original = std::fs::read_to_string(cfg.join("channels.yaml")).unwrap();
     let (routing, channels) = without_antom(&cfg);
     std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
     std::fs::write(cfg.join("routing.yaml"), &routing).unwrap();
@@ -624,6 +625,17 @@ async fn a_channel_removed_while_a_create_is_sending_to_it_keeps_serving_that_pa
     assert_eq!(r.body["status"], "requires_action", "{}", r.text);
     assert_eq!(r.body["channel"], "antom_hk");
     let id = r.body["id"].as_str().unwrap().to_string();
+    // Given back under its id while it holds that payment, the retired channel must be the
+    // same provider again: another base_url is refused (its queries would go to a party that
+    // does not hold the payment).
+    let elsewhere =
+        original.replacen(&format!("127.0.0.1:{}", w.ports.antom), &format!("127.0.0.1:{}", w.ports.stripe_backup), 1);
+    assert_ne!(elsewhere, original);
+    std::fs::write(cfg.join("channels.yaml"), &elsewhere).unwrap();
+    let rl = post(&w.pm.admin, "/admin/reload", None, json!({})).await;
+    assert_eq!(rl.status, 422, "{}", rl.text);
+    assert!(rl.text.contains("channel `antom_hk` is moved to another base_url but still holds"), "{}", rl.text);
+    std::fs::write(cfg.join("channels.yaml"), &channels).unwrap();
     // The retired channel still serves it: the payer approves, the signed notify is verified
     // and applied.
     approve_only_antom_payment_and_wait(&w, &id).await;
