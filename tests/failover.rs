@@ -211,15 +211,9 @@ async fn a_payment_failed_for_want_of_a_record_is_corrected_when_the_charge_land
     let r = pay(&w, "late-charge").await;
     assert_eq!(r.body["status"], "processing", "{}", r.text);
     let id = r.body["id"].as_str().unwrap().to_string();
-    let failed = eventually(Duration::from_secs(6), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "failed"
-    })
-    .await;
+    let failed = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "failed", 6).await;
     assert!(failed, "{}", get(&w.pm.api, &format!("/v1/payments/{id}")).await.text);
-    let corrected = eventually(Duration::from_secs(30), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
-    })
-    .await;
+    let corrected = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "succeeded", 30).await;
     assert_eq!(w.charged("stripe_primary").await, 1);
     assert!(
         corrected,
@@ -356,10 +350,7 @@ async fn a_retry_after_a_crash_mid_create_is_answered_at_once_and_charges_once()
     let again = create(&w.pm.api, "crash-key", card("o-crash", 4200)).await;
     assert_eq!(again.status, 200, "{}", again.text);
     let id = again.body["id"].as_str().unwrap().to_string();
-    let settled = eventually(Duration::from_secs(10), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "succeeded", 10).await;
     assert!(settled, "log:\n{}", w.pm.log());
     assert_eq!(w.charged("stripe_primary").await + w.charged("stripe_backup").await, 1);
     // The attempt the crash left unknown agrees with the payment once the provider answered.
@@ -467,10 +458,7 @@ async fn a_cancel_cut_off_by_a_crash_is_settled_with_what_the_provider_made_of_i
     w.restart();
     // The reconciler asks Antom about the cancel paymux never heard back from, and the
     // payment ends as Antom has it.
-    let settled = eventually(Duration::from_secs(20), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "canceled"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "canceled", 20).await;
     assert!(settled, "{}; log:\n{}", get(&w.pm.api, &format!("/v1/payments/{id}")).await.text, w.pm.log());
 }
 
@@ -506,10 +494,7 @@ async fn a_retry_after_a_crash_mid_refund_is_told_the_refund_as_it_stands_until_
     assert_eq!(early.body["status"], "pending", "{}", early.text);
     let refund_id = early.body["id"].as_str().unwrap().to_string();
     w.clear("stripe_primary").await;
-    let settled = eventually(Duration::from_secs(10), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "partially_refunded"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "partially_refunded", 10).await;
     assert!(settled, "log:\n{}", w.pm.log());
     let again = post(&w.pm.api, &path, Some("crash-rf"), json!({"amount": 500})).await;
     assert_eq!(again.status, 200, "{}", again.text);
@@ -604,10 +589,7 @@ async fn a_refund_the_provider_carries_out_late_is_never_made_twice() {
     let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("late-1"), json!({"amount": 1000})).await;
     assert_eq!(rf.body["status"], "pending", "{}", rf.text);
     let rid = rf.body["id"].as_str().unwrap().to_string();
-    let settled = eventually(Duration::from_secs(15), || async {
-        get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.body["status"] == "succeeded"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/refunds/{rid}"), "succeeded", 15).await;
     assert!(settled, "refund not settled; log:\n{}", w.pm.log());
     // Past the provider's late execution: still one refund, at the provider and in paymux.
     tokio::time::sleep(Duration::from_millis(4500)).await;

@@ -91,10 +91,7 @@ async fn approve_only_antom_payment_and_wait(w: &World, id: &str) {
     let pay_id = sims[0]["id"].as_str().unwrap();
     let a = send(client().post(format!("{}/_sandbox/antom_hk/payments/{pay_id}/approve", w.ctrl))).await;
     assert!(a.status < 300, "{}", a.text);
-    let ok = eventually(Duration::from_secs(10), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "succeeded"
-    })
-    .await;
+    let ok = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "succeeded", 10).await;
     assert!(ok, "notify did not settle the payment; log:\n{}", w.pm.log());
 }
 
@@ -189,10 +186,7 @@ async fn a_refund_lost_behind_a_full_page_of_refunds_is_found_absent_and_sent_ag
     let rf = post(&w.pm.api, &format!("/v1/payments/{id}/refunds"), Some("lost"), json!({"amount": 500})).await;
     assert_eq!(rf.body["status"], "pending", "{}", rf.text);
     let rid = rf.body["id"].as_str().unwrap().to_string();
-    let settled = eventually(Duration::from_secs(20), || async {
-        get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.body["status"] == "succeeded"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/refunds/{rid}"), "succeeded", 20).await;
     assert!(settled, "{}", get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.text);
     assert_eq!(get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["amount_refunded"], 1510);
     // A refund's read is audited under its payment.
@@ -274,10 +268,7 @@ async fn antom_refund_settled_by_the_reconciler(w: &World, id: &str) -> Duration
     assert_eq!(rf.body["status"], "pending", "{}", rf.text);
     let rid = rf.body["id"].as_str().unwrap().to_string();
     let t = std::time::Instant::now();
-    let settled = eventually(Duration::from_secs(40), || async {
-        get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.body["status"] == "succeeded"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/refunds/{rid}"), "succeeded", 40).await;
     assert!(settled, "{}", get(&w.pm.api, &format!("/v1/refunds/{rid}")).await.text);
     t.elapsed()
 }
@@ -1412,10 +1403,7 @@ async fn a_cancel_that_lands_after_paymux_gave_up_on_it_is_still_taken() {
         "{}",
         c.text
     );
-    let settled = eventually(Duration::from_secs(20), || async {
-        get(&w.pm.api, &format!("/v1/payments/{id}")).await.body["status"] == "canceled"
-    })
-    .await;
+    let settled = reaches(&w.pm.api, &format!("/v1/payments/{id}"), "canceled", 20).await;
     assert!(settled, "{}", get(&w.pm.api, &format!("/v1/payments/{id}")).await.text);
     assert_eq!(w.sim_payments("antom_hk").await[0]["status"], "CANCELLED");
 }

@@ -57,22 +57,18 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
     if continued && s.write_continue_response().await.is_err() {
         return Err(Problem::new(400, "request_body_unreadable", "the connection closed before the body was sent"));
     }
-    // The whole body within BODY_TIMEOUT, however it trickles in (the read timeout alone is
-    // per read on HTTP/1.1 and not applied on HTTP/2).
-    s.set_read_timeout(Some(BODY_TIMEOUT));
+    // The whole body within BODY_TIMEOUT, however it trickles in: one deadline around the
+    // reads (pingora's read timeout is per read on HTTP/1.1 and not applied on HTTP/2).
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
-    let timed_out = || {
-        Problem::new(
-            408,
-            "request_body_timeout",
-            "the request body did not arrive within 10 seconds (fewer bytes than Content-Length?)",
-        )
-    };
     let mut buf = BytesMut::new();
     loop {
         let Ok(read) = tokio::time::timeout_at(deadline, s.read_request_body()).await else {
             s.set_keepalive(None);
-            return Err(timed_out());
+            return Err(Problem::new(
+                408,
+                "request_body_timeout",
+                "the request body did not arrive within 10 seconds (fewer bytes than Content-Length?)",
+            ));
         };
         match read {
             Ok(Some(chunk)) => {
@@ -82,10 +78,6 @@ pub async fn read_body(s: &mut ServerSession, limit: usize) -> Result<Vec<u8>, P
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
-                s.set_keepalive(None);
-                return Err(timed_out());
-            }
             Err(e) => {
                 // Where the body ends is in doubt, so nothing after it on this connection can
                 // be read as a request: answer, then close. The library's words go to the log.

@@ -163,19 +163,12 @@ impl Engine {
         let p = &mut v.payment;
         if !p.status.is_final() {
             self.adopt_provider_view(ctx, policy, p).await?;
-        } else if p.status == PaymentStatus::Succeeded
-            && p.refunded == 0
-            && matches!(unsettled, EngineError::ProviderUnavailable(_))
-        {
-            // Paid meanwhile, and the cancel's answer lost: a provider that cancels paid
-            // payments may have canceled it all the same. Asked now; if it cannot say, the
-            // reconciler asks again (the holding attempt stays watched).
-            if let Some(QueryOutcome::Found(found)) = self.query_state(ctx, policy, p).await {
-                if found.state == ProviderState::Canceled && !take_providers_cancel(self, ctx, p).await? {
-                    // Another writer got there first (a refund): the stored state answers.
-                    v = self.view(id).await?;
-                }
-            }
+        } else if matches!(unsettled, EngineError::ProviderUnavailable(_)) {
+            // Completed meanwhile, and the cancel's answer lost: a provider that cancels paid
+            // payments may have canceled it all the same. Asked now, as the reconciler goes on
+            // asking while the holding attempt stays watched; what is stored then answers.
+            self.settle_cancel_in_doubt(ctx, policy, &ch, p, now_ms()).await;
+            v = self.view(id).await?;
         }
         match v.payment.status {
             // Closed at the provider already (expired, canceled before, or by this cancel).
@@ -375,21 +368,6 @@ impl Engine {
         let id = id.to_string();
         crate::store::call(&self.store, move |s| s.get_refund(&id)).await?.ok_or(EngineError::RefundNotFound)
     }
-}
-
-/// Stores `p`, a payment paymux saw completed, as canceled: its provider canceled it (the
-/// payer refunded in full) on a cancel whose answer was lost. Audited. False when the store
-/// refused (a refund came first).
-pub(crate) async fn take_providers_cancel(engine: &Engine, ctx: &Ctx, p: &mut PaymentRow) -> Result<bool, EngineError> {
-    p.status = PaymentStatus::Canceled;
-    p.next_action = None;
-    p.reconcile_at = None;
-    p.updated_at = now_ms();
-    let saved = engine.save_payment(p, None).await?;
-    if saved {
-        engine.audit(ctx, "payment.sync", Some(&p.id), "canceled", json!({"channel": p.channel, "by": "cancel"})).await;
-    }
-    Ok(saved)
 }
 
 /// Whether the refusal of a refund sent again is the provider's settled word on it, so its

@@ -199,15 +199,11 @@ impl Engine {
     /// a timeout or a crash cut paymux's wait short, not the provider's work.
     async fn absence_trusted(&self, pol: &Policy, p: &PaymentRow) -> bool {
         let Some(ch) = holding_channel(pol, p) else { return true };
-        let started = match p.attempt_ref.clone() {
-            Some(r) => crate::store::call(&self.store, move |s| s.attempt_by_ref(&r))
-                .await
-                .ok()
-                .flatten()
-                .map(|a| a.started_at),
-            None => None,
+        let since = match &p.attempt_ref {
+            Some(r) => self.since_send(r).await as i64,
+            None => now_ms() - p.created_at,
         };
-        now_ms() - started.unwrap_or(p.created_at) >= absence_window(&ch)
+        since >= absence_window(&ch)
     }
 
     /// Refunds whose answer never came (ambiguous send, lost callback): ask the provider.
@@ -386,7 +382,12 @@ impl Engine {
         let holding = p.attempt_ref.as_deref() == Some(a.attempt_ref.as_str());
         let settled = if holding {
             let since = self.retry.seen_since(&a.attempt_ref, now_ms());
-            self.settle_cancel_in_doubt(pol, &ch, &mut p, since).await
+            let ctx = Ctx {
+                request_id: crate::domain::new_id("rec"),
+                actor: "system".into(),
+                deadline: Instant::now() + pol.server.request_deadline,
+            };
+            self.settle_cancel_in_doubt(&ctx, pol, &ch, &mut p, since).await
         } else {
             a.outcome == "pending"
         };
@@ -435,8 +436,16 @@ impl Engine {
     /// the payer) and take that. True when settled: the payment is canceled or refunded
     /// anyway, the provider says it holds it otherwise once the cancel can no longer be on
     /// its way ([`absence_window`] after the watch was first seen), or the watch window has
-    /// passed since then.
-    async fn settle_cancel_in_doubt(&self, pol: &Policy, ch: &Channel, p: &mut PaymentRow, since: i64) -> bool {
+    /// passed since then. Also the cancel's own follow-up when its answer was lost (`since`:
+    /// now), under the request's context.
+    pub(crate) async fn settle_cancel_in_doubt(
+        &self,
+        ctx: &Ctx,
+        pol: &Policy,
+        ch: &Channel,
+        p: &mut PaymentRow,
+        since: i64,
+    ) -> bool {
         let waited = now_ms() - since;
         let expired = waited >= WATCH_WINDOW_MS;
         match p.status {
@@ -445,19 +454,30 @@ impl Engine {
             PaymentStatus::Succeeded if p.refunded == 0 => {}
             _ => return true,
         }
-        let ctx = Ctx {
-            request_id: crate::domain::new_id("rec"),
-            actor: "system".into(),
-            deadline: Instant::now() + pol.server.request_deadline,
-        };
-        match self.query_state(&ctx, pol, p).await {
+        match self.query_state(ctx, pol, p).await {
             Some(QueryOutcome::Found(found)) if found.state == ProviderState::Canceled => {
-                super::ops::take_providers_cancel(self, &ctx, p).await.is_ok()
+                self.take_providers_cancel(ctx, p).await.is_ok()
             }
             // Not canceled (yet): believed once a cancel still on its way would have landed.
             Some(QueryOutcome::Found(_)) => waited >= absence_window(ch),
             _ => expired,
         }
+    }
+
+    /// Stores `p`, a payment paymux saw completed, as canceled: its provider canceled it (the
+    /// payer refunded in full) on a cancel whose answer was lost. Audited. False when the
+    /// store refused (a refund came first).
+    async fn take_providers_cancel(&self, ctx: &Ctx, p: &mut PaymentRow) -> Result<bool, EngineError> {
+        p.status = PaymentStatus::Canceled;
+        p.next_action = None;
+        p.reconcile_at = None;
+        p.updated_at = now_ms();
+        let saved = self.save_payment(p, None).await?;
+        if saved {
+            self.audit(ctx, "payment.sync", Some(&p.id), "canceled", json!({"channel": p.channel, "by": "cancel"}))
+                .await;
+        }
+        Ok(saved)
     }
 
     /// Cancels (or refunds, when captured) a payment a channel processed after paymux had

@@ -191,7 +191,7 @@ impl Engine {
                 return Ok(None);
             }
             let new_status = super::ops::refund_status(state);
-            let inferred = r.status == "failed" && r.error_code.as_deref() == Some("provider_did_not_process");
+            let inferred = r.status == "failed" && r.error_code.as_deref() == Some(super::INFERRED_FAILURE);
             let applies = r.status == "pending"
                 || (r.status == "succeeded" && new_status == "failed")
                 || (inferred && new_status == "succeeded");

@@ -228,6 +228,11 @@ pub fn card(order: &str, amount: i64) -> serde_json::Value {
     serde_json::json!({"amount": amount, "currency": "HKD", "method": "visa", "order_id": order, "payment_method_data": {"token": "pm_card_visa"}})
 }
 
+/// Waits up to `secs` seconds for the resource at `path` to read `status`; whether it did.
+pub async fn reaches(base: &str, path: &str, status: &str, secs: u64) -> bool {
+    eventually(Duration::from_secs(secs), || async { get(base, path).await.body["status"] == status }).await
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
