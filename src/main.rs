@@ -99,7 +99,25 @@ enum KeyCmd {
     Hash,
 }
 
+/// Turns transparent huge pages off for this process (Linux), before it allocates much.
+///
+/// mimalloc asks the kernel for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`), and the
+/// kernel then zeroes 2 MiB at a time on the first touch of each: on the 2-vCPU VM of
+/// BENCHMARKS.md a thread stopped for milliseconds every time paymux's (or the sandbox's)
+/// memory grew by 2 MiB, which set the p99 of every request in flight. This is the usual
+/// advice for latency-bound servers (Redis, databases) and what mimalloc's own
+/// `MIMALLOC_ALLOW_THP=0` does; an operator who sets `MIMALLOC_ALLOW_THP` decides instead.
+fn no_huge_page_faults() -> Result<(), String> {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_thp_disable(true).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let thp = no_huge_page_faults();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -109,6 +127,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Err(e) = thp {
+        tracing::warn!(error = %e, "could not turn transparent huge pages off; expect latency spikes as memory grows");
+    }
     match cli.cmd {
         Cmd::Serve { config, listen, admin_listen, data_dir, public_base_url, threads, with_sandbox } => {
             let opts = paymux::server::ServeOptions {

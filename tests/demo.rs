@@ -51,6 +51,13 @@ fn demo_prints_a_working_curl_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = Command::new("sh").arg("-c").arg(&curl).output().unwrap();
+    // paymux turns transparent huge pages off for itself (main.rs: each 2 MiB of new heap
+    // cost a fault of milliseconds); the kernel reports it per process since Linux 5.0.
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        assert!(status.contains("THP_enabled:\t0"), "{status}");
+    }
     let _ = child.kill();
     let _ = child.wait();
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
