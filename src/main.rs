@@ -51,7 +51,8 @@ enum Cmd {
     /// Run the provider simulators (Stripe-compatible PSP, Antom) with fault injection.
     Sandbox {
         /// Control API address; the simulators listen on the next three ports
-        /// (stripe_primary, stripe_backup, antom_hk).
+        /// (stripe_primary, stripe_backup, antom_hk); with port 0, each on a port the OS
+        /// picks (printed at start).
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: std::net::SocketAddr,
         /// Where the simulators send callbacks (paymux's public base URL).
@@ -170,7 +171,6 @@ fn main() -> ExitCode {
                 }
             }
             // Bound (and its faults checked) before saying where it listens.
-            let (stripe, antom) = (cfg.stripe.clone(), cfg.antom.clone());
             let service = match paymux::sandbox::SandboxService::bind(cfg) {
                 Ok(s) => s,
                 Err(e) => {
@@ -178,12 +178,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            println!("paymux sandbox: control http://{listen}/_sandbox/faults");
-            for s in &stripe {
-                println!("  {:<15} stripe  http://{}", s.name, s.listen);
-            }
-            for a in &antom {
-                println!("  {:<15} antom   http://{}", a.name, a.listen);
+            println!("paymux sandbox: control http://{}/_sandbox/faults", service.control_addr());
+            for (name, kind, addr) in service.instances() {
+                println!("  {name:<15} {kind:<7} http://{addr}");
             }
             paymux::sandbox::run_standalone(service);
             ExitCode::SUCCESS

@@ -54,13 +54,44 @@ fn demo_prints_a_working_curl_line() {
     // paymux turns transparent huge pages off for itself (main.rs: each 2 MiB of new heap
     // cost a fault of milliseconds); the kernel reports it per process since Linux 5.0.
     #[cfg(target_os = "linux")]
-    {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        assert!(status.contains("THP_enabled:\t0"), "{status}");
-    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    #[cfg(target_os = "linux")]
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(body["status"], "succeeded", "{curl}\n{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(body["channel"], "stripe_primary");
+}
+
+/// `paymux sandbox --listen 127.0.0.1:0`: every listener on a port the OS picks, and the banner
+/// names the bound ports (it said :0 and put the simulators on ports 1, 2 and 3). The
+/// allocator's own `MIMALLOC_ALLOW_THP`, when set, decides about transparent huge pages.
+#[test]
+fn sandbox_on_port_zero_prints_the_ports_it_took() {
+    for allow_thp in [None, Some("1")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paymux"));
+        cmd.args(["sandbox", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
+        if let Some(v) = allow_thp {
+            cmd.env("MIMALLOC_ALLOW_THP", v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let lines: Vec<String> =
+            BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok).take(4).collect();
+        let ports: Vec<u16> = lines
+            .iter()
+            .filter_map(|l| l.split("http://127.0.0.1:").nth(1))
+            .map(|rest| rest.split('/').next().unwrap().parse().unwrap())
+            .collect();
+        #[cfg(target_os = "linux")]
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let reachable = ports.iter().all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(ports.len(), 4, "{lines:?}");
+        assert!(ports.iter().all(|&p| p > 1024), "{lines:?}");
+        assert!(reachable, "{lines:?}");
+        #[cfg(target_os = "linux")]
+        assert!(status.contains(if allow_thp.is_some() { "THP_enabled:\t1" } else { "THP_enabled:\t0" }), "{status}");
+    }
 }

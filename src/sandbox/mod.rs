@@ -119,14 +119,16 @@ impl SandboxConfig {
     }
 
     /// The demo set with its control API on `control` and the simulators on the ports after
-    /// it, in order (`paymux sandbox --listen`, `paymux serve --with-sandbox`).
+    /// it, in order (`paymux sandbox --listen`, `paymux serve --with-sandbox`); with port 0,
+    /// every listener on a port the OS picks.
     pub fn at(control: SocketAddr, callback_base: &str) -> SandboxConfig {
         let mut cfg = SandboxConfig::demo(callback_base);
         cfg.control_listen = control;
         let mut port = control.port();
         let mut next = || {
-            // Past the last port: 0 lets the OS pick (the startup banner shows the real ports).
-            port = port.checked_add(1).unwrap_or(0);
+            // 0 lets the OS pick (the startup banner shows the bound ports): asked for, or
+            // past the last port.
+            port = if port == 0 { 0 } else { port.checked_add(1).unwrap_or(0) };
             SocketAddr::new(control.ip(), port)
         };
         for s in cfg.stripe.iter_mut() {

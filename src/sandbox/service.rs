@@ -239,12 +239,33 @@ impl Drop for Sandbox {
 /// by pingora's shutdown watch.
 pub struct SandboxService {
     pending: Mutex<Option<Bound>>,
+    control: SocketAddr,
+    instances: Vec<(String, &'static str, SocketAddr)>,
 }
 
 impl SandboxService {
     /// Binds every listener now, so address and key errors surface before the server runs.
     pub fn bind(cfg: SandboxConfig) -> anyhow::Result<Self> {
-        Ok(SandboxService { pending: Mutex::new(Some(Bound::bind(cfg)?)) })
+        let bound = Bound::bind(cfg)?;
+        let addr = |l: &StdListener| l.local_addr().context("sandbox listener address");
+        let mut instances = Vec::new();
+        for (s, l) in &bound.stripe {
+            instances.push((s.name.clone(), "stripe", addr(l)?));
+        }
+        for a in &bound.antom {
+            instances.push((a.cfg.name.clone(), "antom", addr(&a.listener)?));
+        }
+        Ok(SandboxService { control: addr(&bound.control)?, instances, pending: Mutex::new(Some(bound)) })
+    }
+
+    /// Where the control API listens, as bound (an OS-picked port shows as the real one).
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control
+    }
+
+    /// Each simulator instance: name, provider kind and plain-HTTP address, as bound.
+    pub fn instances(&self) -> &[(String, &'static str, SocketAddr)] {
+        &self.instances
     }
 }
 
