@@ -231,15 +231,18 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
         serde_yaml::from_str::<Value>(&text).map_err(syntax)?
     };
     let spans = SpanMap::build(&text);
-    if !spans.duplicates().is_empty() {
-        return Err(spans
-            .duplicates()
-            .iter()
-            .map(|(ptr, pos)| {
-                at(pos.line, pos.col, format!("duplicate key `{}`", schema::display_path(ptr)))
-                    .with_help("a YAML mapping takes each key once; merge the two entries")
-            })
-            .collect());
+    let duplicates = spans.duplicates().iter().map(|(ptr, pos)| {
+        at(pos.line, pos.col, format!("duplicate key `{}`", schema::display_path(ptr)))
+            .with_help("a YAML mapping takes each key once; merge the two entries")
+    });
+    let non_finite = spans.non_finite().iter().map(|(ptr, pos, text)| {
+        let path = schema::display_path(ptr);
+        at(pos.line, pos.col, format!("`{path}` is `{text}`, which YAML reads as a float that is not a finite number (no config value can be one)"))
+            .with_help("write a finite number, or quote it for the text")
+    });
+    let errors: Vec<Diagnostic> = duplicates.chain(non_finite).collect();
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(Parsed { spans, file, dir: dir.to_path_buf(), doc, sha256: crate::crypto::sha256_hex(text.as_bytes()) })
 }
@@ -260,6 +263,28 @@ mod tests {
         let e = super::parse_file(&f, dir.path()).err().unwrap();
         assert_eq!((e[0].line, e[0].col), (3, 3), "{:?}", e[0]);
         assert!(e[0].message.contains("merge"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn not_a_number_and_infinity_are_named_where_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        let text = "kind: channels\nt: { connect_ms: .nan, attempt_ms: -.Inf }\nu: [\".nan\", '.inf', .info]\n";
+        std::fs::write(&f, text).unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        let got: Vec<_> = e.iter().map(|d| (d.line, d.col, d.message.as_str())).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0, got[0].1), (2, 18), "{got:?}");
+        assert!(
+            got[0].2.starts_with("`t.connect_ms` is `.nan`") && got[0].2.contains("not a finite number"),
+            "{got:?}"
+        );
+        assert_eq!((got[1].0, got[1].1), (2, 36), "{got:?}");
+        assert!(got[1].2.starts_with("`t.attempt_ms` is `-.Inf`"), "{got:?}");
+        // Quoted, it is the text; `.info` is a plain string.
+        std::fs::write(&f, "kind: channels\nu: [\".nan\", '.inf', .info]\n").unwrap();
+        let p = super::parse_file(&f, dir.path()).unwrap();
+        assert_eq!(p.doc["u"], json!([".nan", ".inf", ".info"]));
     }
 
     #[test]

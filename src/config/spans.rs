@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +27,7 @@ pub struct Span {
 pub struct SpanMap {
     map: HashMap<String, Span>,
     duplicates: Vec<(String, Pos)>,
+    non_finite: Vec<(String, Pos, String)>,
 }
 
 impl SpanMap {
@@ -37,13 +38,20 @@ impl SpanMap {
         if parser.load(&mut b, false).is_err() {
             return SpanMap::default();
         }
-        SpanMap { map: b.out, duplicates: b.duplicates }
+        SpanMap { map: b.out, duplicates: b.duplicates, non_finite: b.non_finite }
     }
 
     /// Keys that appear twice in one mapping (YAML forbids it; serde_yaml would keep the
     /// last silently): the pointer of the key and where the repeat is.
     pub fn duplicates(&self) -> &[(String, Pos)] {
         &self.duplicates
+    }
+
+    /// Values written as YAML's not-a-number or infinity (`.nan`, `-.inf`, …): the YAML
+    /// reader takes them for floats, which JSON (and so the schemas) cannot hold, and they
+    /// would reach validation as null. Pointer, position and the text as written.
+    pub fn non_finite(&self) -> &[(String, Pos, String)] {
+        &self.non_finite
     }
 
     /// The span of exactly this pointer.
@@ -95,7 +103,14 @@ struct Builder {
     stack: Vec<Frame>,
     out: HashMap<String, Span>,
     duplicates: Vec<(String, Pos)>,
+    non_finite: Vec<(String, Pos, String)>,
     done: bool,
+}
+
+/// YAML 1.2 core schema's spellings of not-a-number and infinity (as plain scalars).
+fn is_non_finite(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    matches!(s, ".nan" | ".NaN" | ".NAN") || matches!(unsigned, ".inf" | ".Inf" | ".INF")
 }
 
 impl Builder {
@@ -133,7 +148,7 @@ impl MarkedEventReceiver for Builder {
         }
         let pos = Self::pos(mark);
         match ev {
-            Event::Scalar(s, ..) => {
+            Event::Scalar(s, style, ..) => {
                 if self.expecting_key() {
                     if let Some(Frame::Map { pending_key, path, seen }) = self.stack.last_mut() {
                         if !seen.insert(s.clone()) {
@@ -149,6 +164,9 @@ impl MarkedEventReceiver for Builder {
                         }
                     }
                 } else if let Some((p, key)) = self.slot() {
+                    if style == TScalarStyle::Plain && is_non_finite(&s) {
+                        self.non_finite.push((p.clone(), pos, s));
+                    }
                     self.out.insert(p, Span { key, value: pos });
                 }
             }
