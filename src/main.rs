@@ -107,7 +107,8 @@ enum KeyCmd {
 /// BENCHMARKS.md a thread stopped for milliseconds every time paymux's (or the sandbox's)
 /// memory grew by 2 MiB, which set the p99 of every request in flight. This is the usual
 /// advice for latency-bound servers (Redis, databases) and what mimalloc's own
-/// `MIMALLOC_ALLOW_THP=0` does; an operator who sets `MIMALLOC_ALLOW_THP` decides instead.
+/// `MIMALLOC_ALLOW_THP=0` does. With `MIMALLOC_ALLOW_THP` set, paymux leaves them to the
+/// allocator (and to what the process inherited: the flag passes from parent to child).
 fn no_huge_page_faults() -> Result<(), String> {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return Ok(());
@@ -179,8 +180,8 @@ fn main() -> ExitCode {
                 }
             };
             println!("paymux sandbox: control http://{}/_sandbox/faults", service.control_addr());
-            for (name, kind, addr) in service.instances() {
-                println!("  {name:<15} {kind:<7} http://{addr}");
+            for (name, kind, url) in service.instances() {
+                println!("  {name:<15} {kind:<7} {url}");
             }
             paymux::sandbox::run_standalone(service);
             ExitCode::SUCCESS

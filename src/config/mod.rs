@@ -238,7 +238,7 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
     let non_finite = spans.non_finite().iter().map(|(ptr, pos, text)| {
         let path = schema::display_path(ptr);
         at(pos.line, pos.col, format!("`{path}` is `{text}`, which YAML reads as a float that is not a finite number (no config value can be one)"))
-            .with_help("write a finite number, or quote it for the text")
+            .with_help("write a finite number, or quote it (without a `!!float` tag) for the text")
     });
     let errors: Vec<Diagnostic> = duplicates.chain(non_finite).collect();
     if !errors.is_empty() {
@@ -281,10 +281,15 @@ mod tests {
         );
         assert_eq!((got[1].0, got[1].1), (2, 36), "{got:?}");
         assert!(got[1].2.starts_with("`t.attempt_ms` is `-.Inf`"), "{got:?}");
-        // Quoted, it is the text; `.info` is a plain string.
-        std::fs::write(&f, "kind: channels\nu: [\".nan\", '.inf', .info]\n").unwrap();
+        // Tagged as a float, quoting does not make it text.
+        std::fs::write(&f, "kind: channels\na: !!float \".nan\"\nb: !<tag:yaml.org,2002:float> '-.inf'\n").unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        let got: Vec<_> = e.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(got, [(2, 12), (3, 31)], "{e:?}");
+        // Quoted or tagged as a string, it is the text; `.info` is a plain string.
+        std::fs::write(&f, "kind: channels\nu: [\".nan\", '.inf', .info, !!str .nan]\n").unwrap();
         let p = super::parse_file(&f, dir.path()).unwrap();
-        assert_eq!(p.doc["u"], json!([".nan", ".inf", ".info"]));
+        assert_eq!(p.doc["u"], json!([".nan", ".inf", ".info", ".nan"]));
     }
 
     #[test]

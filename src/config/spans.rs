@@ -107,7 +107,7 @@ struct Builder {
     done: bool,
 }
 
-/// YAML 1.2 core schema's spellings of not-a-number and infinity (as plain scalars).
+/// YAML 1.2 core schema's spellings of not-a-number and infinity (serde_yaml's `parse_f64`).
 fn is_non_finite(s: &str) -> bool {
     let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
     matches!(s, ".nan" | ".NaN" | ".NAN") || matches!(unsigned, ".inf" | ".Inf" | ".INF")
@@ -148,7 +148,7 @@ impl MarkedEventReceiver for Builder {
         }
         let pos = Self::pos(mark);
         match ev {
-            Event::Scalar(s, style, ..) => {
+            Event::Scalar(s, style, _, tag) => {
                 if self.expecting_key() {
                     if let Some(Frame::Map { pending_key, path, seen }) = self.stack.last_mut() {
                         if !seen.insert(s.clone()) {
@@ -164,7 +164,13 @@ impl MarkedEventReceiver for Builder {
                         }
                     }
                 } else if let Some((p, key)) = self.slot() {
-                    if style == TScalarStyle::Plain && is_non_finite(&s) {
+                    // Read as a float: untagged and plain, or tagged `!!float` in any style
+                    // (`!!str .nan` is text).
+                    let float = match &tag {
+                        None => style == TScalarStyle::Plain,
+                        Some(t) => format!("{}{}", t.handle, t.suffix) == "tag:yaml.org,2002:float",
+                    };
+                    if float && is_non_finite(&s) {
                         self.non_finite.push((p.clone(), pos, s));
                     }
                     self.out.insert(p, Span { key, value: pos });

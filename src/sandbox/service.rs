@@ -240,7 +240,7 @@ impl Drop for Sandbox {
 pub struct SandboxService {
     pending: Mutex<Option<Bound>>,
     control: SocketAddr,
-    instances: Vec<(String, &'static str, SocketAddr)>,
+    instances: Vec<(String, &'static str, String)>,
 }
 
 impl SandboxService {
@@ -250,10 +250,13 @@ impl SandboxService {
         let addr = |l: &StdListener| l.local_addr().context("sandbox listener address");
         let mut instances = Vec::new();
         for (s, l) in &bound.stripe {
-            instances.push((s.name.clone(), "stripe", addr(l)?));
+            instances.push((s.name.clone(), "stripe", base_url(addr(l)?)));
         }
         for a in &bound.antom {
-            instances.push((a.cfg.name.clone(), "antom", addr(&a.listener)?));
+            instances.push((a.cfg.name.clone(), "antom", base_url(addr(&a.listener)?)));
+            if let Some(t) = &a.tls_listener {
+                instances.push((a.cfg.name.clone(), "antom", base_url(addr(t)?).replacen("http", "https", 1)));
+            }
         }
         Ok(SandboxService { control: addr(&bound.control)?, instances, pending: Mutex::new(Some(bound)) })
     }
@@ -263,8 +266,9 @@ impl SandboxService {
         self.control
     }
 
-    /// Each simulator instance: name, provider kind and plain-HTTP address, as bound.
-    pub fn instances(&self) -> &[(String, &'static str, SocketAddr)] {
+    /// Each simulator listener: instance name, provider kind and base URL, as bound (an
+    /// instance with a TLS listener too is listed twice).
+    pub fn instances(&self) -> &[(String, &'static str, String)] {
         &self.instances
     }
 }
