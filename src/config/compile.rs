@@ -533,6 +533,10 @@ fn build_channel(
         v.sort();
         v
     });
+    // Needs no secret: checked offline too.
+    if let Some(sc) = c.antom.as_ref().and_then(|a| a.settlement_currency.as_ref()) {
+        parse_currency(p, &format!("{base}/antom/settlement_currency"), sc, d);
+    }
     if mode == Mode::Check {
         if reqwest::Url::parse(&c.base_url).is_err() {
             d.push(p.diag_value(&format!("{base}/base_url"), "unusable base URL"));
@@ -587,9 +591,6 @@ fn build_channel(
             let a = c.antom.as_ref()?;
             let pk = secret(&format!("{base}/antom/private_key"), &a.private_key, d);
             let pubk = secret(&format!("{base}/antom/provider_public_key"), &a.provider_public_key, d);
-            if let Some(sc) = &a.settlement_currency {
-                parse_currency(p, &format!("{base}/antom/settlement_currency"), sc, d);
-            }
             match (pk, pubk) {
                 (Some(pk), Some(pubk)) => match Antom::new(
                     a.client_id.clone(),

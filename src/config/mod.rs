@@ -193,9 +193,24 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
     // second document.
     let text = text.strip_prefix('\u{feff}').map(String::from).unwrap_or(text);
     let syntax = |e: serde_yaml::Error| {
-        let msg = e.to_string();
-        // serde_yaml appends " at line L column C"; the prefix already says where.
-        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        let full = e.to_string();
+        // serde_yaml appends " at line L column C"; the prefix already says where. An error
+        // may add where the construct it was reading began (", while scanning a quoted
+        // scalar at line 3 column 11"): for a quoted scalar or a flow collection that is
+        // where the mistake is (the unclosed quote or bracket), not where it was found (the
+        // end of the file). A block mapping's start says nothing of the sort.
+        let msg = full.split(" at line ").next().unwrap_or(&full).to_string();
+        let began = full.split_once(", while ").and_then(|(_, ctx)| {
+            let (what, at) = ctx.split_once(" at line ")?;
+            if !(what.starts_with("scanning") || what.starts_with("parsing a flow")) {
+                return None;
+            }
+            let (line, col) = at.split_once(" column ")?;
+            Some((what.to_string(), line.trim().parse::<usize>().ok()?, col.trim().parse::<usize>().ok()?))
+        });
+        if let Some((what, line, col)) = began {
+            return vec![at(line, col, format!("YAML syntax error: {msg} while {what} that begins here"))];
+        }
         let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or_else(|| {
             // A second document has no location of its own: point at its `---`.
             let marks: Vec<usize> =
@@ -230,7 +245,10 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
     } else {
         serde_yaml::from_str::<Value>(&text).map_err(syntax)?
     };
-    let spans = SpanMap::build(&text);
+    let spans = SpanMap::build(&text).map_err(|(pos, e)| {
+        vec![at(pos.line, pos.col, format!("YAML that paymux cannot locate errors in: {e}"))
+            .with_help("write plain block or flow YAML, indented with spaces")]
+    })?;
     let duplicates = spans.duplicates().iter().map(|(ptr, pos)| {
         at(pos.line, pos.col, format!("duplicate key `{}`", schema::display_path(ptr)))
             .with_help("a YAML mapping takes each key once; merge the two entries")
@@ -251,6 +269,14 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
 mod tests {
     use serde_json::json;
 
+    /// `text` as a config file of its own, parsed.
+    fn parse(text: &str) -> Result<super::Parsed, Vec<super::Diagnostic>> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, text).unwrap();
+        super::parse_file(&f, dir.path())
+    }
+
     #[test]
     fn yaml_merge_keys_are_applied_and_bad_ones_located() {
         let dir = tempfile::tempdir().unwrap();
@@ -267,11 +293,9 @@ mod tests {
 
     #[test]
     fn not_a_number_and_infinity_are_named_where_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.yaml");
-        let text = "kind: channels\nt: { connect_ms: .nan, attempt_ms: -.Inf }\nu: [\".nan\", '.inf', .info]\n";
-        std::fs::write(&f, text).unwrap();
-        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        let e = parse("kind: channels\nt: { connect_ms: .nan, attempt_ms: -.Inf }\nu: [\".nan\", '.inf', .info]\n")
+            .err()
+            .unwrap();
         let got: Vec<_> = e.iter().map(|d| (d.line, d.col, d.message.as_str())).collect();
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!((got[0].0, got[0].1), (2, 18), "{got:?}");
@@ -282,14 +306,51 @@ mod tests {
         assert_eq!((got[1].0, got[1].1), (2, 36), "{got:?}");
         assert!(got[1].2.starts_with("`t.attempt_ms` is `-.Inf`"), "{got:?}");
         // Tagged as a float, quoting does not make it text.
-        std::fs::write(&f, "kind: channels\na: !!float \".nan\"\nb: !<tag:yaml.org,2002:float> '-.inf'\n").unwrap();
-        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        let e = parse("kind: channels\na: !!float \".nan\"\nb: !<tag:yaml.org,2002:float> '-.inf'\n").err().unwrap();
         let got: Vec<_> = e.iter().map(|d| (d.line, d.col)).collect();
         assert_eq!(got, [(2, 12), (3, 31)], "{e:?}");
         // Quoted or tagged as a string, it is the text; `.info` is a plain string.
-        std::fs::write(&f, "kind: channels\nu: [\".nan\", '.inf', .info, !!str .nan]\n").unwrap();
-        let p = super::parse_file(&f, dir.path()).unwrap();
+        let p = parse("kind: channels\nu: [\".nan\", '.inf', .info, !!str .nan]\n").unwrap();
         assert_eq!(p.doc["u"], json!([".nan", ".inf", ".info", ".nan"]));
+    }
+
+    /// `paymux check` (offline) refused what startup refuses: an unknown settlement currency
+    /// passed the check and failed the deploy.
+    #[test]
+    fn offline_check_refuses_an_unknown_settlement_currency() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["server.yaml", "channels.yaml", "routing.yaml"] {
+            let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes").join(f));
+            std::fs::write(dir.path().join(f), text.unwrap()).unwrap();
+        }
+        super::check_dir(dir.path()).unwrap();
+        let ch = dir.path().join("channels.yaml");
+        let text = std::fs::read_to_string(&ch).unwrap();
+        let anchor = "client_id: SANDBOX_PAYMUX_DEMO";
+        assert!(text.contains(anchor), "the example's Antom channel changed");
+        std::fs::write(&ch, text.replacen(anchor, &format!("{anchor}\n      settlement_currency: HKX"), 1)).unwrap();
+        let e = super::check_dir(dir.path()).err().unwrap();
+        assert!(e.iter().any(|d| d.message.contains("HKX")), "{e:?}");
+    }
+
+    /// A tab after `key:` is YAML serde_yaml reads and the position reader refused: the file
+    /// then lost its duplicate-key check (the second `route` won) and every position.
+    #[test]
+    fn a_tab_after_a_colon_keeps_positions_and_duplicate_keys() {
+        let e = parse("kind:\trouting\nrules:\n  - name: cards\n    route:\n      channels: [a]\n    route:\tx\n")
+            .err()
+            .unwrap();
+        assert_eq!((e[0].line, e[0].col), (6, 5), "{e:?}");
+        assert!(e[0].message.contains("duplicate key `rules[0].route`"), "{e:?}");
+        let p = parse("kind:\trouting\nrules: []\n").unwrap();
+        assert_eq!(p.spans.locate("/rules").line, 2);
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_located_where_it_opens() {
+        let e = parse("kind: routing\nrules:\n  - name: \"x\n    route: {}\ndefault: {}\n").err().unwrap();
+        assert_eq!((e[0].line, e[0].col), (3, 11), "{e:?}");
+        assert!(e[0].message.contains("quoted scalar that begins here"), "{e:?}");
     }
 
     #[test]
@@ -316,7 +377,7 @@ mod tests {
         std::fs::write(d.join("notes.txt"), "").unwrap();
         assert_eq!(super::config_files(d).unwrap(), vec![d.join("routing.yaml")]);
         std::os::unix::fs::symlink("gone.yaml", d.join("05-usd.yaml")).unwrap();
-        let e = super::config_files(d).unwrap_err();
+        let e = super::config_files(d).err().unwrap();
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].file.ends_with("05-usd.yaml") && e[0].message.contains("`gone.yaml`"), "{e:?}");
         // A directory with a config-like name, linked or not, is not config.
@@ -340,7 +401,7 @@ mod tests {
         let routing = std::fs::read_to_string(dir.path().join("routing.yaml")).unwrap();
         let mixed = routing.replace("channels: [antom_hk]", "channels: [antom_hk]\n      backups: [stripe_backup]");
         std::fs::write(dir.path().join("routing.yaml"), mixed).unwrap();
-        let errs = super::check_dir(dir.path()).unwrap_err();
+        let errs = super::check_dir(dir.path()).err().unwrap();
         assert!(errs[0].message.contains("`backups` goes with `split` only"), "{errs:?}");
     }
 }

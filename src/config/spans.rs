@@ -31,14 +31,18 @@ pub struct SpanMap {
 }
 
 impl SpanMap {
-    /// Reads `text`; on a YAML syntax error returns an empty map (serde_yaml reports the error).
-    pub fn build(text: &str) -> SpanMap {
-        let mut b = Builder::default();
-        let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut b, false).is_err() {
-            return SpanMap::default();
-        }
-        SpanMap { map: b.out, duplicates: b.duplicates, non_finite: b.non_finite }
+    /// Reads `text` (which serde_yaml has read). yaml-rust2 refuses a few forms serde_yaml
+    /// takes (a tab after `key:`), so a refused text is read again with its tabs as spaces
+    /// (the columns stay the same); what is still refused is the error, with its position.
+    pub fn build(text: &str) -> Result<SpanMap, (Pos, String)> {
+        let read = |text: &str| {
+            let mut b = Builder::default();
+            Parser::new_from_str(text).load(&mut b, false).map(|()| b)
+        };
+        let b = read(text)
+            .or_else(|_| read(&text.replace('\t', " ")))
+            .map_err(|e| (Builder::pos(*e.marker()), e.info().to_string()))?;
+        Ok(SpanMap { map: b.out, duplicates: b.duplicates, non_finite: b.non_finite })
     }
 
     /// Keys that appear twice in one mapping (YAML forbids it; serde_yaml would keep the
@@ -217,7 +221,7 @@ mod tests {
     #[test]
     fn maps_pointers_to_positions() {
         let text = "kind: channels\nchannels:\n  - id: a\n    timeouts:\n      connect_ms: 5\n  - id: b\n";
-        let m = SpanMap::build(text);
+        let m = SpanMap::build(text).unwrap();
         assert_eq!(m.get("/kind").unwrap().key, Some(Pos { line: 1, col: 1 }));
         assert_eq!(m.get("/kind").unwrap().value, Pos { line: 1, col: 7 });
         assert_eq!(m.locate("/channels/0/id"), Pos { line: 3, col: 5 });
@@ -230,7 +234,7 @@ mod tests {
 
     #[test]
     fn finds_duplicate_keys() {
-        let m = SpanMap::build("a: 1\nb:\n  c: 1\n  c: 2\na: 3\n");
+        let m = SpanMap::build("a: 1\nb:\n  c: 1\n  c: 2\na: 3\n").unwrap();
         let d: Vec<&str> = m.duplicates().iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(d, ["/b/c", "/a"]);
         assert_eq!(m.duplicates()[1].1, Pos { line: 5, col: 1 });
@@ -238,7 +242,7 @@ mod tests {
 
     #[test]
     fn flow_style_and_escapes() {
-        let m = SpanMap::build("a: {b/c: [1, 2]}\n");
+        let m = SpanMap::build("a: {b/c: [1, 2]}\n").unwrap();
         assert_eq!(m.locate_value("/a/b~1c/1"), Pos { line: 1, col: 14 });
     }
 }
