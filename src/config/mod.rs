@@ -69,7 +69,9 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let mut broken = Vec::new();
     for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
         let hidden = p.file_name().is_none_or(|n| n.as_encoded_bytes().starts_with(b"."));
-        if hidden || !matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        // `.YAML` too: a file the merchant named so is config, not something to skip unread.
+        let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if hidden || !matches!(ext.as_deref(), Some("yaml" | "yml")) {
             continue;
         }
         // Followed through links: a file is config, a directory is not, and a link that
@@ -212,16 +214,26 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
             return vec![at(line, col, format!("YAML syntax error: {msg} while {what} that begins here"))];
         }
         let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or_else(|| {
-            // A second document has no location of its own: point at its `---`.
+            // A second document has no location of its own: point at its `---` (the first
+            // `---` starts the first document when only comments, directives and blank lines
+            // come before it).
             let marks: Vec<usize> =
                 text.lines().enumerate().filter(|(_, l)| l.starts_with("---")).map(|(i, _)| i + 1).collect();
-            let second = marks.get(usize::from(text.trim_start().starts_with("---"))).copied();
+            let explicit_first = text
+                .lines()
+                .find(|l| !(l.trim().is_empty() || l.trim_start().starts_with('#') || l.starts_with('%')))
+                .is_some_and(|l| l.starts_with("---"));
+            let second = marks.get(usize::from(explicit_first)).copied();
             (second.filter(|_| msg.contains("more than one document")).unwrap_or(1), 1)
         });
         let what = if msg.contains("out of range") {
             "number out of range (integers must fit in 64 bits)".to_string()
         } else if msg.contains("more than one document") {
             "a config file holds one YAML document; split the others into their own files".to_string()
+        } else if msg.contains("invalid type: enum") {
+            // serde_yaml reads `!name value` as an enum variant.
+            let field = msg.split(": invalid type").next().filter(|f| *f != msg).unwrap_or("a value");
+            format!("{field}: YAML tags (`!name`) are not supported; a secret is the string `env:NAME` or `file:PATH`")
         } else {
             format!("YAML syntax error: {msg}")
         };
@@ -361,6 +373,14 @@ mod tests {
         let e = super::parse_file(&f, dir.path()).err().unwrap();
         assert_eq!((e[0].line, e[0].col), (3, 1), "{:?}", e[0]);
         assert!(e[0].message.contains("one YAML document"), "{}", e[0].message);
+        std::fs::write(&f, "kind: channels\nclient_id: !env ANTOM_CLIENT\n").unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        assert_eq!(e[0].line, 2, "{:?}", e[0]);
+        assert!(e[0].message.starts_with("client_id: YAML tags (`!name`) are not supported"), "{:?}", e[0]);
+        // The header comment README recommends, then an explicit first document.
+        std::fs::write(&f, "# yaml-language-server: $schema=x\n---\nkind: channels\n---\nkind: routing\n").unwrap();
+        let e = super::parse_file(&f, dir.path()).err().unwrap();
+        assert_eq!((e[0].line, e[0].col), (4, 1), "{:?}", e[0]);
         std::fs::write(&f, "kind: server\nlimits:\n  max_body_bytes: 99999999999999999999999\n").unwrap();
         let e = super::parse_file(&f, dir.path()).err().unwrap();
         assert!(e[0].message.contains("out of range"), "{}", e[0].message);
@@ -376,6 +396,9 @@ mod tests {
         std::os::unix::fs::symlink("nowhere", d.join(".#routing.yaml")).unwrap();
         std::fs::write(d.join("notes.txt"), "").unwrap();
         assert_eq!(super::config_files(d).unwrap(), vec![d.join("routing.yaml")]);
+        std::fs::write(d.join("20-hk.YAML"), "kind: routing\n").unwrap();
+        assert_eq!(super::config_files(d).unwrap(), vec![d.join("20-hk.YAML"), d.join("routing.yaml")]);
+        std::fs::remove_file(d.join("20-hk.YAML")).unwrap();
         std::os::unix::fs::symlink("gone.yaml", d.join("05-usd.yaml")).unwrap();
         let e = super::config_files(d).err().unwrap();
         assert_eq!(e.len(), 1, "{e:?}");
