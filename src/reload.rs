@@ -227,8 +227,18 @@ impl Reloader {
                 ("unchanged", json!({"trigger": trigger, "old_version": version, "new_version": version}))
             }
             ReloadOutcome::Rejected { version, errors } => {
+                // One line per error (the help as a field, not a second line a log shipper
+                // would split off).
                 for e in errors {
-                    tracing::error!(trigger, "config rejected: {e}");
+                    tracing::error!(
+                        trigger,
+                        help = e.help.as_deref(),
+                        "config rejected: {}:{}:{}: {}",
+                        e.file,
+                        e.line,
+                        e.col,
+                        e.message
+                    );
                 }
                 let errs: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 ("rejected", json!({"trigger": trigger, "old_version": version, "new_version": null, "errors": errs}))

@@ -873,6 +873,12 @@ async fn reload_under_traffic_applies_valid_edits_and_rejects_broken_ones() {
     assert!(rej.text.contains("stripe_primery"), "{}", rej.text);
     // The same help line `paymux check` prints.
     assert_eq!(rej.body["errors"][0]["help"], "did you mean `stripe_primary`?", "{}", rej.text);
+    // Logged one line per error, the help as a field of it (a second line would be split
+    // off by a line-based log shipper).
+    let log = w.pm.log();
+    let line = log.lines().find(|l| l.contains("config rejected:") && l.contains("stripe_primery")).unwrap_or("");
+    assert!(line.contains("routing.yaml:") && line.contains("help=\"did you mean `stripe_primary`?\""), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("help:")), "{log}");
     assert_eq!(get(&w.pm.admin, "/admin/config").await.body["version"], version);
     let still = create(&w.pm.api, "after-reject", card("o-ar", 600)).await;
     assert_eq!(still.body["channel"], "stripe_backup");
