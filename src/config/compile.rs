@@ -341,6 +341,28 @@ fn physical(path: &Path) -> PathBuf {
 /// attempt timed out.
 const QUERY_ROOM_MS: u128 = 1000;
 
+/// True when two listen addresses (`host:port`) cannot both be bound: the same port on the
+/// same host, or on a wildcard address (`0.0.0.0`, `[::]`, which take the port on every
+/// address), `localhost` taken as 127.0.0.1. Other names are not resolved (a check runs
+/// offline).
+fn same_socket(a: &str, b: &str) -> bool {
+    let split = |s: &str| {
+        let (host, port) = s.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        Some((host, port.parse::<u16>().ok()?))
+    };
+    let (Some((ha, pa)), Some((hb, pb))) = (split(a), split(b)) else { return a == b };
+    let ip = |h: &str| match h {
+        "localhost" => Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        _ => h.parse::<std::net::IpAddr>().ok(),
+    };
+    let same_host = match (ip(&ha), ip(&hb)) {
+        (Some(x), Some(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
+        _ => ha == hb,
+    };
+    pa == pb && same_host
+}
+
 fn server_settings(
     p: &Parsed,
     r: &RawServer,
@@ -392,9 +414,13 @@ fn server_settings(
     }
     let (listen, admin) =
         (ov.listen.as_ref().unwrap_or(&r.listen), ov.admin_listen.as_ref().unwrap_or(&r.admin_listen));
-    if listen == admin && ov.listen.is_none() && ov.admin_listen.is_none() {
-        d.push(p.diag_value("/admin_listen", "`admin_listen` must differ from `listen`"));
-    } else if listen == admin {
+    let clash = same_socket(listen, admin);
+    if clash && ov.listen.is_none() && ov.admin_listen.is_none() {
+        d.push(p.diag_value(
+            "/admin_listen",
+            format!("`admin_listen` ({admin}) takes the same port as `listen` ({listen}); give it another port"),
+        ));
+    } else if clash {
         let message = format!(
             "the payments API and the admin listener would both listen on {listen} (--listen / --admin-listen)"
         );
@@ -939,6 +965,29 @@ fn route_ptr(base: &str, t: &RawTarget, k: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `listen: 0.0.0.0:P` and `admin_listen: 127.0.0.1:P` passed check and failed at start,
+    /// blaming "Address already in use" on the admin listener.
+    #[test]
+    fn listeners_clash_on_one_port_of_one_host_or_a_wildcard() {
+        for (a, b) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "10.0.0.5:8080"),
+            ("localhost:8080", "127.0.0.1:8080"),
+            ("LocalHost:9090", "localhost:9090"),
+        ] {
+            assert!(same_socket(a, b) && same_socket(b, a), "{a} {b}");
+        }
+        for (a, b) in [
+            ("127.0.0.1:8080", "127.0.0.1:9090"),
+            ("127.0.0.1:8080", "10.0.0.5:8080"),
+            ("[::1]:8080", "127.0.0.1:8080"),
+            ("api.internal:8080", "admin.internal:8080"),
+        ] {
+            assert!(!same_socket(a, b) && !same_socket(b, a), "{a} {b}");
+        }
+    }
 
     #[test]
     fn decimals_respect_exponent() {
