@@ -218,7 +218,12 @@ pub fn compile(t: Typed, dir: &Path, ov: &Overrides, mode: Mode) -> Result<Optio
                     rj.name, ri.name, ri.name
                 ),
             )
-            .with_help(format!("move `{}` above `{}`, or narrow `{}`", rj.name, ri.name, ri.name)),
+            .with_help(if rj.covers(ri) {
+                // Each covers the other: moving one above the other shadows that one instead.
+                format!("`{}` and `{}` match the same payments: remove one, or make them differ", ri.name, rj.name)
+            } else {
+                format!("move `{}` above `{}`, or narrow `{}`", rj.name, ri.name, ri.name)
+            }),
         );
     }
 
@@ -732,10 +737,18 @@ fn target(
             .enumerate()
             .filter_map(|(i, c)| channel_ref(p, &format!("{base}/backups/{i}"), c, index, known, d))
             .collect();
-        let mut all: Vec<usize> = weighted.iter().map(|(c, _)| *c).chain(backups.iter().copied()).collect();
-        all.sort();
-        if all.windows(2).any(|w| w[0] == w[1]) {
-            d.push(p.diag(base, "a channel appears twice in `split` and `backups`"));
+        // Each channel once across the split and its backups: name the repeat where it is.
+        let places =
+            t.split.iter().flatten().enumerate().map(|(i, s)| (format!("{base}/split/{i}/channel"), &s.channel));
+        let places =
+            places.chain(t.backups.iter().flatten().enumerate().map(|(i, c)| (format!("{base}/backups/{i}"), c)));
+        let mut seen = std::collections::HashSet::new();
+        for (ptr, c) in places {
+            if !seen.insert(c) {
+                d.push(
+                    p.diag_value(&ptr, format!("channel `{c}` appears twice in this route's `split` and `backups`")),
+                );
+            }
         }
         Target::Split { weighted, backups }
     };
@@ -1218,16 +1231,38 @@ mod tests {
         assert_eq!(p.server.data_dir, tmp.path().canonicalize().unwrap().join("data"));
     }
 
-    /// The messages `load_dir` refuses routing `rules` with.
-    fn refusals(rules: &str) -> Vec<String> {
+    /// What `load_dir` refuses routing `rules` with.
+    fn refused(rules: &str) -> Vec<Diagnostic> {
         let tmp = tempfile::tempdir().unwrap();
         let routing =
             format!("kind: routing\nrules:\n{rules}default:\n  channels: [stripe_primary, stripe_backup, antom_hk]\n");
         let dir = example_in(tmp.path(), |s| s, |_| routing.clone());
         match crate::config::load_dir(&dir, &Overrides::default()) {
             Ok(_) => panic!("accepted: {rules}"),
-            Err(errs) => errs.into_iter().map(|d| d.message).collect(),
+            Err(errs) => errs,
         }
+    }
+
+    /// The messages `load_dir` refuses routing `rules` with.
+    fn refusals(rules: &str) -> Vec<String> {
+        refused(rules).into_iter().map(|d| d.message).collect()
+    }
+
+    #[test]
+    fn identical_rules_are_told_apart_and_a_repeated_split_channel_is_named_where_it_is() {
+        let e = refused(
+            "  - {name: a, match: {methods: [visa]}, route: {channels: [stripe_backup]}}\n  \
+             - {name: b, match: {methods: [visa]}, route: {channels: [stripe_primary]}}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        // Moving `b` above `a` would only shadow `a`.
+        assert_eq!(e[0].help.as_deref(), Some("`a` and `b` match the same payments: remove one, or make them differ"));
+        let e = refused(
+            "  - name: s\n    match: {methods: [visa]}\n    route:\n      split: [{channel: stripe_primary, weight: 50}, {channel: stripe_backup, weight: 50}]\n      backups: [stripe_backup]\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].message, "channel `stripe_backup` appears twice in this route's `split` and `backups`");
+        assert_eq!((e[0].line, e[0].col), (7, 17), "{e:?}");
     }
 
     #[test]
