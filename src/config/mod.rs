@@ -239,25 +239,26 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
         };
         vec![at(line, col, what)]
     };
-    let doc: Value = if text.contains("<<") {
+    // The position reader first (it reads what serde_yaml reads, and more): duplicate keys and
+    // merge keys are found by it wherever they are, whichever way the document is read.
+    let spans = SpanMap::build(&text);
+    let doc: Value = match spans.as_ref().ok().and_then(|s| s.merges().first().map(|_| s)) {
         // YAML merge keys (`<<: *defaults`): applied before anything reads the document.
-        let mut y: serde_yaml::Value = serde_yaml::from_str(&text).map_err(syntax)?;
-        let merge_at = || {
-            let (n, l) = text.lines().enumerate().find(|(_, l)| l.contains("<<")).unwrap_or((0, ""));
-            (n + 1, l.find("<<").map_or(1, |c| c + 1))
-        };
-        if let Err(e) = y.apply_merge() {
-            let (line, col) = merge_at();
-            return Err(vec![at(line, col, format!("YAML merge key: {e}"))]);
+        Some(s) if s.duplicates().is_empty() => {
+            let mut y: serde_yaml::Value = serde_yaml::from_str(&text).map_err(syntax)?;
+            // A merge takes a mapping or a list of mappings: the first `<<` that holds
+            // anything else is the one apply_merge refuses.
+            let bad = s.merges().iter().find(|(ptr, _)| !mergeable(yaml_at(&y, ptr))).or(s.merges().first());
+            let merge_at = |e: &dyn std::fmt::Display| {
+                let pos = bad.map_or(spans::Pos { line: 1, col: 1 }, |(_, pos)| *pos);
+                vec![at(pos.line, pos.col, format!("YAML merge key: {e}"))]
+            };
+            y.apply_merge().map_err(|e| merge_at(&e))?;
+            serde_json::to_value(&y).map_err(|e| merge_at(&e))?
         }
-        serde_json::to_value(&y).map_err(|e| {
-            let (line, col) = merge_at();
-            vec![at(line, col, format!("YAML merge key: {e}"))]
-        })?
-    } else {
-        serde_yaml::from_str::<Value>(&text).map_err(syntax)?
+        _ => serde_yaml::from_str::<Value>(&text).map_err(syntax)?,
     };
-    let spans = SpanMap::build(&text).map_err(|(pos, e)| {
+    let spans = spans.map_err(|(pos, e)| {
         vec![at(pos.line, pos.col, format!("YAML that paymux cannot locate errors in: {e}"))
             .with_help("write plain block or flow YAML, indented with spaces")]
     })?;
@@ -277,6 +278,30 @@ fn parse_file(path: &Path, dir: &Path) -> Result<Parsed, Vec<Diagnostic>> {
     Ok(Parsed { spans, file, dir: dir.to_path_buf(), doc, sha256: crate::crypto::sha256_hex(text.as_bytes()) })
 }
 
+/// The node of a YAML document at a JSON pointer (before merges are applied).
+fn yaml_at<'a>(y: &'a serde_yaml::Value, pointer: &str) -> Option<&'a serde_yaml::Value> {
+    use serde_yaml::Value as Y;
+    pointer.split('/').skip(1).try_fold(y, |node, seg| {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        let node = if let Y::Tagged(t) = node { &t.value } else { node };
+        match node {
+            Y::Sequence(v) => v.get(seg.parse::<usize>().ok()?),
+            Y::Mapping(m) => m.get(seg.as_str()),
+            _ => None,
+        }
+    })
+}
+
+/// What a merge key may hold: a mapping, or a list of mappings.
+fn mergeable(v: Option<&serde_yaml::Value>) -> bool {
+    use serde_yaml::Value as Y;
+    match v {
+        Some(Y::Mapping(_)) => true,
+        Some(Y::Sequence(items)) => items.iter().all(|i| matches!(i, Y::Mapping(_))),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -287,6 +312,28 @@ mod tests {
         let f = dir.path().join("c.yaml");
         std::fs::write(&f, text).unwrap();
         super::parse_file(&f, dir.path())
+    }
+
+    /// Only a real merge key selects the merge-key reading: `<<` in a comment did, and then a
+    /// bad merge was placed at that comment, and a duplicate key got another message.
+    #[test]
+    fn merge_keys_are_found_as_keys_and_the_bad_one_is_named() {
+        let text = "# Tip: share settings (<<: *anchor)\nkind: channels\nbase: &b {connect_ms: 500}\nt:\n  <<: *b\nu:\n  <<: [*b, 5]\n";
+        let e = parse(text).err().unwrap();
+        assert_eq!((e[0].line, e[0].col), (7, 3), "{e:?}");
+        assert!(e[0].message.starts_with("YAML merge key"), "{e:?}");
+        // A duplicate key reads the same with a merge key (or a `<<` comment) in the file.
+        for text in
+            ["# <<\nkind: routing\nr:\n  a: 1\n  a: 2\n", "kind: routing\nb: &b {x: 1}\nr:\n  <<: *b\n  a: 1\n  a: 2\n"]
+        {
+            let e = parse(text).err().unwrap();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].message.starts_with("duplicate key `r.a`"), "{e:?}");
+        }
+        assert_eq!(
+            parse("kind: routing\nb: &b {x: 1}\nr:\n  <<: *b\n  a: 1\n").unwrap().doc["r"],
+            json!({"x": 1, "a": 1})
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct SpanMap {
     map: HashMap<String, Span>,
     duplicates: Vec<(String, Pos)>,
     non_finite: Vec<(String, Pos, String)>,
+    merges: Vec<(String, Pos)>,
 }
 
 impl SpanMap {
@@ -42,7 +43,7 @@ impl SpanMap {
         let b = read(text)
             .or_else(|_| read(&text.replace('\t', " ")))
             .map_err(|e| (Builder::pos(*e.marker()), e.info().to_string()))?;
-        Ok(SpanMap { map: b.out, duplicates: b.duplicates, non_finite: b.non_finite })
+        Ok(SpanMap { map: b.out, duplicates: b.duplicates, non_finite: b.non_finite, merges: b.merges })
     }
 
     /// Keys that appear twice in one mapping (YAML forbids it; serde_yaml would keep the
@@ -56,6 +57,11 @@ impl SpanMap {
     /// would reach validation as null. Pointer, position and the text as written.
     pub fn non_finite(&self) -> &[(String, Pos, String)] {
         &self.non_finite
+    }
+
+    /// YAML merge keys (a plain `<<` key): the pointer of each and where it is, in order.
+    pub fn merges(&self) -> &[(String, Pos)] {
+        &self.merges
     }
 
     /// The span of exactly this pointer.
@@ -108,6 +114,7 @@ struct Builder {
     out: HashMap<String, Span>,
     duplicates: Vec<(String, Pos)>,
     non_finite: Vec<(String, Pos, String)>,
+    merges: Vec<(String, Pos)>,
     done: bool,
 }
 
@@ -157,6 +164,9 @@ impl MarkedEventReceiver for Builder {
                     if let Some(Frame::Map { pending_key, path, seen }) = self.stack.last_mut() {
                         if !seen.insert(s.clone()) {
                             self.duplicates.push((format!("{path}/{}", escape(&s)), pos));
+                        }
+                        if s == "<<" && style == TScalarStyle::Plain && tag.is_none() {
+                            self.merges.push((format!("{path}/<<"), pos));
                         }
                         *pending_key = Some((s, pos));
                         // A block mapping's start mark sits oddly; its first key is where a
