@@ -352,6 +352,10 @@ mod tests {
 
     #[test]
     fn not_a_number_and_infinity_are_named_where_written() {
+        // Too large for a float: serde_yaml keeps the text ("found string" at the schema).
+        let e = parse("kind: server\nlimits: {max_body_bytes: 1e400}\nu: [1e5, \"1e400\", 1e400x]\n").err().unwrap();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.starts_with("`limits.max_body_bytes` is `1e400`"), "{e:?}");
         let e = parse("kind: channels\nt: { connect_ms: .nan, attempt_ms: -.Inf }\nu: [\".nan\", '.inf', .info]\n")
             .err()
             .unwrap();

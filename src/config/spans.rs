@@ -118,10 +118,16 @@ struct Builder {
     done: bool,
 }
 
-/// YAML 1.2 core schema's spellings of not-a-number and infinity (serde_yaml's `parse_f64`).
+/// YAML 1.2 core schema's spellings of not-a-number and infinity (serde_yaml's `parse_f64`),
+/// and numbers in its float form too large for a float (`1e400`: serde_yaml then keeps the
+/// text, and the schema said "found string").
 fn is_non_finite(s: &str) -> bool {
     let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    matches!(s, ".nan" | ".NaN" | ".NAN") || matches!(unsigned, ".inf" | ".Inf" | ".INF")
+    let numeral = unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && unsigned.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+    matches!(s, ".nan" | ".NaN" | ".NAN")
+        || matches!(unsigned, ".inf" | ".Inf" | ".INF")
+        || (numeral && s.parse::<f64>().is_ok_and(f64::is_infinite))
 }
 
 impl Builder {
