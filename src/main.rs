@@ -154,13 +154,9 @@ fn main() -> ExitCode {
             if let Some(f) = faults {
                 match paymux::sandbox::load_faults(&f) {
                     Ok(m) => {
-                        let names = cfg.instance_names();
-                        if let Some(unknown) = m.keys().find(|n| !names.contains(n)) {
-                            eprintln!(
-                                "error: {}: no simulator instance `{unknown}` (instances: {})",
-                                f.display(),
-                                names.join(", ")
-                            );
+                        // Named here with the file; SandboxService::bind would refuse it too.
+                        if let Some(why) = cfg.unknown_fault_instance(&m) {
+                            eprintln!("error: {}: {why}", f.display());
                             return ExitCode::FAILURE;
                         }
                         cfg.faults = m

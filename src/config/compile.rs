@@ -351,12 +351,7 @@ const QUERY_ROOM_MS: u128 = 1000;
 /// address), `localhost` taken as 127.0.0.1. Other names are not resolved (a check runs
 /// offline).
 fn same_socket(a: &str, b: &str) -> bool {
-    let split = |s: &str| {
-        let (host, port) = s.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        Some((host, port.parse::<u16>().ok()?))
-    };
-    let (Some((ha, pa)), Some((hb, pb))) = (split(a), split(b)) else { return a == b };
+    let (Some((ha, pa)), Some((hb, pb))) = (host_port(a), host_port(b)) else { return a == b };
     let ip = |h: &str| match h {
         "localhost" => Some(std::net::IpAddr::from([127, 0, 0, 1])),
         _ => h.parse::<std::net::IpAddr>().ok(),
@@ -366,6 +361,12 @@ fn same_socket(a: &str, b: &str) -> bool {
         _ => ha == hb,
     };
     pa == pb && same_host
+}
+
+/// A listen address split into its host (lower-cased, without IPv6 brackets) and port.
+fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(), port.parse().ok()?))
 }
 
 fn server_settings(
@@ -412,8 +413,7 @@ fn server_settings(
         }
     }
     for (ptr, addr) in [("/listen", &r.listen), ("/admin_listen", &r.admin_listen)] {
-        let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).filter(|p| *p > 0);
-        if port.is_none() {
+        if host_port(addr).is_none_or(|(_, port)| port == 0) {
             d.push(p.diag_value(ptr, format!("`{}` needs a port between 1 and 65535", &ptr[1..])));
         }
     }
@@ -723,31 +723,24 @@ fn target(
         )
     } else {
         let split = t.split.as_ref()?;
-        let weighted: Vec<(usize, u32)> = split
+        // Every channel of the split, then its backups, with where each is written: resolved
+        // once each, and each named once across both (a repeat is named where it repeats).
+        let places: Vec<(String, &String, Option<u32>)> = split
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| {
-                channel_ref(p, &format!("{base}/split/{i}/channel"), &s.channel, index, known, d).map(|c| (c, s.weight))
-            })
+            .map(|(i, s)| (format!("{base}/split/{i}/channel"), &s.channel, Some(s.weight)))
+            .chain(t.backups.iter().flatten().enumerate().map(|(i, c)| (format!("{base}/backups/{i}"), c, None)))
             .collect();
-        let backups: Vec<usize> = t
-            .backups
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(i, c)| channel_ref(p, &format!("{base}/backups/{i}"), c, index, known, d))
-            .collect();
-        // Each channel once across the split and its backups: name the repeat where it is.
-        let places =
-            t.split.iter().flatten().enumerate().map(|(i, s)| (format!("{base}/split/{i}/channel"), &s.channel));
-        let places =
-            places.chain(t.backups.iter().flatten().enumerate().map(|(i, c)| (format!("{base}/backups/{i}"), c)));
+        let (mut weighted, mut backups) = (Vec::new(), Vec::new());
         let mut seen = std::collections::HashSet::new();
-        for (ptr, c) in places {
-            if !seen.insert(c) {
-                d.push(
-                    p.diag_value(&ptr, format!("channel `{c}` appears twice in this route's `split` and `backups`")),
-                );
+        for (ptr, c, weight) in &places {
+            if !seen.insert(*c) {
+                d.push(p.diag_value(ptr, format!("channel `{c}` appears twice in this route's `split` and `backups`")));
+            }
+            match (channel_ref(p, ptr, c, index, known, d), weight) {
+                (Some(c), Some(w)) => weighted.push((c, *w)),
+                (Some(c), None) => backups.push(c),
+                (None, _) => {}
             }
         }
         Target::Split { weighted, backups }

@@ -118,6 +118,13 @@ impl SandboxConfig {
         self.stripe.iter().map(|s| s.name.clone()).chain(self.antom.iter().map(|a| a.name.clone())).collect()
     }
 
+    /// Why `faults` cannot be given to these instances: one names an instance it does not run.
+    pub fn unknown_fault_instance(&self, faults: &HashMap<String, Faults>) -> Option<String> {
+        let names = self.instance_names();
+        let unknown = faults.keys().find(|n| !names.contains(n))?;
+        Some(format!("no simulator instance `{unknown}` (instances: {})", names.join(", ")))
+    }
+
     /// The demo set with its control API on `control` and the simulators on the ports after
     /// it, in order (`paymux sandbox --listen`, `paymux serve --with-sandbox`); with port 0,
     /// every listener on a port the OS picks.

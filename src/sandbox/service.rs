@@ -55,10 +55,10 @@ impl Bound {
                 bail!("sandbox instance names must be unique, non-empty and without `/`: `{n}`");
             }
         }
+        if let Some(why) = cfg.unknown_fault_instance(&cfg.faults) {
+            bail!("faults: {why}");
+        }
         for (name, f) in &cfg.faults {
-            if !names.contains(name) {
-                bail!("faults for unknown sandbox instance `{name}`");
-            }
             f.validate().with_context(|| format!("faults for `{name}`"))?;
         }
         let control = bind("control", cfg.control_listen)?;
